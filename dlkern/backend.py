@@ -1,0 +1,191 @@
+"""The one place that chooses between the ``reference``, ``triton`` and ``cuda`` backends.
+
+Precedence, highest first: the per-call ``backend=`` keyword, the innermost ``use_backend(...)``
+context, ``set_backend(...)``, the ``DLKERN_BACKEND`` environment variable (read at import), ``auto``.
+
+* ``auto``: kernels for CUDA tensors (each op lists its kernel backends in preference order),
+  the reference for CPU tensors. When no kernel backend can serve CUDA inputs it falls back to the
+  reference with a one-time warning that names the reason.
+* A backend asked for by name never falls back: it raises :class:`BackendError` naming why it
+  cannot serve the inputs (device, dtype, size limit, extension not built, ...).
+* ``triton`` on CPU tensors runs Triton's interpreter, which must be enabled with
+  ``TRITON_INTERPRET=1`` before :mod:`dlkern.kernels` is imported.
+* ``cuda`` on CPU tensors runs the emulation build ``dlkern._C_emu`` when ``DLKERN_CUDA_EMULATE=1``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "reference", "triton", "cuda")
+KERNEL_BACKENDS = ("triton", "cuda")
+
+
+class BackendError(RuntimeError):
+    """A backend asked for by name cannot serve the given inputs."""
+
+
+def check_backend_name(name, argument="backend"):
+    if name not in BACKENDS:
+        raise ValueError(f"{argument} must be one of {', '.join(map(repr, BACKENDS))}; got {name!r}")
+    return name
+
+
+_global_backend = check_backend_name(os.environ.get("DLKERN_BACKEND", "auto") or "auto", "DLKERN_BACKEND")
+_context_stack: list[str] = []
+_warned: set = set()
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend (``auto``, ``reference``, ``triton`` or ``cuda``)."""
+    global _global_backend
+    _global_backend = check_backend_name(name)
+
+
+def get_backend() -> str:
+    """The backend in force when no per-call ``backend=`` is given."""
+    return _context_stack[-1] if _context_stack else _global_backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """``with dlkern.use_backend("triton"): ...`` runs every dlkern op inside on that backend."""
+    _context_stack.append(check_backend_name(name))
+    try:
+        yield
+    finally:
+        _context_stack.pop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Availability: why a backend cannot run at all on a device (independent of the op)
+# ---------------------------------------------------------------------------------------------
+def triton_interpreter_enabled() -> bool:
+    from dlkern import kernels  # records TRITON_INTERPRET as it was when the kernels were defined
+    return kernels.INTERPRET
+
+
+def cuda_emulation_requested() -> bool:
+    return os.environ.get("DLKERN_CUDA_EMULATE", "0") == "1"
+
+
+def availability(backend: str, device: torch.device) -> list[str]:
+    """Reasons ``backend`` cannot run on ``device`` (empty list: it can)."""
+    from dlkern import _ext
+
+    if backend == "reference":
+        return []
+    if backend == "triton":
+        if _ext.triton_import_error():
+            return [f"triton is not importable: {_ext.triton_import_error()}"]
+        if device.type == "cuda":
+            return []
+        if device.type == "cpu":
+            if triton_interpreter_enabled():
+                return []
+            return ["triton needs CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 before "
+                    "importing dlkern to run Triton's interpreter"]
+        return [f"triton does not support device type {device.type!r}"]
+    if backend == "cuda":
+        if device.type == "cuda":
+            return [] if _ext.cuda_module() is not None else [_ext.cuda_unavailable_reason()]
+        if device.type == "cpu":
+            if not cuda_emulation_requested():
+                return ["the cuda backend needs a CUDA device (got CPU tensors); set "
+                        "DLKERN_CUDA_EMULATE=1 to run the CUDA kernels in the CPU emulation build"]
+            return [] if _ext.emu_module() is not None else [_ext.emu_unavailable_reason()]
+        return [f"the cuda backend does not support device type {device.type!r}"]
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def launchers(backend: str, device: torch.device):
+    """The module holding the launchers of ``backend``: Triton and CUDA launchers share names and
+    signatures, so an op calls ``launchers(b, dev).layer_norm_fwd(...)`` whatever ``b`` is."""
+    from dlkern import _ext
+
+    if backend == "triton":
+        from dlkern import kernels
+        return kernels
+    if backend == "cuda":
+        return _ext.cuda_module() if device.type == "cuda" else _ext.emu_module()
+    raise ValueError(f"backend {backend!r} has no launchers")
+
+
+# ---------------------------------------------------------------------------------------------
+# The chooser
+# ---------------------------------------------------------------------------------------------
+def _device_of(tensors) -> torch.device:
+    devices = {t.device for t in tensors if isinstance(t, torch.Tensor)}
+    if len(devices) > 1:
+        raise ValueError(f"all tensors must be on one device; got {sorted(map(str, devices))}")
+    return devices.pop() if devices else torch.device("cpu")
+
+
+def reasons_against(op, backend: str, args, kwargs) -> list[str]:
+    """Everything that stops ``backend`` from serving ``op`` on these inputs."""
+    if backend == "reference":
+        return []
+    if backend not in op.backends:
+        return [f"{op.name} has no {backend} implementation"]
+    tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+    device = _device_of(tensors)
+    return availability(backend, device) + list(op.supports(backend, *args, **kwargs))
+
+
+def choose(op, args, kwargs, backend: str | None = None) -> str:
+    """Pick the backend that runs ``op`` on these arguments (see the module docstring)."""
+    name = check_backend_name(backend) if backend is not None else get_backend()
+    if name == "reference":
+        return name
+    if name != "auto":
+        reasons = reasons_against(op, name, args, kwargs)
+        if reasons:
+            raise BackendError(f"dlkern.{op.name}: backend {name!r} cannot serve these inputs: "
+                               + "; ".join(reasons))
+        return name
+    tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+    if _device_of(tensors).type != "cuda":
+        return "reference"
+    all_reasons = []
+    for candidate in op.auto_order:
+        reasons = reasons_against(op, candidate, args, kwargs)
+        if not reasons:
+            return candidate
+        all_reasons.append(f"{candidate}: " + "; ".join(reasons))
+    key = (op.name, tuple(all_reasons))
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"dlkern.{op.name} falls back to the reference implementation ("
+                      + " | ".join(all_reasons) + ")", RuntimeWarning, stacklevel=3)
+    return "reference"
+
+
+# ---------------------------------------------------------------------------------------------
+# Debugging aid used by the tests: fill every kernel output with NaN before the kernel runs, so an
+# element a kernel forgot to write shows up as NaN instead of as stale memory that happens to match.
+# ---------------------------------------------------------------------------------------------
+_nan_fill = os.environ.get("DLKERN_DEBUG_NAN_FILL", "0") == "1"
+
+
+def set_debug_nan_fill(enabled: bool) -> None:
+    global _nan_fill
+    _nan_fill = bool(enabled)
+    from dlkern import _ext
+    for mod in (_ext.cuda_module(), _ext.emu_module()):
+        if mod is not None:
+            mod.set_debug_nan_fill(_nan_fill)
+
+
+def debug_nan_fill() -> bool:
+    return _nan_fill
+
+
+def new_empty(*shape, dtype, device) -> torch.Tensor:
+    """``torch.empty`` for kernel outputs (NaN-filled when the debug flag is on)."""
+    out = torch.empty(*shape, dtype=dtype, device=device)
+    if _nan_fill and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out

@@ -1,0 +1,25 @@
+"""``dlkern.patch(model)``: swap supported torch modules for their dlkern subclasses in place."""
+import torch
+
+from dlkern.nn.normalization import LayerNorm, RMSNorm
+
+# torch module type -> dlkern subclass. Only exact types are swapped: a user's subclass may
+# override forward, and replacing it would silently drop that code.
+PATCHABLE = {
+    torch.nn.LayerNorm: LayerNorm,
+    torch.nn.RMSNorm: RMSNorm,
+}
+
+
+def patch(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace, in place, every submodule (and ``model`` itself) whose type is a supported
+    ``torch.nn`` module by its dlkern equivalent. The dlkern classes subclass torch's and add no
+    state, so the swap is a class change: parameters, buffers, hooks and state_dict keys stay the
+    same objects. Returns ``model``."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    for module in model.modules():
+        replacement = PATCHABLE.get(type(module))
+        if replacement is not None:
+            module.__class__ = replacement
+    return model

@@ -1,0 +1,55 @@
+"""Peer libraries the benchmark compares against, when installed (Liger-Kernel, apex).
+
+Each factory returns a callable with the dlkern op's positional signature, or None when the peer
+is not importable; nothing here is imported at dlkern import time.
+"""
+from __future__ import annotations
+
+import importlib
+
+
+def _try_import(name):
+    try:
+        return importlib.import_module(name)
+    except Exception:  # not installed, or installed without its compiled parts
+        return None
+
+
+def liger_layer_norm():
+    mod = _try_import("liger_kernel.ops.layer_norm")
+    if mod is None:
+        return None
+
+    def run(x, normalized_shape, weight, bias, eps=1e-5):
+        return mod.LigerLayerNormFunction.apply(x, weight, bias, eps)
+    return run
+
+
+def liger_rms_norm():
+    mod = _try_import("liger_kernel.ops.rms_norm")
+    if mod is None:
+        return None
+
+    def run(x, normalized_shape, weight, eps=None):
+        return mod.LigerRMSNormFunction.apply(x, weight, 1e-6 if eps is None else eps)
+    return run
+
+
+def apex_layer_norm():
+    mod = _try_import("apex.normalization.fused_layer_norm")
+    if mod is None:
+        return None
+
+    def run(x, normalized_shape, weight, bias, eps=1e-5):
+        return mod.fused_layer_norm_affine(x, weight, bias, tuple(normalized_shape), eps)
+    return run
+
+
+def apex_rms_norm():
+    mod = _try_import("apex.normalization.fused_layer_norm")
+    if mod is None:
+        return None
+
+    def run(x, normalized_shape, weight, eps=None):
+        return mod.fused_rms_norm_affine(x, weight, tuple(normalized_shape), 1e-6 if eps is None else eps)
+    return run

@@ -1,0 +1,13 @@
+"""Triton kernels and their launchers (no autograd here), shipped as ``dlkern.kernels``.
+
+Every launcher has the same name and signature as its CUDA twin in ``dlkern._C``.
+``INTERPRET`` records whether Triton's CPU interpreter was enabled (``TRITON_INTERPRET=1``) when
+these kernels were defined: the interpreter only applies to kernels defined after it is set.
+"""
+import os
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+from .row_norm import layer_norm_bwd, layer_norm_fwd, rms_norm_bwd, rms_norm_fwd  # noqa: E402
+
+__all__ = ["INTERPRET", "layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd"]

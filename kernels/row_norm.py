@@ -1,0 +1,321 @@
+"""Triton LayerNorm / RMSNorm over the last dimension, forward and backward, with an optional fused
+residual add. One kernel pair serves both norms (``IS_RMS`` drops the mean and the bias).
+
+Data layout: ``x`` is (M, N) with contiguous columns and any row stride; statistics are fp32.
+Two code paths per kernel, chosen from N on the host:
+* fused (N <= MAX_FUSED_N): a (BLOCK_M, BLOCK_N) tile holds whole rows in registers, so x is read
+  once; several short rows share a program so small N still fills the GPU.
+* looped (longer rows): one row per program, swept in BLOCK_N chunks (mean pass, variance pass,
+  output pass). Extra reads of the row mostly hit L2.
+
+Backward is deterministic: program p owns rows [p*R, (p+1)*R) and writes its dweight/dbias
+partial sums to row p of an fp32 buffer that the host reduces with ``sum(0)``.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from dlkern.backend import new_empty
+
+MAX_FUSED_N = 8192     # longest row kept in registers (larger tiles spill, see tests/test_triton_compile.py)
+LOOP_BLOCK_N = 4096    # chunk width of the looped path
+TILE_ELEMS = 4096      # target elements per program for short rows
+
+
+@triton.jit
+def _row_norm_fwd_kernel(
+    X, RES, W, B, Y, RES_OUT, MEAN, RSTD,          # pointers (RES/W/B/RES_OUT/MEAN may be unused)
+    M, N, stride_x, stride_res, stride_y, stride_res_out,   # sizes and row strides (elements)
+    eps,
+    IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FUSED: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    rows = rows.to(tl.int64)  # row * stride can pass 2**31
+    x_rows = X + rows[:, None] * stride_x
+    res_rows = RES + rows[:, None] * stride_res
+    y_rows = Y + rows[:, None] * stride_y
+    out_rows = RES_OUT + rows[:, None] * stride_res_out
+    if FUSED:
+        cols = tl.arange(0, BLOCK_N)
+        mask = row_ok[:, None] & (cols < N)[None, :]
+        x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_RES:
+            x += tl.load(res_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            # Normalize the rounded sum: the backward re-reads exactly this stored value.
+            s = x.to(RES_OUT.dtype.element_ty)
+            tl.store(out_rows + cols[None, :], s, mask=mask)
+            x = s.to(tl.float32)
+        if IS_RMS:
+            xc = x
+        else:
+            mean = tl.sum(x, axis=1) / N
+            xc = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / N + eps)
+        y = xc * rstd[:, None]
+        if HAS_W:
+            y *= tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        if HAS_B:
+            y += tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_rows + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    else:
+        # Looped path (BLOCK_M == 1). With a residual, the first sweep writes s = x + res and the
+        # later sweeps read s back, so they see the rounded value like the fused path.
+        src_rows = out_rows if HAS_RES else x_rows
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            mask = row_ok[:, None] & (cols < N)[None, :]
+            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            if HAS_RES:
+                x += tl.load(res_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                s = x.to(RES_OUT.dtype.element_ty)
+                tl.store(out_rows + cols[None, :], s, mask=mask)
+                x = s.to(tl.float32)
+            if IS_RMS:
+                acc += x * x
+            else:
+                acc += x
+        if IS_RMS:
+            mean = tl.zeros([BLOCK_M], tl.float32)
+            var = tl.sum(acc, axis=1) / N
+        else:
+            mean = tl.sum(acc, axis=1) / N
+            # Second sweep for the variance: sum((x - mean)^2) does not cancel like E[x^2] - mean^2.
+            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                mask = row_ok[:, None] & (cols < N)[None, :]
+                x = tl.load(src_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                xc = tl.where(mask, x - mean[:, None], 0.0)
+                acc += xc * xc
+            var = tl.sum(acc, axis=1) / N
+        rstd = 1.0 / tl.sqrt(var + eps)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            mask = row_ok[:, None] & (cols < N)[None, :]
+            x = tl.load(src_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            y = (x - mean[:, None]) * rstd[:, None]
+            if HAS_W:
+                y *= tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+            if HAS_B:
+                y += tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_rows + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    if not IS_RMS:
+        tl.store(MEAN + rows, mean, mask=row_ok)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
+
+
+@triton.jit
+def _row_norm_bwd_kernel(
+    DY, X, W, MEAN, RSTD, DRES, DX, DW_PART, DB_PART,   # pointers (W/MEAN/DRES/partials may be unused)
+    M, N, stride_dy, stride_x, stride_dres, stride_dx,  # sizes and row strides (elements)
+    rows_per_program,
+    IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_DB: tl.constexpr, HAS_DRES: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FUSED: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    part_row = pid.to(tl.int64) * N
+    if FUSED:
+        cols = tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        if HAS_W:
+            w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+        dw_acc = tl.zeros([BLOCK_N], tl.float32)
+        db_acc = tl.zeros([BLOCK_N], tl.float32)
+        for r0 in range(row_start, row_end, BLOCK_M):
+            rows = r0 + tl.arange(0, BLOCK_M)
+            row_ok = rows < row_end
+            rows = rows.to(tl.int64)
+            mask = row_ok[:, None] & col_ok[None, :]
+            x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+            if IS_RMS:
+                xhat = x * rstd[:, None]
+            else:
+                mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
+                xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+            g = dy
+            if HAS_W:
+                g = dy * w[None, :]
+            c1 = tl.sum(xhat * g, axis=1) / N
+            if IS_RMS:
+                dx = (g - xhat * c1[:, None]) * rstd[:, None]
+            else:
+                c2 = tl.sum(g, axis=1) / N
+                dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+            if HAS_DRES:
+                dx += tl.load(DRES + rows[:, None] * stride_dres + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+            if HAS_W:
+                dw_acc += tl.sum(dy * xhat, axis=0)
+            if HAS_DB:
+                db_acc += tl.sum(dy, axis=0)
+        if HAS_W:
+            tl.store(DW_PART + part_row + cols, dw_acc, mask=col_ok)
+        if HAS_DB:
+            tl.store(DB_PART + part_row + cols, db_acc, mask=col_ok)
+    else:
+        # Looped path: one row at a time; this program's partial row in DW_PART/DB_PART starts at
+        # zero (the host allocates it zeroed) and is updated in place chunk by chunk.
+        for row in range(row_start, row_end):
+            row64 = tl.cast(row, tl.int64)  # (an int under the interpreter: no .to)
+            rstd = tl.load(RSTD + row64)
+            mean = 0.0
+            if not IS_RMS:
+                mean = tl.load(MEAN + row64)
+            acc1 = tl.zeros([BLOCK_N], tl.float32)
+            acc2 = tl.zeros([BLOCK_N], tl.float32)
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                mask = cols < N
+                x = tl.load(X + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+                g = tl.load(DY + row64 * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+                if HAS_W:
+                    g *= tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+                xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+                acc1 += xhat * g
+                acc2 += g
+            c1 = tl.sum(acc1, axis=0) / N
+            c2 = 0.0
+            if not IS_RMS:
+                c2 = tl.sum(acc2, axis=0) / N
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                mask = cols < N
+                x = tl.load(X + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+                dy = tl.load(DY + row64 * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+                xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+                g = dy
+                if HAS_W:
+                    g = dy * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+                dx = (g - xhat * c1 - c2) * rstd
+                if HAS_DRES:
+                    dx += tl.load(DRES + row64 * stride_dres + cols, mask=mask, other=0.0).to(tl.float32)
+                tl.store(DX + row64 * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+                if HAS_W:
+                    part = DW_PART + part_row + cols
+                    tl.store(part, tl.load(part, mask=mask, other=0.0) + dy * xhat, mask=mask)
+                if HAS_DB:
+                    part = DB_PART + part_row + cols
+                    tl.store(part, tl.load(part, mask=mask, other=0.0) + dy, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configuration: plain data derived from N, shared by the launchers and the compile test.
+# ---------------------------------------------------------------------------------------------
+def launch_config(n_cols: int) -> dict:
+    """Meta-parameters for a row of ``n_cols`` elements (same choice for forward and backward)."""
+    if n_cols <= MAX_FUSED_N:
+        block_n = triton.next_power_of_2(n_cols)
+        block_m = max(1, min(16, TILE_ELEMS // block_n))
+        fused = True
+    else:
+        block_n, block_m, fused = LOOP_BLOCK_N, 1, False
+    tile = block_m * block_n
+    num_warps = 1 if tile <= 256 else 2 if tile <= 1024 else 4 if tile <= 2048 else 8 if tile <= 4096 else 16
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, FUSED=fused, num_warps=num_warps)
+
+
+def all_launch_configs() -> list[dict]:
+    """Every configuration ``launch_config`` can return (the compile test compiles each one)."""
+    sizes = [2 ** k for k in range(0, MAX_FUSED_N.bit_length())] + [MAX_FUSED_N + 1]
+    unique = {tuple(sorted(launch_config(n).items())) for n in sizes}
+    return [dict(c) for c in sorted(unique)]
+
+
+def _num_programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter runs programs one after another; few keeps Python overhead low
+
+
+def _check_2d(name, t):
+    if t.dim() != 2 or t.stride(1) != 1:
+        raise ValueError(f"{name} must be 2-D with contiguous columns; got shape {tuple(t.shape)} "
+                         f"strides {t.stride()}")
+
+
+def _row_norm_fwd(x, weight, bias, residual, eps, is_rms):
+    _check_2d("x", x)
+    M, N = x.shape
+    y = new_empty(M, N, dtype=x.dtype, device=x.device)
+    mean = new_empty(M, dtype=torch.float32, device=x.device)
+    rstd = new_empty(M, dtype=torch.float32, device=x.device)
+    res_out = None
+    if residual is not None:
+        _check_2d("residual", residual)
+        res_out = new_empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y, res_out, mean, rstd
+    cfg = launch_config(N)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]),)
+    _row_norm_fwd_kernel[grid](
+        x, residual if residual is not None else x, weight if weight is not None else x,
+        bias if bias is not None else x, y, res_out if res_out is not None else y, mean, rstd,
+        M, N, x.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0),
+        res_out.stride(0) if res_out is not None else 0, eps,
+        IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=bias is not None,
+        HAS_RES=residual is not None, **cfg)
+    return y, res_out, mean, rstd
+
+
+def _row_norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms):
+    _check_2d("x", x)
+    if dy.stride(-1) != 1:  # e.g. the expanded, stride-0 gradient of y.sum()
+        dy = dy.contiguous()
+    _check_2d("dy", dy)
+    if dresidual is not None:
+        dresidual = dresidual if dresidual.stride(-1) == 1 else dresidual.contiguous()
+        _check_2d("dresidual", dresidual)
+    M, N = x.shape
+    dx = new_empty(M, N, dtype=x.dtype, device=x.device)
+    cfg = launch_config(N)
+    programs = max(1, min(_num_programs(x.device), triton.cdiv(M, cfg["BLOCK_M"])))
+    rows_per_program = triton.cdiv(triton.cdiv(M, programs), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
+    programs = max(1, triton.cdiv(M, rows_per_program))
+    # The looped path accumulates into its partial row in place, so it must start from zero.
+    alloc = new_empty if cfg["FUSED"] else (lambda *s, **kw: torch.zeros(*s, **kw))
+    dw_part = alloc(programs, N, dtype=torch.float32, device=x.device) if weight is not None else None
+    db_part = alloc(programs, N, dtype=torch.float32, device=x.device) if has_bias else None
+    if M > 0 and N > 0:
+        _row_norm_bwd_kernel[(programs,)](
+            dy, x, weight if weight is not None else x, mean if mean is not None else rstd, rstd,
+            dresidual if dresidual is not None else dy, dx,
+            dw_part if dw_part is not None else rstd, db_part if db_part is not None else rstd,
+            M, N, dy.stride(0), x.stride(0), dresidual.stride(0) if dresidual is not None else 0,
+            dx.stride(0), rows_per_program,
+            IS_RMS=is_rms, HAS_W=weight is not None, HAS_DB=has_bias,
+            HAS_DRES=dresidual is not None, **cfg)
+    dw = dw_part.sum(0).to(weight.dtype) if weight is not None else None
+    db = db_part.sum(0).to(x.dtype) if has_bias else None
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers: the same names and signatures as the CUDA launchers in dlkern._C.
+# ---------------------------------------------------------------------------------------------
+def layer_norm_fwd(x, weight, bias, residual, eps):
+    """x (M, N) -> (y (M, N), residual_out (M, N) or None, mean (M,) fp32, rstd (M,) fp32)."""
+    return _row_norm_fwd(x, weight, bias, residual, eps, is_rms=False)
+
+
+def rms_norm_fwd(x, weight, residual, eps):
+    """x (M, N) -> (y (M, N), residual_out (M, N) or None, rstd (M,) fp32)."""
+    y, res_out, _, rstd = _row_norm_fwd(x, weight, None, residual, eps, is_rms=True)
+    return y, res_out, rstd
+
+
+def layer_norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias):
+    """-> (dx (M, N), dweight (N,) or None, dbias (N,) or None); dresidual is added to dx."""
+    return _row_norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms=False)
+
+
+def rms_norm_bwd(dy, x, weight, rstd, dresidual):
+    """-> (dx (M, N), dweight (N,) or None); dresidual is added to dx."""
+    dx, dw, _ = _row_norm_bwd(dy, x, weight, None, rstd, dresidual, False, is_rms=True)
+    return dx, dw

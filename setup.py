@@ -1,0 +1,128 @@
+"""Build dlkern and its compiled parts.
+
+* ``dlkern._C``: the CUDA C++ kernels in ``csrc/`` bound to torch. Built when ``nvcc`` is found and
+  torch is a CUDA build (or forced with ``DLKERN_BUILD_CUDA=1``; ``DLKERN_BUILD_CUDA=0`` skips it).
+  It compiles and links on a machine without a GPU. Kernel ``.cu`` files include no torch header
+  (they compile in seconds); the single binding file ``csrc/bindings.cpp`` is the only torch-facing
+  translation unit.
+* The Triton kernels in ``kernels/`` ship as the subpackage ``dlkern.kernels`` (a PyPI package
+  called ``kernels`` exists, so the folder is never importable as a top-level name).
+
+Install with ``pip install -e . --no-build-isolation`` so the build sees the installed torch.
+"""
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CUDA_ARCHS = ("80", "90")  # SASS for A100 and H100, plus PTX of the newest for later GPUs
+
+
+def log(msg):
+    print(f"[dlkern setup] {msg}", file=sys.stderr)
+
+
+def find_cuda_home():
+    """The CUDA toolkit root. `nvcc` on PATH may be a wrapper script (as in /usr/local/bin), so
+    ask nvcc itself where its toolkit lives instead of taking the parent of its path."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return "/usr/local/cuda" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
+    try:
+        out = subprocess.run([nvcc, "-v", "--dryrun", "-x", "cu", os.devnull],
+                             capture_output=True, text=True, timeout=60).stderr
+        top = re.search(r"#\$ TOP=(\S+)", out)
+        if top:
+            return os.path.realpath(os.path.join(top.group(1), ".."))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.path.realpath(os.path.join(os.path.dirname(nvcc), ".."))
+
+
+def pip_cuda_include_dirs():
+    """Headers of the pip-installed CUDA libraries (cusparse.h, cublas_v2.h, ...) that the ATen CUDA
+    headers include: `site-packages/nvidia/cu13/include` or, on CUDA 12 wheels, one folder per lib."""
+    dirs = []
+    for site in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        dirs += glob.glob(os.path.join(site, "nvidia", "cu*", "include"))
+        dirs += glob.glob(os.path.join(site, "nvidia", "*", "include"))
+    return sorted({d for d in dirs if os.path.isdir(d)})
+
+
+def want_cuda():
+    flag = os.environ.get("DLKERN_BUILD_CUDA")
+    if flag not in (None, "", "0", "1"):
+        raise SystemExit(f"DLKERN_BUILD_CUDA must be 0 or 1, got {flag!r}")
+    if flag == "0":
+        return False, "DLKERN_BUILD_CUDA=0"
+    try:
+        import torch
+    except ImportError:
+        reason = "torch is not installed in the build environment (use --no-build-isolation)"
+        if flag == "1":
+            raise SystemExit(f"DLKERN_BUILD_CUDA=1 but {reason}")
+        return False, reason
+    cuda_home = find_cuda_home()
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f"torch {torch.__version__} is not a CUDA build")
+    if cuda_home is None or not os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
+        problems.append("nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
+    if problems:
+        if flag == "1":
+            raise SystemExit("DLKERN_BUILD_CUDA=1 but " + "; ".join(problems))
+        return False, "; ".join(problems)
+    os.environ["CUDA_HOME"] = cuda_home  # before torch.utils.cpp_extension reads it
+    return True, f"CUDA toolkit at {cuda_home}"
+
+
+def cuda_extension():
+    from torch.utils.cpp_extension import CUDAExtension
+
+    sources = ["csrc/bindings.cpp"] + sorted(glob.glob("csrc/**/*.cu", recursive=True))
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
+    gencode.append(f"-gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}")
+    include_dirs = [os.path.join(ROOT, "csrc")] + pip_cuda_include_dirs()
+    return CUDAExtension(
+        name="dlkern._C",
+        sources=sources,
+        include_dirs=include_dirs,
+        define_macros=[("DLK_WITH_CUDA", "1")],
+        extra_compile_args={
+            "cxx": ["-O3", "-std=c++17"],
+            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+                     "--expt-relaxed-constexpr", *gencode],
+        },
+    )
+
+
+def build_setup_kwargs():
+    kwargs = dict(
+        packages=find_packages(include=["dlkern", "dlkern.*"]) + ["dlkern.kernels"],
+        package_dir={"dlkern.kernels": "kernels"},
+        ext_modules=[],
+        cmdclass={},
+    )
+    build, reason = want_cuda()
+    if build:
+        from torch.utils.cpp_extension import BuildExtension
+
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+        kwargs["ext_modules"].append(cuda_extension())
+        kwargs["cmdclass"]["build_ext"] = BuildExtension.with_options(use_ninja=bool(shutil.which("ninja")))
+        log(f"building dlkern._C with CUDA kernels for sm_{', sm_'.join(CUDA_ARCHS)} ({reason})")
+    else:
+        log(f"NOT building the CUDA extension dlkern._C: {reason}. "
+            "dlkern will use the Triton and reference backends.")
+    return kwargs
+
+
+setup(**build_setup_kwargs())
