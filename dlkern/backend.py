@@ -20,6 +20,8 @@ import warnings
 
 import torch
 
+from dlkern import _ext
+
 BACKENDS = ("auto", "reference", "triton", "cuda")
 KERNEL_BACKENDS = ("triton", "cuda")
 
@@ -64,8 +66,8 @@ def use_backend(name: str):
 # Availability: why a backend cannot run at all on a device (independent of the op)
 # ---------------------------------------------------------------------------------------------
 def triton_interpreter_enabled() -> bool:
-    from dlkern import kernels  # records TRITON_INTERPRET as it was when the kernels were defined
-    return kernels.INTERPRET
+    # dlkern.kernels records TRITON_INTERPRET as it was when the kernels were defined.
+    return _ext.kernels is not None and _ext.kernels.INTERPRET
 
 
 def cuda_emulation_requested() -> bool:
@@ -74,8 +76,6 @@ def cuda_emulation_requested() -> bool:
 
 def availability(backend: str, device: torch.device) -> list[str]:
     """Reasons ``backend`` cannot run on ``device`` (empty list: it can)."""
-    from dlkern import _ext
-
     if backend == "reference":
         return []
     if backend == "triton":
@@ -104,11 +104,8 @@ def availability(backend: str, device: torch.device) -> list[str]:
 def launchers(backend: str, device: torch.device):
     """The module holding the launchers of ``backend``: Triton and CUDA launchers share names and
     signatures, so an op calls ``launchers(b, dev).layer_norm_fwd(...)`` whatever ``b`` is."""
-    from dlkern import _ext
-
     if backend == "triton":
-        from dlkern import kernels
-        return kernels
+        return _ext.kernels
     if backend == "cuda":
         return _ext.cuda_module() if device.type == "cuda" else _ext.emu_module()
     raise ValueError(f"backend {backend!r} has no launchers")
@@ -161,31 +158,3 @@ def choose(op, args, kwargs, backend: str | None = None) -> str:
         warnings.warn(f"dlkern.{op.name} falls back to the reference implementation ("
                       + " | ".join(all_reasons) + ")", RuntimeWarning, stacklevel=3)
     return "reference"
-
-
-# ---------------------------------------------------------------------------------------------
-# Debugging aid used by the tests: fill every kernel output with NaN before the kernel runs, so an
-# element a kernel forgot to write shows up as NaN instead of as stale memory that happens to match.
-# ---------------------------------------------------------------------------------------------
-_nan_fill = os.environ.get("DLKERN_DEBUG_NAN_FILL", "0") == "1"
-
-
-def set_debug_nan_fill(enabled: bool) -> None:
-    global _nan_fill
-    _nan_fill = bool(enabled)
-    from dlkern import _ext
-    for mod in (_ext.cuda_module(), _ext.emu_module()):
-        if mod is not None:
-            mod.set_debug_nan_fill(_nan_fill)
-
-
-def debug_nan_fill() -> bool:
-    return _nan_fill
-
-
-def new_empty(*shape, dtype, device) -> torch.Tensor:
-    """``torch.empty`` for kernel outputs (NaN-filled when the debug flag is on)."""
-    out = torch.empty(*shape, dtype=dtype, device=device)
-    if _nan_fill and out.is_floating_point():
-        out.fill_(float("nan"))
-    return out

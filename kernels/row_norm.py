@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dlkern.backend import new_empty
+from dlkern.debug import new_empty
 
 MAX_FUSED_N = 8192     # longest row kept in registers (larger tiles spill, see tests/test_triton_compile.py)
 LOOP_BLOCK_N = 4096    # chunk width of the looped path
@@ -62,7 +62,9 @@ def _row_norm_fwd_kernel(
     else:
         # Looped path (BLOCK_M == 1). With a residual, the first sweep writes s = x + res and the
         # later sweeps read s back, so they see the rounded value like the fused path.
-        src_rows = out_rows if HAS_RES else x_rows
+        src_rows = x_rows
+        if HAS_RES:
+            src_rows = out_rows
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for start in range(0, N, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
@@ -217,7 +219,8 @@ def launch_config(n_cols: int) -> dict:
     else:
         block_n, block_m, fused = LOOP_BLOCK_N, 1, False
     tile = block_m * block_n
-    num_warps = 1 if tile <= 256 else 2 if tile <= 1024 else 4 if tile <= 2048 else 8 if tile <= 4096 else 16
+    # About 8 elements per thread keeps the backward (x, dy, xhat, dx live at once) near 128 registers.
+    num_warps = min(16, max(1, tile // 256))
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, FUSED=fused, num_warps=num_warps)
 
 
@@ -319,3 +322,44 @@ def rms_norm_bwd(dy, x, weight, rstd, dresidual):
     """-> (dx (M, N), dweight (N,) or None); dresidual is added to dx."""
     dx, dw, _ = _row_norm_bwd(dy, x, weight, None, rstd, dresidual, False, is_rms=True)
     return dx, dw
+
+
+# ---------------------------------------------------------------------------------------------
+# What the compile test builds for sm_80/sm_90: every launch configuration with the heaviest flag
+# set (LayerNorm, weight, bias, residual), plus the RMSNorm and 16-bit variants of the largest
+# fused and the looped configurations.
+# ---------------------------------------------------------------------------------------------
+_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+
+
+def _signature(kernel, dtype):
+    ints = {"M", "N", "rows_per_program"} | {a for a in kernel.arg_names if a.startswith("stride")}
+    sig = {}
+    for a in kernel.arg_names:
+        if a in ints:
+            sig[a] = "i32"
+        elif a == "eps":
+            sig[a] = "fp32"
+        elif a in ("MEAN", "RSTD", "DW_PART", "DB_PART"):
+            sig[a] = "*fp32"
+        elif a.isupper() and a not in ("IS_RMS", "HAS_W", "HAS_B", "HAS_RES", "HAS_DB", "HAS_DRES",
+                                        "BLOCK_M", "BLOCK_N", "FUSED"):
+            sig[a] = _PTR[dtype]
+        else:
+            sig[a] = "constexpr"
+    return sig
+
+
+def compile_specs():
+    """(name, kernel, signature, constexprs, num_warps) for every configuration to compile."""
+    configs = all_launch_configs()
+    extremes = [configs[-1], max((c for c in configs if c["FUSED"]), key=lambda c: c["BLOCK_N"])]
+    variants = [(cfg, False, torch.float32) for cfg in configs] + \
+               [(cfg, rms, dt) for cfg in extremes for rms, dt in ((True, torch.bfloat16), (False, torch.float16))]
+    for cfg, is_rms, dtype in variants:
+        meta = {k: v for k, v in cfg.items() if k != "num_warps"}
+        tag = f"{'rms' if is_rms else 'ln'}_{str(dtype)[6:]}_m{cfg['BLOCK_M']}_n{cfg['BLOCK_N']}_{'fused' if cfg['FUSED'] else 'looped'}"
+        fwd = dict(meta, IS_RMS=is_rms, HAS_W=True, HAS_B=not is_rms, HAS_RES=True)
+        bwd = dict(meta, IS_RMS=is_rms, HAS_W=True, HAS_DB=not is_rms, HAS_DRES=True)
+        yield (f"fwd_{tag}", _row_norm_fwd_kernel, _signature(_row_norm_fwd_kernel, dtype), fwd, cfg["num_warps"])
+        yield (f"bwd_{tag}", _row_norm_bwd_kernel, _signature(_row_norm_bwd_kernel, dtype), bwd, cfg["num_warps"])

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from dlkern.backend import choose
 from dlkern.ops import peers
-from dlkern.ops.row_norm import (RowNormFunction, kernel_support, norm_bench_cases, norm_cost,
+from dlkern.ops.row_norm import (row_norm, kernel_support, norm_bench_cases, norm_cost,
                                  norm_samples, normalized_size)
 from dlkern.registry import OpSpec, register_op
 
@@ -38,7 +38,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
     if chosen == "reference":
         return layer_norm_ref(*args)
     n = functools.reduce(lambda a, b: a * b, ns, 1)
-    return RowNormFunction.apply(input, None, weight, bias, n, float(eps), False, chosen)[0]
+    return row_norm(input, None, weight, bias, n, float(eps), False, chosen)[0]
 
 
 def add_layer_norm(input: Tensor, residual: Tensor, normalized_shape, weight: Tensor | None = None,
@@ -51,7 +51,7 @@ def add_layer_norm(input: Tensor, residual: Tensor, normalized_shape, weight: Te
     if chosen == "reference":
         return add_layer_norm_ref(*args)
     n = functools.reduce(lambda a, b: a * b, ns, 1)
-    return RowNormFunction.apply(input, residual, weight, bias, n, float(eps), False, chosen)
+    return row_norm(input, residual, weight, bias, n, float(eps), False, chosen)
 
 
 LAYER_NORM = register_op(OpSpec(

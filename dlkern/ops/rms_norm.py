@@ -8,7 +8,7 @@ from torch import Tensor
 
 from dlkern.backend import choose
 from dlkern.ops import peers
-from dlkern.ops.row_norm import (RowNormFunction, default_eps, kernel_support, norm_bench_cases,
+from dlkern.ops.row_norm import (row_norm, default_eps, kernel_support, norm_bench_cases,
                                  norm_cost, norm_samples, normalized_size)
 from dlkern.registry import OpSpec, register_op
 
@@ -20,10 +20,11 @@ def rms_norm_ref(input: Tensor, normalized_shape, weight=None, eps: float | None
     dims, computed in fp32 and returned in the input dtype. ``eps=None`` is the dtype's epsilon.
     input (*, *normalized_shape); weight (*normalized_shape) or None."""
     dims = tuple(range(-len(normalized_shape), 0))
-    x = input.float()
+    compute = torch.promote_types(input.dtype, torch.float32)  # fp32 math, fp64 stays fp64
+    x = input.to(compute)
     y = x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + default_eps(eps, input.dtype))
     if weight is not None:
-        y = y * weight.float()
+        y = y * weight.to(compute)
     return y.to(input.dtype)
 
 
@@ -44,7 +45,7 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, eps:
         return rms_norm_ref(*args)
     n = functools.reduce(lambda a, b: a * b, ns, 1)
     eps = default_eps(eps, input.dtype)
-    return RowNormFunction.apply(input, None, weight, None, n, eps, True, chosen)[0]
+    return row_norm(input, None, weight, None, n, eps, True, chosen)[0]
 
 
 def add_rms_norm(input: Tensor, residual: Tensor, normalized_shape, weight: Tensor | None = None,
@@ -57,7 +58,7 @@ def add_rms_norm(input: Tensor, residual: Tensor, normalized_shape, weight: Tens
         return add_rms_norm_ref(*args)
     n = functools.reduce(lambda a, b: a * b, ns, 1)
     eps = default_eps(eps, input.dtype)
-    return RowNormFunction.apply(input, residual, weight, None, n, eps, True, chosen)
+    return row_norm(input, residual, weight, None, n, eps, True, chosen)
 
 
 def _torch_rms_norm(input, normalized_shape, weight=None, eps=None):

@@ -83,55 +83,65 @@ def _(dy, x, weight, rstd, dresidual, backend):
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd
+# Autograd, registered on the forward custom ops so torch.compile traces the backward too
 # ---------------------------------------------------------------------------------------------
+def _setup_context(ctx, inputs, output, is_rms):
+    if is_rms:
+        x, weight, residual, _eps, backend = inputs
+        bias, mean = None, None
+        _y, res_out, rstd = output
+    else:
+        x, weight, bias, residual, _eps, backend = inputs
+        _y, res_out, mean, rstd = output
+    # The backward needs the tensor that was normalized: x, or x + residual as stored.
+    ctx.save_for_backward(res_out if residual is not None else x, weight, mean, rstd)
+    ctx.has_bias, ctx.has_residual, ctx.backend = bias is not None, residual is not None, backend
+
+
+def _backward(ctx, dy, dres_out, is_rms):
+    x, weight, mean, rstd = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(x)
+    dres = dres_out if ctx.has_residual and dres_out is not None and dres_out.numel() > 0 else None
+    if is_rms:
+        dx, dw = rms_norm_bwd_op(dy, x, weight, rstd, dres, ctx.backend)
+        db = None
+    else:
+        dx, dw, db = layer_norm_bwd_op(dy, x, weight, mean, rstd, dres, ctx.has_bias, ctx.backend)
+    dw = dw if weight is not None else None
+    db = db if ctx.has_bias else None
+    dresidual = dx if ctx.has_residual else None
+    if is_rms:
+        return dx, dw, dresidual, None, None
+    return dx, dw, db, dresidual, None, None
+
+
+layer_norm_fwd_op.register_autograd(
+    lambda ctx, dy, dres_out, _dmean, _drstd: _backward(ctx, dy, dres_out, is_rms=False),
+    setup_context=lambda ctx, inputs, output: _setup_context(ctx, inputs, output, is_rms=False))
+rms_norm_fwd_op.register_autograd(
+    lambda ctx, dy, dres_out, _drstd: _backward(ctx, dy, dres_out, is_rms=True),
+    setup_context=lambda ctx, inputs, output: _setup_context(ctx, inputs, output, is_rms=True))
+
+
 def _rows(t: Tensor, n: int) -> Tensor:
     """View ``t`` as (rows, n) with contiguous columns; copies only when no such view exists."""
     t2 = t.reshape(-1, n)
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-class RowNormFunction(torch.autograd.Function):
-    """LayerNorm (``is_rms=False``) or RMSNorm over the trailing ``n`` elements of ``x``, with an
-    optional residual added first. Returns ``(y, residual_sum)``; ``residual_sum`` is None without
-    a residual."""
-
-    @staticmethod
-    def forward(ctx, x, residual, weight, bias, n, eps, is_rms, backend):
-        x2 = _rows(x, n)
-        r2 = _rows(residual, n) if residual is not None else None
-        w1 = weight.reshape(n) if weight is not None else None
+def row_norm(x, residual, weight, bias, n: int, eps: float, is_rms: bool, backend: str):
+    """LayerNorm (``is_rms=False``) or RMSNorm over the trailing ``n`` elements of ``x`` on a kernel
+    backend, with ``residual`` added first when given. Returns ``(y, x + residual or None)``."""
+    x2 = _rows(x, n)
+    r2 = _rows(residual, n) if residual is not None else None
+    w1 = weight.reshape(n) if weight is not None else None
+    if is_rms:
+        y, res_out, _ = rms_norm_fwd_op(x2, w1, r2, eps, backend)
+    else:
         b1 = bias.reshape(n) if bias is not None else None
-        if is_rms:
-            y, res_out, rstd = rms_norm_fwd_op(x2, w1, r2, eps, backend)
-            mean = None
-        else:
-            y, res_out, mean, rstd = layer_norm_fwd_op(x2, w1, b1, r2, eps, backend)
-        normed_input = res_out if residual is not None else x2
-        ctx.save_for_backward(normed_input, w1, mean, rstd)
-        ctx.meta = (is_rms, bias is not None, residual is not None, backend, x.shape,
-                    weight.shape if weight is not None else None)
-        ctx.set_materialize_grads(False)
-        y = y.view(x.shape)
-        return y, (res_out.view(x.shape) if residual is not None else None)
-
-    @staticmethod
-    def backward(ctx, dy, dres_out):
-        x2, w1, mean, rstd = ctx.saved_tensors
-        is_rms, has_bias, has_res, backend, shape, w_shape = ctx.meta
-        n = x2.shape[1]
-        dy2 = _rows(dy, n) if dy is not None else torch.zeros_like(x2)
-        dr2 = _rows(dres_out, n) if (has_res and dres_out is not None) else None
-        if is_rms:
-            dx, dw = rms_norm_bwd_op(dy2, x2, w1, rstd, dr2, backend)
-            db = None
-        else:
-            dx, dw, db = layer_norm_bwd_op(dy2, x2, w1, mean, rstd, dr2, has_bias, backend)
-        dx = dx.view(shape)
-        dw = dw.view(w_shape) if w1 is not None else None
-        db = db.view(w_shape) if has_bias else None
-        dres = dx if has_res else None
-        return dx, dres, dw, db, None, None, None, None
+        y, res_out, _, _ = layer_norm_fwd_op(x2, w1, b1, r2, eps, backend)
+    return y.view(x.shape), (res_out.view(x.shape) if residual is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------
