@@ -279,7 +279,7 @@ def _row_norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms):
     dx = new_empty(M, N, dtype=x.dtype, device=x.device)
     cfg = launch_config(N)
     programs = max(1, min(_num_programs(x.device), triton.cdiv(M, cfg["BLOCK_M"])))
-    rows_per_program = triton.cdiv(triton.cdiv(M, programs), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
+    rows_per_program = max(1, triton.cdiv(triton.cdiv(M, programs), cfg["BLOCK_M"])) * cfg["BLOCK_M"]
     programs = max(1, triton.cdiv(M, rows_per_program))
     # The looped path accumulates into its partial row in place, so it must start from zero.
     alloc = new_empty if cfg["FUSED"] else (lambda *s, **kw: torch.zeros(*s, **kw))
@@ -294,6 +294,8 @@ def _row_norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms):
             dx.stride(0), rows_per_program,
             IS_RMS=is_rms, HAS_W=weight is not None, HAS_DB=has_bias,
             HAS_DRES=dresidual is not None, **cfg)
+    if M == 0:  # no program ran: the partial sums are empty sums
+        dw_part, db_part = [p.zero_() if p is not None else None for p in (dw_part, db_part)]
     dw = dw_part.sum(0).to(weight.dtype) if weight is not None else None
     db = db_part.sum(0).to(x.dtype) if has_bias else None
     return dx, dw, db

@@ -154,6 +154,8 @@ def normalized_size(input: Tensor, normalized_shape, weight, bias, residual=None
         raise TypeError(f"input must be a floating-point tensor; got dtype {input.dtype}")
     if isinstance(normalized_shape, int):
         normalized_shape = (normalized_shape,)
+    if isinstance(normalized_shape, (str, bytes)):
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints; got {normalized_shape!r}")
     try:
         normalized_shape = tuple(int(s) for s in normalized_shape)
     except TypeError:
