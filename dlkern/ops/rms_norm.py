@@ -16,16 +16,10 @@ LAUNCHERS = ("rms_norm_fwd", "rms_norm_bwd")
 
 
 def rms_norm_ref(input: Tensor, normalized_shape, weight=None, eps: float | None = None) -> Tensor:
-    """Reference: ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing ``normalized_shape``
-    dims, computed in fp32 and returned in the input dtype. ``eps=None`` is the dtype's epsilon.
-    input (*, *normalized_shape); weight (*normalized_shape) or None."""
-    dims = tuple(range(-len(normalized_shape), 0))
-    compute = torch.promote_types(input.dtype, torch.float32)  # fp32 math, fp64 stays fp64
-    x = input.to(compute)
-    y = x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + default_eps(eps, input.dtype))
-    if weight is not None:
-        y = y * weight.to(compute)
-    return y.to(input.dtype)
+    """Reference: torch's RMSNorm, ``x / sqrt(mean(x**2) + eps) * weight`` over the trailing
+    ``normalized_shape`` dims with fp32 (or fp64) math; ``eps=None`` is the math type's epsilon.
+    input (*, *normalized_shape); weight (*normalized_shape) or None -> same shape as input."""
+    return torch.nn.functional.rms_norm(input, list(normalized_shape), weight, eps)
 
 
 def add_rms_norm_ref(input: Tensor, residual: Tensor, normalized_shape, weight=None,
@@ -61,17 +55,13 @@ def add_rms_norm(input: Tensor, residual: Tensor, normalized_shape, weight: Tens
     return row_norm(input, residual, weight, None, n, eps, True, chosen)
 
 
-def _torch_rms_norm(input, normalized_shape, weight=None, eps=None):
-    return torch.nn.functional.rms_norm(input, list(normalized_shape), weight, eps)
-
-
 RMS_NORM = register_op(OpSpec(
     name="rms_norm", family="norm", fn=rms_norm, reference=rms_norm_ref,
     supports=lambda backend, x, ns, w=None, eps=None: kernel_support(backend, x, ns, w),
     samples=lambda device, dtype: norm_samples(device, dtype, with_bias=False, with_residual=False),
     bench_cases=lambda device, dtype, quick: norm_bench_cases(device, dtype, quick, with_bias=False, with_residual=False),
     cost=lambda s: norm_cost(s, with_residual=False),
-    torch_equivalent=_torch_rms_norm,
+    torch_equivalent=rms_norm_ref,
     peers={"liger": peers.liger_rms_norm, "apex": peers.apex_rms_norm},
     launchers=LAUNCHERS,
 ))

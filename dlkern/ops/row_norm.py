@@ -267,5 +267,6 @@ def norm_cost(sample: Sample, *, with_residual: bool) -> Cost:
 
 
 def default_eps(eps, dtype) -> float:
-    """RMSNorm's ``eps=None`` means the input dtype's machine epsilon, as in torch."""
-    return float(torch.finfo(dtype).eps) if eps is None else float(eps)
+    """RMSNorm's ``eps=None``: as in torch, the machine epsilon of the math type (fp32 for
+    fp16/bf16 inputs, which are computed in fp32), not of the storage type."""
+    return float(torch.finfo(torch.promote_types(dtype, torch.float32)).eps) if eps is None else float(eps)
