@@ -23,6 +23,20 @@ TILE_ELEMS = 4096      # target elements per program for short rows
 
 
 @triton.jit
+def _load_input(x_rows, res_rows, out_rows, cols, mask, HAS_RES: tl.constexpr):
+    """x (fp32) for the columns ``cols`` of a tile of rows; with a residual, x + res is rounded to
+    the storage dtype and stored first, and the rounded value is what gets normalized: the backward
+    re-reads exactly that stored value."""
+    x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        x += tl.load(res_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        s = x.to(out_rows.dtype.element_ty)
+        tl.store(out_rows + cols[None, :], s, mask=mask)
+        x = s.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _row_norm_fwd_kernel(
     X, RES, W, B, Y, RES_OUT, MEAN, RSTD,          # pointers (RES/W/B/RES_OUT/MEAN may be unused)
     M, N, stride_x, stride_res, stride_y, stride_res_out,   # sizes and row strides (elements)
@@ -40,13 +54,7 @@ def _row_norm_fwd_kernel(
     if FUSED:
         cols = tl.arange(0, BLOCK_N)
         mask = row_ok[:, None] & (cols < N)[None, :]
-        x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        if HAS_RES:
-            x += tl.load(res_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            # Normalize the rounded sum: the backward re-reads exactly this stored value.
-            s = x.to(RES_OUT.dtype.element_ty)
-            tl.store(out_rows + cols[None, :], s, mask=mask)
-            x = s.to(tl.float32)
+        x = _load_input(x_rows, res_rows, out_rows, cols, mask, HAS_RES)
         if IS_RMS:
             xc = x
         else:
@@ -69,12 +77,7 @@ def _row_norm_fwd_kernel(
         for start in range(0, N, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             mask = row_ok[:, None] & (cols < N)[None, :]
-            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            if HAS_RES:
-                x += tl.load(res_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-                s = x.to(RES_OUT.dtype.element_ty)
-                tl.store(out_rows + cols[None, :], s, mask=mask)
-                x = s.to(tl.float32)
+            x = _load_input(x_rows, res_rows, out_rows, cols, mask, HAS_RES)
             if IS_RMS:
                 acc += x * x
             else:
