@@ -28,3 +28,11 @@ def new_empty(*shape, dtype, device) -> torch.Tensor:
     if _nan_fill and out.is_floating_point():
         out.fill_(float("nan"))
     return out
+
+
+def new_empty_like(t: torch.Tensor, dtype=None) -> torch.Tensor:
+    """``torch.empty_like`` (keeps channels_last and other dense layouts), NaN-filled when on."""
+    out = torch.empty_like(t, dtype=dtype)
+    if _nan_fill and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out

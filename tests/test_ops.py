@@ -62,8 +62,8 @@ def test_reference_gradcheck(op):
     """The reference itself is differentiable and its analytic gradients are right (fp64)."""
     small = [s for s in op.samples(_CPU, torch.float64) if s.args[0].numel() <= 400]
     assert small, f"{op.name} has no sample small enough for gradcheck"
-    for sample in small:
-        args = clone_inputs(sample.args, sample.grad_inputs)
+    for sample in small[:2]:  # two are enough to check the formula; each costs seconds
+        args = clone_inputs(to_double(sample.args), sample.grad_inputs)
         fn = lambda *diff: as_tuple(op.reference(*_place(args, sample.grad_inputs, diff), **sample.kwargs))  # noqa: E731
         assert torch.autograd.gradcheck(fn, tuple(args[i] for i in sample.grad_inputs)), sample.name
 

@@ -1,0 +1,88 @@
+"""InstanceNorm with torch's options: per-(sample, channel) statistics (GroupNorm with one channel
+per group) and optional running statistics; ``use_input_stats=False`` normalizes with the running
+statistics (BatchNorm's eval path)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dlkern.backend import choose
+from dlkern.ops.channel_norm import (batch_norm_fwd_op, channel_norm_cost, check_channel_param,
+                                     check_input, group_norm_fwd_op, kernel_support, layouts, _randn)
+from dlkern.registry import OpSpec, Sample, register_op
+
+
+def instance_norm_ref(input, running_mean=None, running_var=None, weight=None, bias=None,
+                      use_input_stats=True, momentum=0.1, eps=1e-5):
+    """Reference: torch's instance norm. input (N, C, *spatial); running stats, weight, bias (C,)."""
+    return F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+
+
+def _check(input, running_mean, running_var, weight, bias, use_input_stats, momentum):
+    check_input(input, min_dim=3)
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        check_channel_param(name, t, input, required=not use_input_stats and name.startswith("running"))
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    if not isinstance(momentum, (int, float)):
+        raise TypeError(f"momentum must be a float; got {momentum!r}")
+    if use_input_stats and input[0, 0].numel() <= 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {list(input.shape)}")
+
+
+def instance_norm(input: Tensor, running_mean: Tensor | None = None, running_var: Tensor | None = None,
+                  weight: Tensor | None = None, bias: Tensor | None = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5, *, backend: str | None = None) -> Tensor:
+    """Drop-in for ``torch.nn.functional.instance_norm`` (3-D to 5-D input)."""
+    _check(input, running_mean, running_var, weight, bias, use_input_stats, momentum)
+    args = (input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    chosen = choose(INSTANCE_NORM, args, {}, backend)
+    if chosen == "reference":
+        return instance_norm_ref(*args)
+    if not use_input_stats:
+        return batch_norm_fwd_op(input, weight, bias, running_mean, running_var, False, float(eps), chosen)[0]
+    n, c = input.shape[:2]
+    y, mean, rstd = group_norm_fwd_op(input, c, weight, bias, float(eps), "none", chosen)
+    if running_mean is not None:
+        with torch.no_grad():  # as torch: the batch average of the per-instance statistics
+            s = input[0, 0].numel()
+            var = (rstd.double().pow(-2) - eps) * (s / (s - 1))
+            running_mean.mul_(1 - momentum).add_(mean.mean(0).to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(var.mean(0).to(running_var.dtype), alpha=momentum)
+    return y
+
+
+def _samples(device, dtype):
+    gen = torch.Generator().manual_seed(2)
+    for name, x in layouts(device, dtype, gen, min_dim=3):
+        if x[0, 0].numel() <= 1:
+            continue
+        c = x.shape[1]
+        w = _randn((c,), device, dtype, gen, 0.2, 1.0)
+        b = _randn((c,), device, dtype, gen, 0.2)
+        rm = _randn((c,), device, torch.float32, gen, 0.5)
+        rv = _randn((c,), device, torch.float32, gen).abs() + 0.5
+        yield Sample(name, (x, None, None, w, b, True, 0.1, 1e-5), {}, (0, 3, 4))
+        if name == "4d_nchw":
+            yield Sample("running_stats", (x, rm, rv, w, b, True, 0.1, 1e-5), {}, (0, 3, 4))
+            yield Sample("use_running_stats", (x, rm.clone(), rv.clone(), w, b, False, 0.1, 1e-5), {}, (0, 3, 4))
+
+
+def _bench_cases(device, dtype, quick):
+    """Style-transfer shapes."""
+    gen = torch.Generator().manual_seed(0)
+    n = 16 if device.type == "cuda" else 2
+    for shape in [(n, 64, 128, 128)] if quick else [(n, 64, 128, 128), (n, 128, 64, 64), (n, 256, 32, 32)]:
+        c = shape[1]
+        yield Sample("x".join(map(str, shape)), (_randn(shape, device, dtype, gen), None, None,
+                     torch.ones(c, device=device, dtype=dtype), torch.zeros(c, device=device, dtype=dtype),
+                     True, 0.1, 1e-5), {}, (0, 3, 4))
+
+
+INSTANCE_NORM = register_op(OpSpec(
+    name="instance_norm", family="norm", fn=instance_norm, reference=instance_norm_ref,
+    supports=lambda backend, x, rm=None, rv=None, w=None, b=None, *rest: kernel_support(x, rm, rv, w, b),
+    samples=_samples, bench_cases=_bench_cases, cost=channel_norm_cost, torch_equivalent=F.instance_norm,
+    launchers=("group_norm_fwd", "group_norm_bwd", "batch_norm_fwd", "batch_norm_bwd"),
+))

@@ -1,0 +1,450 @@
+"""Triton BatchNorm / GroupNorm / InstanceNorm, forward and backward, on one set of kernels.
+
+Every input is viewed as (N, C, S) with arbitrary strides (S = flattened spatial dims), which covers
+NCHW, channels_last and strided views without copies. The three norms differ only in their
+*statistics unit*: one channel for BatchNorm, one (sample, group) for GroupNorm, one
+(sample, channel) for InstanceNorm. The stat unit of element (n, c) is
+``n * units_per_sample + c // channels_per_unit`` (units_per_sample = 0 for BatchNorm).
+
+Kernels:
+* ``_partial_stats_kernel``: mean and M2 of each reduction unit over one split of its elements
+  (tiles merged with Chan's formula: no E[x^2] - mean^2 cancellation). Splitting a unit over
+  several programs keeps the GPU busy when units are few and long (BatchNorm over N*H*W).
+* ``_finalize_stats_kernel``: merges the splits in a fixed order (deterministic), writes mean,
+  rstd and (for running statistics) the unbiased variance. Launchers never mutate their inputs:
+  the caller updates running statistics, so the ops stay functional for torch.compile.
+* ``_apply_kernel``: y = act((x - mean) * rstd * w + b).
+* ``_partial_grad_kernel``: per reduction unit and split, sum(g) and sum(g * xhat), where g is the
+  gradient before the activation.
+* ``_grad_apply_kernel``: dx = rstd * (w * g - xhat * c1 - c2), c1/c2 per stat unit.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from dlkern.debug import new_empty, new_empty_like
+
+ACTIVATIONS = {None: 0, "none": 0, "silu": 1, "gelu": 2, "relu": 3}
+_GELU_C = 0.7071067811865476  # 1/sqrt(2): exact (erf) GELU, as torch's default
+
+
+@triton.jit
+def _act_fwd(p, ACT: tl.constexpr):
+    if ACT == 1:
+        return p * tl.sigmoid(p)
+    elif ACT == 2:
+        return 0.5 * p * (1.0 + tl.erf(p * _GELU_C))
+    elif ACT == 3:
+        return tl.maximum(p, 0.0)
+    else:
+        return p
+
+
+@triton.jit
+def _act_grad(p, dy, ACT: tl.constexpr):
+    """dy * act'(p)."""
+    if ACT == 1:
+        sig = tl.sigmoid(p)
+        return dy * sig * (1.0 + p * (1.0 - sig))
+    elif ACT == 2:
+        cdf = 0.5 * (1.0 + tl.erf(p * _GELU_C))
+        pdf = tl.exp(-0.5 * p * p) * 0.3989422804014327  # 1/sqrt(2*pi)
+        return dy * (cdf + p * pdf)
+    elif ACT == 3:
+        return tl.where(p > 0.0, dy, 0.0)
+    else:
+        return dy
+
+
+@triton.jit
+def _unit_offsets(units, r, U_INNER, stride_uo, stride_ui, R0, stride_r1, stride_r0):
+    """Element offsets of reduction index ``r`` (BLOCK_R,) in ``units`` (BLOCK_U,): a unit starts at
+    (u // U_INNER) * stride_uo + (u % U_INNER) * stride_ui; its elements form an (R / R0, R0) grid."""
+    base = (units // U_INNER).to(tl.int64) * stride_uo + (units % U_INNER).to(tl.int64) * stride_ui
+    return base[:, None] + ((r // R0).to(tl.int64) * stride_r1 + (r % R0).to(tl.int64) * stride_r0)[None, :]
+
+
+@triton.jit
+def _partial_stats_kernel(
+    X, PART_MEAN, PART_M2,                       # input; (SPLITS, U) fp32 outputs
+    U, U_INNER, stride_uo, stride_ui,            # reduction units
+    R, R0, stride_r1, stride_r0, r_per_split,    # each unit's R elements, split in chunks
+    BLOCK_U: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    pid_s = tl.program_id(1)
+    units = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
+    u_ok = units < U
+    r_start = pid_s * r_per_split
+    r_end = tl.minimum(r_start + r_per_split, R)
+    count = tl.zeros([BLOCK_U], tl.float32)
+    mean = tl.zeros([BLOCK_U], tl.float32)
+    m2 = tl.zeros([BLOCK_U], tl.float32)
+    for r0 in range(r_start, r_end, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        r_ok = r < r_end
+        mask = u_ok[:, None] & r_ok[None, :]
+        offs = _unit_offsets(units, r, U_INNER, stride_uo, stride_ui, R0, stride_r1, stride_r0)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        n_t = tl.sum(r_ok.to(tl.float32), axis=0)
+        t_mean = tl.sum(x, axis=1) / n_t
+        xc = tl.where(mask, x - t_mean[:, None], 0.0)
+        t_m2 = tl.sum(xc * xc, axis=1)
+        # Chan et al.: merge (count, mean, m2) with the tile's (n_t, t_mean, t_m2).
+        total = count + n_t
+        delta = t_mean - mean
+        mean += delta * (n_t / total)
+        m2 += t_m2 + delta * delta * (count * n_t / total)
+        count = total
+    tl.store(PART_MEAN + pid_s * U + units, mean, mask=u_ok)
+    tl.store(PART_M2 + pid_s * U + units, m2, mask=u_ok)
+
+
+@triton.jit
+def _finalize_stats_kernel(
+    PART_MEAN, PART_M2, MEAN, RSTD, VAR_UNBIASED,   # partials in; stats out (VAR_UNBIASED optional)
+    U, R, r_per_split, SPLITS, eps,
+    HAS_VAR: tl.constexpr, BLOCK_U: tl.constexpr,
+):
+    units = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
+    u_ok = units < U
+    count = tl.zeros([BLOCK_U], tl.float32)
+    mean = tl.zeros([BLOCK_U], tl.float32)
+    m2 = tl.zeros([BLOCK_U], tl.float32)
+    for s in range(0, SPLITS):  # fixed order: the result does not depend on scheduling
+        n_s = tl.minimum(tl.maximum(R - s * r_per_split, 0), r_per_split).to(tl.float32)
+        s_mean = tl.load(PART_MEAN + s * U + units, mask=u_ok, other=0.0)
+        s_m2 = tl.load(PART_M2 + s * U + units, mask=u_ok, other=0.0)
+        total = tl.maximum(count + n_s, 1.0)
+        delta = s_mean - mean
+        mean += delta * (n_s / total)
+        m2 += s_m2 + delta * delta * (count * n_s / total)
+        count = count + n_s
+    tl.store(MEAN + units, mean, mask=u_ok)
+    tl.store(RSTD + units, 1.0 / tl.sqrt(m2 / R + eps), mask=u_ok)
+    if HAS_VAR:  # for running statistics, which track the unbiased variance (as torch)
+        tl.store(VAR_UNBIASED + units, m2 / tl.maximum(R - 1, 1), mask=u_ok)
+
+
+@triton.jit
+def _apply_kernel(
+    X, Y, MEAN, RSTD, W, B,                      # pointers (W/B may be unused)
+    C, S, s_blocks, sxn, sxc, sxs, syn, syc, sys,
+    units_per_sample, channels_per_unit,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    pid0 = tl.program_id(0)
+    n = pid0 // s_blocks
+    s = (pid0 % s_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    mask = c_ok[:, None] & (s < S)[None, :]
+    su = n * units_per_sample + c // channels_per_unit
+    mean = tl.load(MEAN + su, mask=c_ok, other=0.0)
+    rstd = tl.load(RSTD + su, mask=c_ok, other=0.0)
+    n64 = n.to(tl.int64)
+    x = tl.load(X + n64 * sxn + c[:, None].to(tl.int64) * sxc + s[None, :].to(tl.int64) * sxs,
+                mask=mask, other=0.0).to(tl.float32)
+    y = (x - mean[:, None]) * rstd[:, None]
+    if HAS_W:
+        y *= tl.load(W + c, mask=c_ok, other=0.0).to(tl.float32)[:, None]
+    if HAS_B:
+        y += tl.load(B + c, mask=c_ok, other=0.0).to(tl.float32)[:, None]
+    y = _act_fwd(y, ACT)
+    tl.store(Y + n64 * syn + c[:, None].to(tl.int64) * syc + s[None, :].to(tl.int64) * sys,
+             y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _partial_grad_kernel(
+    X, DY, MEAN, RSTD, W, B, PART_G, PART_GX,    # inputs; (SPLITS, U) fp32 outputs
+    U, U_INNER, stride_uo, stride_ui, dy_stride_uo, dy_stride_ui,
+    R, R0, stride_r1, stride_r0, dy_stride_r1, dy_stride_r0, r_per_split,
+    units_per_sample, channels_per_unit,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_U: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    pid_s = tl.program_id(1)
+    units = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
+    u_ok = units < U
+    # Reduction unit u covers sample u // U_INNER, channel u % U_INNER (BatchNorm: U_INNER = C).
+    chan = units % U_INNER
+    su = (units // U_INNER) * units_per_sample + chan // channels_per_unit
+    mean = tl.load(MEAN + su, mask=u_ok, other=0.0)
+    rstd = tl.load(RSTD + su, mask=u_ok, other=0.0)
+    w = tl.full([BLOCK_U], 1.0, tl.float32)
+    b = tl.zeros([BLOCK_U], tl.float32)
+    if HAS_W:
+        w = tl.load(W + chan, mask=u_ok, other=0.0).to(tl.float32)
+    if HAS_B:
+        b = tl.load(B + chan, mask=u_ok, other=0.0).to(tl.float32)
+    r_start = pid_s * r_per_split
+    r_end = tl.minimum(r_start + r_per_split, R)
+    acc_g = tl.zeros([BLOCK_U, BLOCK_R], tl.float32)
+    acc_gx = tl.zeros([BLOCK_U, BLOCK_R], tl.float32)
+    for r0 in range(r_start, r_end, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        mask = u_ok[:, None] & (r < r_end)[None, :]
+        x = tl.load(X + _unit_offsets(units, r, U_INNER, stride_uo, stride_ui, R0, stride_r1, stride_r0),
+                    mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(DY + _unit_offsets(units, r, U_INNER, dy_stride_uo, dy_stride_ui, R0, dy_stride_r1, dy_stride_r0),
+                    mask=mask, other=0.0).to(tl.float32)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        if ACT != 0:
+            g = _act_grad(xhat * w[:, None] + b[:, None], g, ACT)
+        acc_g += g
+        acc_gx += g * xhat
+    tl.store(PART_G + pid_s * U + units, tl.sum(acc_g, axis=1), mask=u_ok)
+    tl.store(PART_GX + pid_s * U + units, tl.sum(acc_gx, axis=1), mask=u_ok)
+
+
+@triton.jit
+def _grad_apply_kernel(
+    X, DY, DX, MEAN, RSTD, W, B, C1, C2,         # c1/c2 per stat unit (unused when not HAS_C)
+    C, S, s_blocks, sxn, sxc, sxs, sdn, sdc, sds, son, soc, sos,
+    units_per_sample, channels_per_unit,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr, HAS_C: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    pid0 = tl.program_id(0)
+    n = pid0 // s_blocks
+    s = (pid0 % s_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    mask = c_ok[:, None] & (s < S)[None, :]
+    su = n * units_per_sample + c // channels_per_unit
+    rstd = tl.load(RSTD + su, mask=c_ok, other=0.0)
+    n64 = n.to(tl.int64)
+    c64 = c[:, None].to(tl.int64)
+    s64 = s[None, :].to(tl.int64)
+    g = tl.load(DY + n64 * sdn + c64 * sdc + s64 * sds, mask=mask, other=0.0).to(tl.float32)
+    w = tl.full([BLOCK_C], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + c, mask=c_ok, other=0.0).to(tl.float32)
+    if ACT != 0 or HAS_C:
+        mean = tl.load(MEAN + su, mask=c_ok, other=0.0)
+        x = tl.load(X + n64 * sxn + c64 * sxc + s64 * sxs, mask=mask, other=0.0).to(tl.float32)
+        xhat = (x - mean[:, None]) * rstd[:, None]
+        if ACT != 0:
+            b = tl.zeros([BLOCK_C], tl.float32)
+            if HAS_B:
+                b = tl.load(B + c, mask=c_ok, other=0.0).to(tl.float32)
+            g = _act_grad(xhat * w[:, None] + b[:, None], g, ACT)
+    dx = w[:, None] * g
+    if HAS_C:
+        c1 = tl.load(C1 + su, mask=c_ok, other=0.0)
+        c2 = tl.load(C2 + su, mask=c_ok, other=0.0)
+        dx = dx - xhat * c1[:, None] - c2[:, None]
+    dx = dx * rstd[:, None]
+    tl.store(DX + n64 * son + c64 * soc + s64 * sos, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side: layouts, launch configuration, and the launchers (same names/signatures as CUDA)
+# ---------------------------------------------------------------------------------------------
+TILE = 4096  # elements per program tile
+
+
+def _ncs(t):
+    """(N, C, *spatial) -> (N, C, S) view (a copy only when the spatial dims cannot be merged)."""
+    return t.reshape(t.shape[0], t.shape[1], -1)
+
+
+def _num_programs(device) -> int:
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 8  # the interpreter: enough splits to exercise the merge, few enough to stay fast
+
+
+class _Reduction:
+    """How reduction units and their elements map to memory, plus the split of each unit.
+    Units are contiguous in memory when ``unit_stride == 1`` (channels_last for channel units):
+    then a program takes many units and a short stretch of each, so loads stay coalesced."""
+
+    def __init__(self, units, u_inner, stride_uo, stride_ui, r, r0, stride_r1, stride_r0, device):
+        self.units, self.u_inner, self.stride_uo, self.stride_ui = units, u_inner, stride_uo, stride_ui
+        self.r, self.r0, self.stride_r1, self.stride_r0 = r, r0, stride_r1, stride_r0
+        wide = stride_ui == 1 and units > 1 and stride_r0 != 1
+        self.block_u = min(64, triton.next_power_of_2(units)) if wide else 1
+        self.block_r = max(16, min(TILE // self.block_u, triton.next_power_of_2(max(r, 1))))
+        u_blocks = triton.cdiv(units, self.block_u)
+        splits = max(1, min(triton.cdiv(_num_programs(device), u_blocks), triton.cdiv(r, self.block_r)))
+        self.r_per_split = max(1, triton.cdiv(triton.cdiv(r, splits), self.block_r)) * self.block_r
+        self.splits = max(1, triton.cdiv(r, self.r_per_split))
+        self.grid = (u_blocks, self.splits)
+
+    def args(self):
+        return (self.units, self.u_inner, self.stride_uo, self.stride_ui)
+
+    def r_args(self):
+        return (self.r, self.r0, self.stride_r1, self.stride_r0)
+
+
+def _elementwise_config(x3):
+    """Tile shape for the (C, S) plane of one sample: long along whichever of C/S is contiguous."""
+    _, C, S = x3.shape
+    if x3.stride(1) == 1 and S > 1:  # channels_last
+        block_c = min(128, triton.next_power_of_2(C))
+        block_s = max(1, min(TILE // block_c, triton.next_power_of_2(S)))
+    else:
+        block_s = min(TILE, triton.next_power_of_2(S))
+        block_c = max(1, min(TILE // block_s, triton.next_power_of_2(C)))
+    return block_c, block_s
+
+
+def _stats(x3, red, eps, unbiased_var=False):
+    """(mean, rstd, unbiased variance or None), fp32, of every reduction unit of ``red``."""
+    dev = x3.device
+    part_mean = new_empty(red.splits, red.units, dtype=torch.float32, device=dev)
+    part_m2 = new_empty(red.splits, red.units, dtype=torch.float32, device=dev)
+    _partial_stats_kernel[red.grid](x3, part_mean, part_m2, *red.args(), *red.r_args(), red.r_per_split,
+                                    BLOCK_U=red.block_u, BLOCK_R=red.block_r)
+    mean = new_empty(red.units, dtype=torch.float32, device=dev)
+    rstd = new_empty(red.units, dtype=torch.float32, device=dev)
+    var = new_empty(red.units, dtype=torch.float32, device=dev) if unbiased_var else None
+    block = min(1024, triton.next_power_of_2(red.units))
+    _finalize_stats_kernel[(triton.cdiv(red.units, block),)](
+        part_mean, part_m2, mean, rstd, var if unbiased_var else mean, red.units, red.r,
+        red.r_per_split, red.splits, eps, HAS_VAR=unbiased_var, BLOCK_U=block)
+    return mean, rstd, var
+
+
+def _apply(x3, y3, mean, rstd, weight, bias, units_per_sample, channels_per_unit, act):
+    N, C, S = x3.shape
+    block_c, block_s = _elementwise_config(x3)
+    s_blocks = triton.cdiv(S, block_s)
+    _apply_kernel[(N * s_blocks, triton.cdiv(C, block_c))](
+        x3, y3, mean, rstd, weight if weight is not None else mean, bias if bias is not None else mean,
+        C, S, s_blocks, *x3.stride(), *y3.stride(), units_per_sample, channels_per_unit,
+        HAS_W=weight is not None, HAS_B=bias is not None, ACT=act, BLOCK_C=block_c, BLOCK_S=block_s)
+
+
+def _grad_sums(x3, dy3, layout, mean, rstd, weight, bias, units_per_sample, channels_per_unit, act):
+    """(sum g, sum g * xhat) per reduction unit of ``layout`` (splits reduced in a fixed order).
+    dy is addressed with its own strides (it may be laid out unlike x, e.g. expanded)."""
+    red = _reduction(layout(x3), x3.device)
+    dy_layout = layout(dy3)
+    part_g = new_empty(red.splits, red.units, dtype=torch.float32, device=x3.device)
+    part_gx = new_empty(red.splits, red.units, dtype=torch.float32, device=x3.device)
+    dy_red = (dy_layout[2], dy_layout[3], dy_layout[6], dy_layout[7])
+    _partial_grad_kernel[red.grid](
+        x3, dy3, mean, rstd, weight if weight is not None else mean, bias if bias is not None else mean,
+        part_g, part_gx, *red.args(), *dy_red[:2], *red.r_args(), *dy_red[2:], red.r_per_split,
+        units_per_sample, channels_per_unit, HAS_W=weight is not None, HAS_B=bias is not None, ACT=act,
+        BLOCK_U=red.block_u, BLOCK_R=red.block_r)
+    return part_g.sum(0), part_gx.sum(0)
+
+
+def _grad_apply(x3, dy3, dx3, mean, rstd, weight, bias, c1, c2, units_per_sample, channels_per_unit, act):
+    N, C, S = x3.shape
+    block_c, block_s = _elementwise_config(x3)
+    s_blocks = triton.cdiv(S, block_s)
+    has_c = c1 is not None
+    _grad_apply_kernel[(N * s_blocks, triton.cdiv(C, block_c))](
+        x3, dy3, dx3, mean, rstd, weight if weight is not None else mean, bias if bias is not None else mean,
+        c1 if has_c else mean, c2 if has_c else mean, C, S, s_blocks, *x3.stride(), *dy3.stride(),
+        *dx3.stride(), units_per_sample, channels_per_unit, HAS_W=weight is not None,
+        HAS_B=bias is not None, ACT=act, HAS_C=has_c, BLOCK_C=block_c, BLOCK_S=block_s)
+
+
+# Reduction layouts: (units, u_inner, stride_uo, stride_ui, R, R0, stride_r1, stride_r0).
+def _channel_units(t3):
+    """BatchNorm: one unit per channel, reducing over (N, S)."""
+    N, C, S = t3.shape
+    sn, sc, ss = t3.stride()
+    return (C, C, 0, sc, N * S, S, sn, ss)
+
+
+def _group_units(t3, groups):
+    """GroupNorm/InstanceNorm: one unit per (sample, group), reducing over (C/G, S)."""
+    N, C, S = t3.shape
+    sn, sc, ss = t3.stride()
+    cg = C // groups
+    if sc == 1 and S > 1:  # channels_last: walk the group's channels fastest
+        return (N * groups, groups, sn, cg * sc, cg * S, cg, ss, sc)
+    return (N * groups, groups, sn, cg * sc, cg * S, S, sc, ss)
+
+
+def _sample_channel_units(t3):
+    """Backward of Group/InstanceNorm: one unit per (sample, channel), reducing over S."""
+    N, C, S = t3.shape
+    sn, sc, ss = t3.stride()
+    return (N * C, C, sn, sc, S, S, 0, ss)
+
+
+def _reduction(layout, device):
+    return _Reduction(*layout, device=device)
+
+
+def _out_like(x):
+    """A new tensor shaped like ``x`` (its dense layout kept) and its (N, C, S) *view*."""
+    out = new_empty_like(x)
+    out3 = _ncs(out)
+    if not (out3._is_view() and out3._base is out) and out3.data_ptr() != out.data_ptr():
+        out = new_empty(*x.shape, dtype=x.dtype, device=x.device)  # layout with unmergeable dims
+        out3 = _ncs(out)
+    return out, out3
+
+
+def batch_norm_fwd(x, weight, bias, running_mean, running_var, training, eps):
+    """x (N, C, *) -> (y like x, mean (C,), rstd (C,), unbiased batch variance (C,) or an empty
+    tensor), fp32 statistics. Training: batch statistics; else the running statistics. Nothing is
+    mutated: the caller updates running statistics from mean and the unbiased variance."""
+    x3 = _ncs(x)
+    y, y3 = _out_like(x)
+    if training:
+        red = _reduction(_channel_units(x3), x.device)
+        mean, rstd, var = _stats(x3, red, eps, unbiased_var=True)
+    else:
+        mean = running_mean.to(torch.float32, copy=True)
+        rstd = torch.rsqrt(running_var.float() + eps)
+        var = x.new_empty(0, dtype=torch.float32)
+    if x.numel():
+        _apply(x3, y3, mean, rstd, weight, bias, 0, 1, 0)
+    return y, mean, rstd, var
+
+
+def batch_norm_bwd(dy, x, weight, save_mean, save_rstd, training, has_bias):
+    """-> (dx like x, dweight (C,) or None, dbias (C,) or None)."""
+    x3, dy3 = _ncs(x), _ncs(dy)
+    dx, dx3 = _out_like(x)
+    N, C, S = x3.shape
+    sum_g, sum_gx = _grad_sums(x3, dy3, _channel_units, save_mean, save_rstd, None, None, 0, 1, 0)
+    c1 = c2 = None
+    if training:
+        w = weight.float() if weight is not None else 1.0
+        c1, c2 = (w * sum_gx / (N * S)).contiguous(), (w * sum_g / (N * S)).contiguous()
+    _grad_apply(x3, dy3, dx3, save_mean, save_rstd, weight, None, c1, c2, 0, 1, 0)
+    dw = sum_gx.to(weight.dtype) if weight is not None else None
+    db = sum_g.to(x.dtype) if has_bias else None
+    return dx, dw, db
+
+
+def group_norm_fwd(x, num_groups, weight, bias, eps, activation):
+    """x (N, C, *) -> (act(group_norm(x)) like x, mean (N, G) fp32, rstd (N, G) fp32)."""
+    x3 = _ncs(x)
+    N = x3.shape[0]
+    y, y3 = _out_like(x)
+    red = _reduction(_group_units(x3, num_groups), x.device)
+    mean, rstd, _ = _stats(x3, red, eps)
+    _apply(x3, y3, mean, rstd, weight, bias, num_groups, x3.shape[1] // num_groups, ACTIVATIONS[activation])
+    return y, mean.view(N, num_groups), rstd.view(N, num_groups)
+
+
+def group_norm_bwd(dy, x, num_groups, weight, bias, mean, rstd, activation):
+    """-> (dx like x, dweight (C,) or None, dbias (C,) or None); activation's gradient included."""
+    x3, dy3 = _ncs(x), _ncs(dy)
+    N, C, S = x3.shape
+    cg = C // num_groups
+    act = ACTIVATIONS[activation]
+    mean, rstd = mean.reshape(-1), rstd.reshape(-1)
+    dx, dx3 = _out_like(x)
+    sum_g, sum_gx = _grad_sums(x3, dy3, _sample_channel_units, mean, rstd, weight, bias, num_groups, cg, act)
+    sum_g, sum_gx = sum_g.view(N, C), sum_gx.view(N, C)
+    w = weight.float() if weight is not None else torch.ones(C, device=x.device)
+    c1 = (w * sum_gx).view(N, num_groups, cg).sum(-1).reshape(-1) / (cg * S)
+    c2 = (w * sum_g).view(N, num_groups, cg).sum(-1).reshape(-1) / (cg * S)
+    _grad_apply(x3, dy3, dx3, mean, rstd, weight, bias, c1, c2, num_groups, cg, act)
+    dw = sum_gx.sum(0).to(weight.dtype) if weight is not None else None
+    db = sum_g.sum(0).to(bias.dtype) if bias is not None else None
+    return dx, dw, db
