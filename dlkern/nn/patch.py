@@ -1,13 +1,20 @@
 """``dlkern.patch(model)``: swap supported torch modules for their dlkern subclasses in place."""
 import torch
 
-from dlkern.nn.normalization import LayerNorm, RMSNorm
+from dlkern.nn import normalization as N
 
 # torch module type -> dlkern subclass. Only exact types are swapped: a user's subclass may
 # override forward, and replacing it would silently drop that code.
 PATCHABLE = {
-    torch.nn.LayerNorm: LayerNorm,
-    torch.nn.RMSNorm: RMSNorm,
+    torch.nn.LayerNorm: N.LayerNorm,
+    torch.nn.RMSNorm: N.RMSNorm,
+    torch.nn.BatchNorm1d: N.BatchNorm1d,
+    torch.nn.BatchNorm2d: N.BatchNorm2d,
+    torch.nn.BatchNorm3d: N.BatchNorm3d,
+    torch.nn.InstanceNorm1d: N.InstanceNorm1d,
+    torch.nn.InstanceNorm2d: N.InstanceNorm2d,
+    torch.nn.InstanceNorm3d: N.InstanceNorm3d,
+    torch.nn.GroupNorm: N.GroupNorm,
 }
 
 
