@@ -40,8 +40,10 @@ def find_cuda_home():
         out = subprocess.run([nvcc, "-v", "--dryrun", "-x", "cu", os.devnull],
                              capture_output=True, text=True, timeout=60).stderr
         top = re.search(r"#\$ TOP=(\S+)", out)
-        if top:
-            return os.path.realpath(os.path.join(top.group(1), ".."))
+        if top:  # nvcc.profile: TOP = $(_HERE_)/.. is the toolkit root itself
+            for root in (top.group(1), os.path.join(top.group(1), "..")):
+                if os.path.exists(os.path.join(root, "bin", "nvcc")):
+                    return os.path.realpath(root)
     except (OSError, subprocess.SubprocessError):
         pass
     return os.path.realpath(os.path.join(os.path.dirname(nvcc), ".."))
@@ -90,14 +92,17 @@ def cuda_extension():
     sources = ["csrc/bindings.cpp"] + sorted(glob.glob("csrc/**/*.cu", recursive=True))
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
     gencode.append(f"-gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}")
-    include_dirs = [os.path.join(ROOT, "csrc")] + pip_cuda_include_dirs()
+    # The toolkit's headers before the pip wheels' partial copies (nvidia/cu13/include has a
+    # cuda_runtime.h but not the crt/ headers it includes).
+    include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(os.environ["CUDA_HOME"], "include")]
+    include_dirs += pip_cuda_include_dirs()
     return CUDAExtension(
         name="dlkern._C",
         sources=sources,
         include_dirs=include_dirs,
         define_macros=[("DLK_WITH_CUDA", "1")],
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
+            "cxx": ["-O3", "-std=c++20"],  # torch >= 2.10 headers require C++20
             "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
                      "--expt-relaxed-constexpr", *gencode],
         },

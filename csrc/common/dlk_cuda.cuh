@@ -1,0 +1,132 @@
+// Small portable helpers shared by the dlkern CUDA kernels.
+//
+// Everything a kernel file needs from the CUDA runtime goes through this header (launch, launch
+// check, occupancy), so a CPU emulation build can replace these few definitions and compile the
+// same kernel sources with a host compiler: it defines DLK_EMULATION, provides its own
+// cuda_runtime.h / cuda_fp16.h / cuda_bf16.h, dlk::check_launch and dlk::max_blocks_per_sm, and
+// may define DLK_LAUNCH before this header is included.
+// Kernels themselves use only threadIdx/blockIdx/blockDim/gridDim, static __shared__ arrays,
+// __syncthreads, full-mask __shfl_xor_sync, __half/__nv_bfloat16 conversions,
+// expf/sqrtf/rsqrtf/fmaf and templates. No torch here.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+// kernel<<<grid, block, smem, stream>>>(args...). A template kernel contains commas, so bind it
+// first: `auto kern = my_kernel<T, ITEMS, RMS>; DLK_LAUNCH(kern, grid, block, 0, stream, ...);`
+#ifndef DLK_LAUNCH
+#define DLK_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+#endif
+
+// Runtime flag -> compile-time constant NAME inside the lambda body (mamba / flash-attn style):
+//   DLK_BOOL_SWITCH(p.is_rms, RMS, [&] { launch<T, RMS>(p); });
+#define DLK_BOOL_SWITCH(COND, NAME, ...) \
+  [&] {                                  \
+    if (COND) {                          \
+      constexpr bool NAME = true;        \
+      return __VA_ARGS__();              \
+    } else {                             \
+      constexpr bool NAME = false;       \
+      return __VA_ARGS__();              \
+    }                                    \
+  }()
+
+namespace dlk {
+
+#ifndef DLK_EMULATION
+// Throws (with the kernel's name) if the launch just made on this thread failed, e.g. a bad
+// configuration or too many registers for the block size. Does not synchronize.
+inline void check_launch(const char* kernel_name) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("dlkern: launch of ") + kernel_name +
+                             " failed: " + cudaGetErrorString(err));
+  }
+}
+
+// How many blocks of `threads` threads of `kernel` fit on one SM at once (at least 1).
+template <typename Kernel>
+inline int max_blocks_per_sm(Kernel kernel, int threads) {
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, 0) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear it so the next launch check does not report it
+    blocks = 1;              // and assume one block per SM
+  }
+  return blocks > 0 ? blocks : 1;
+}
+#endif
+
+// ---- conversions: all arithmetic is fp32; storage is float, __half or __nv_bfloat16 ----------
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// V elements of T as one aligned unit: a 16-byte Vec is a single 128-bit load or store.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+// ---- reductions -----------------------------------------------------------------------------
+// Butterfly sum: every lane ends with the same, bitwise identical total (each step adds the two
+// halves; fp32 addition is commutative).
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum of `a` (and of `b`) over the whole block, returned to every thread, bitwise identical in
+// all of them. Requires blockDim.x % 32 == 0 and every thread of the block to call it (it holds
+// two __syncthreads). The trailing barrier lets the caller call it again right away.
+__device__ __forceinline__ void block_sum2(float& a, float& b) {
+  __shared__ float partial[2][32];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int num_warps = blockDim.x >> 5;
+  a = warp_sum(a);
+  b = warp_sum(b);
+  if (lane == 0) {
+    partial[0][warp] = a;
+    partial[1][warp] = b;
+  }
+  __syncthreads();
+  a = lane < num_warps ? partial[0][lane] : 0.f;
+  b = lane < num_warps ? partial[1][lane] : 0.f;
+  a = warp_sum(a);
+  b = warp_sum(b);
+  __syncthreads();
+}
+
+__device__ __forceinline__ float block_sum(float a) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int num_warps = blockDim.x >> 5;
+  a = warp_sum(a);
+  if (lane == 0) partial[warp] = a;
+  __syncthreads();
+  a = lane < num_warps ? partial[lane] : 0.f;
+  a = warp_sum(a);
+  __syncthreads();
+  return a;
+}
+
+}  // namespace dlk
