@@ -25,7 +25,7 @@ import triton.language as tl
 from dlkern.debug import new_empty, new_empty_like
 
 ACTIVATIONS = {None: 0, "none": 0, "silu": 1, "gelu": 2, "relu": 3}
-_GELU_C = 0.7071067811865476  # 1/sqrt(2): exact (erf) GELU, as torch's default
+_GELU_C = tl.constexpr(0.7071067811865476)  # 1/sqrt(2): exact (erf) GELU, as torch's default
 
 
 @triton.jit
@@ -245,6 +245,11 @@ def _grad_apply_kernel(
 TILE = 4096  # elements per program tile
 
 
+def num_warps(tile: int) -> int:
+    """About eight fp32 values per thread and tensor: the backward keeps five such tensors live."""
+    return max(1, min(16, tile // 256))
+
+
 def _ncs(t):
     """(N, C, *spatial) -> (N, C, S) view (a copy only when the spatial dims cannot be merged)."""
     return t.reshape(t.shape[0], t.shape[1], -1)
@@ -298,14 +303,15 @@ def _stats(x3, red, eps, unbiased_var=False):
     part_mean = new_empty(red.splits, red.units, dtype=torch.float32, device=dev)
     part_m2 = new_empty(red.splits, red.units, dtype=torch.float32, device=dev)
     _partial_stats_kernel[red.grid](x3, part_mean, part_m2, *red.args(), *red.r_args(), red.r_per_split,
-                                    BLOCK_U=red.block_u, BLOCK_R=red.block_r)
+                                    BLOCK_U=red.block_u, BLOCK_R=red.block_r,
+                                    num_warps=num_warps(red.block_u * red.block_r))
     mean = new_empty(red.units, dtype=torch.float32, device=dev)
     rstd = new_empty(red.units, dtype=torch.float32, device=dev)
     var = new_empty(red.units, dtype=torch.float32, device=dev) if unbiased_var else None
     block = min(1024, triton.next_power_of_2(red.units))
     _finalize_stats_kernel[(triton.cdiv(red.units, block),)](
         part_mean, part_m2, mean, rstd, var if unbiased_var else mean, red.units, red.r,
-        red.r_per_split, red.splits, eps, HAS_VAR=unbiased_var, BLOCK_U=block)
+        red.r_per_split, red.splits, eps, HAS_VAR=unbiased_var, BLOCK_U=block, num_warps=4)
     return mean, rstd, var
 
 
@@ -316,7 +322,8 @@ def _apply(x3, y3, mean, rstd, weight, bias, units_per_sample, channels_per_unit
     _apply_kernel[(N * s_blocks, triton.cdiv(C, block_c))](
         x3, y3, mean, rstd, weight if weight is not None else mean, bias if bias is not None else mean,
         C, S, s_blocks, *x3.stride(), *y3.stride(), units_per_sample, channels_per_unit,
-        HAS_W=weight is not None, HAS_B=bias is not None, ACT=act, BLOCK_C=block_c, BLOCK_S=block_s)
+        HAS_W=weight is not None, HAS_B=bias is not None, ACT=act, BLOCK_C=block_c, BLOCK_S=block_s,
+        num_warps=num_warps(block_c * block_s))
 
 
 def _grad_sums(x3, dy3, layout, mean, rstd, weight, bias, units_per_sample, channels_per_unit, act):
@@ -331,7 +338,7 @@ def _grad_sums(x3, dy3, layout, mean, rstd, weight, bias, units_per_sample, chan
         x3, dy3, mean, rstd, weight if weight is not None else mean, bias if bias is not None else mean,
         part_g, part_gx, *red.args(), *dy_red[:2], *red.r_args(), *dy_red[2:], red.r_per_split,
         units_per_sample, channels_per_unit, HAS_W=weight is not None, HAS_B=bias is not None, ACT=act,
-        BLOCK_U=red.block_u, BLOCK_R=red.block_r)
+        BLOCK_U=red.block_u, BLOCK_R=red.block_r, num_warps=num_warps(red.block_u * red.block_r))
     return part_g.sum(0), part_gx.sum(0)
 
 
@@ -344,7 +351,8 @@ def _grad_apply(x3, dy3, dx3, mean, rstd, weight, bias, c1, c2, units_per_sample
         x3, dy3, dx3, mean, rstd, weight if weight is not None else mean, bias if bias is not None else mean,
         c1 if has_c else mean, c2 if has_c else mean, C, S, s_blocks, *x3.stride(), *dy3.stride(),
         *dx3.stride(), units_per_sample, channels_per_unit, HAS_W=weight is not None,
-        HAS_B=bias is not None, ACT=act, HAS_C=has_c, BLOCK_C=block_c, BLOCK_S=block_s)
+        HAS_B=bias is not None, ACT=act, HAS_C=has_c, BLOCK_C=block_c, BLOCK_S=block_s,
+        num_warps=num_warps(block_c * block_s))
 
 
 # Reduction layouts: (units, u_inner, stride_uo, stride_ui, R, R0, stride_r1, stride_r0).
@@ -448,3 +456,47 @@ def group_norm_bwd(dy, x, num_groups, weight, bias, mean, rstd, activation):
     dw = sum_gx.sum(0).to(weight.dtype) if weight is not None else None
     db = sum_g.sum(0).to(bias.dtype) if bias is not None else None
     return dx, dw, db
+
+
+# ---------------------------------------------------------------------------------------------
+# What the compile test builds for sm_80/sm_90: each kernel at its largest tile in the shapes the
+# host code picks (narrow-unit and wide-unit reductions; S-major and C-major elementwise tiles),
+# with every flag on and the costliest activation (GELU), in fp32 and bf16.
+# ---------------------------------------------------------------------------------------------
+_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+_FP32_PTRS = {"PART_MEAN", "PART_M2", "MEAN", "RSTD", "VAR_UNBIASED", "PART_G", "PART_GX", "C1", "C2"}
+_DATA_PTRS = {"X", "Y", "DY", "DX", "W", "B"}
+
+
+def _signature(kernel, dtype):
+    sig = {}
+    for a in kernel.arg_names:
+        if a == "eps":
+            sig[a] = "fp32"
+        elif a in _FP32_PTRS:
+            sig[a] = "*fp32"
+        elif a in _DATA_PTRS:
+            sig[a] = _PTR[dtype]
+        elif a.startswith(("HAS_", "BLOCK_")) or a == "ACT":
+            sig[a] = "constexpr"
+        else:
+            sig[a] = "i32"
+    return sig
+
+
+def compile_specs():
+    for dtype in (torch.float32, torch.bfloat16):
+        t = str(dtype)[6:]
+        for bu, br in ((1, TILE), (64, TILE // 64)):
+            meta = dict(BLOCK_U=bu, BLOCK_R=br)
+            yield (f"stats_{t}_u{bu}_r{br}", _partial_stats_kernel, _signature(_partial_stats_kernel, dtype),
+                   meta, num_warps(bu * br))
+            yield (f"grad_sums_{t}_u{bu}_r{br}", _partial_grad_kernel, _signature(_partial_grad_kernel, dtype),
+                   dict(meta, HAS_W=True, HAS_B=True, ACT=2), num_warps(bu * br))
+        for bc, bs in ((1, TILE), (128, TILE // 128)):
+            meta = dict(BLOCK_C=bc, BLOCK_S=bs, HAS_W=True, HAS_B=True, ACT=2)
+            yield (f"apply_{t}_c{bc}_s{bs}", _apply_kernel, _signature(_apply_kernel, dtype), meta, num_warps(bc * bs))
+            yield (f"grad_apply_{t}_c{bc}_s{bs}", _grad_apply_kernel, _signature(_grad_apply_kernel, dtype),
+                   dict(meta, HAS_C=True), num_warps(bc * bs))
+    yield ("finalize_u1024", _finalize_stats_kernel, _signature(_finalize_stats_kernel, torch.float32),
+           dict(HAS_VAR=True, BLOCK_U=1024), 4)

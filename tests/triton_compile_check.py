@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-MODULES = ["dlkern.kernels.row_norm"]
+MODULES = ["dlkern.kernels.row_norm", "dlkern.kernels.channel_norm", "dlkern.kernels.weight_norm"]
 
 
 def specs():
@@ -25,7 +25,8 @@ def specs():
 def cases():
     """(arch, spec name): every configuration on sm_90; the heaviest ones on sm_80 as well."""
     names = [s[0] for s in specs()]
-    return [(90, n) for n in names] + [(80, n) for n in names if "n8192" in n or "looped" in n]
+    heaviest = ("n8192", "looped", "channel_norm.", "weight_norm.")
+    return [(90, n) for n in names] + [(80, n) for n in names if any(h in n for h in heaviest)]
 
 
 def _ptxas(arch):
