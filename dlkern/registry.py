@@ -50,6 +50,9 @@ class OpSpec:
     launchers: tuple = ()              # names every kernel backend module must expose
     family: str = ""                   # "norm", "attention", ... (README grouping)
 
+    def __repr__(self):
+        return f"OpSpec({self.name!r}, backends={self.backends})"
+
 
 OPS: dict[str, OpSpec] = {}
 

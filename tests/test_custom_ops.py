@@ -2,6 +2,8 @@
 registration, AOT dispatch), on the argument sets it actually receives when the registered ops
 run their samples forward and backward. A torch.compile(fullgraph=True) model built on the ops
 traces without graph breaks and matches eager."""
+import copy
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -82,3 +84,39 @@ def test_compile_fullgraph_matches_eager(backend):
         (g_comp,) = torch.autograd.grad(out.square().sum(), x)
     torch.testing.assert_close(out, eager)
     torch.testing.assert_close(g_comp, g_eager)
+
+
+class _ConvBlock(torch.nn.Module):
+    """conv -> BatchNorm (training: running stats updated in place) -> GroupNorm+SiLU."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.bn = dlkern.nn.BatchNorm2d(c)
+        self.gn = dlkern.nn.GroupNorm(4, c)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        return dlkern.nn.functional.group_norm_act(h, 4, self.gn.weight, self.gn.bias, 1e-5, "silu")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
+def test_compile_fullgraph_conv_block_with_running_stats(backend):
+    if backend != "reference" and availability(backend, DEVICE):
+        pytest.skip("; ".join(availability(backend, DEVICE)))
+    torch.manual_seed(0)
+    eager_model = _ConvBlock().to(DEVICE)
+    compiled_model = copy.deepcopy(eager_model)
+    x = torch.randn(2, 8, 5, 5, device=DEVICE)
+    with dlkern.use_backend(backend):
+        torch._dynamo.reset()
+        compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+        for _ in range(2):
+            eager = eager_model(x)
+            out = compiled(x)
+            g_eager = torch.autograd.grad(eager.square().sum(), eager_model.conv.weight)[0]
+            g_comp = torch.autograd.grad(out.square().sum(), compiled_model.conv.weight)[0]
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(g_comp, g_eager, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled_model.bn.running_var, eager_model.bn.running_var)
+    assert int(compiled_model.bn.num_batches_tracked) == 2
