@@ -11,7 +11,8 @@ import subprocess
 import sys
 import tempfile
 
-MODULES = ["dlkern.kernels.row_norm", "dlkern.kernels.channel_norm", "dlkern.kernels.weight_norm"]
+MODULES = ["dlkern.kernels.row_norm", "dlkern.kernels.channel_norm", "dlkern.kernels.weight_norm",
+           "dlkern.kernels.optim"]
 
 
 def specs():
@@ -25,7 +26,7 @@ def specs():
 def cases():
     """(arch, spec name): every configuration on sm_90; the heaviest ones on sm_80 as well."""
     names = [s[0] for s in specs()]
-    heaviest = ("n8192", "looped", "channel_norm.", "weight_norm.")
+    heaviest = ("n8192", "looped", "channel_norm.", "weight_norm.", "optim.")
     return [(90, n) for n in names] + [(80, n) for n in names if any(h in n for h in heaviest)]
 
 

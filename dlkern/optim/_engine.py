@@ -1,0 +1,69 @@
+"""What the dlkern optimizers share: the backend choice for a param group, collecting the
+tensors that have gradients (with torch's errors), and splitting lists by dtype so each launch of
+a multi-tensor kernel sees one pointer type per list."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from dlkern.backend import choose
+from dlkern.registry import OpSpec, register_op
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _supports(backend, first_param, params, group):
+    reasons = []
+    if group.get("differentiable") or group.get("capturable"):
+        reasons.append("differentiable/capturable param groups run torch's own implementation")
+    for p in params:
+        if p.dtype not in KERNEL_DTYPES:
+            reasons.append(f"parameter dtype {p.dtype} is not supported (float32, float16, bfloat16)")
+            break
+        if not p.is_contiguous():
+            reasons.append("parameters must be contiguous for the multi-tensor kernels")
+            break
+    return reasons
+
+
+def register_step(name, launchers):
+    """An OpSpec for an optimizer step: it gives the step a place in the backend chooser and in
+    ``dlkern info`` (the generic op tests do not apply: steps are tested in tests/optim)."""
+    return register_op(OpSpec(name=name, family="optim", fn=None, reference=None,
+                              supports=_supports, launchers=launchers,
+                              backends=("triton",), auto_order=("triton",)))  # CUDA twins: not yet
+
+
+def choose_backend(op, params, group, backend):
+    if not params:
+        return "reference"
+    return choose(op, (params[0], params, group), {}, backend)
+
+
+def params_with_grads(group, name):
+    """(params, grads) of a group, skipping params without gradient; sparse gradients raise."""
+    params, grads = [], []
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            raise RuntimeError(f"{name} does not support sparse gradients")
+        params.append(p)
+        grads.append(p.grad if p.grad.is_contiguous() else p.grad.contiguous())
+    return params, grads
+
+
+def by_dtype(*lists):
+    """Split parallel lists into groups with equal dtypes in every list: {key: lists}."""
+    groups = defaultdict(lambda: tuple([] for _ in lists))
+    for items in zip(*lists):
+        key = tuple(t.dtype if isinstance(t, torch.Tensor) else None for t in items)
+        for bucket, item in zip(groups[key], items):
+            bucket.append(item)
+    return groups.values()
+
+
+def scalar(v):
+    """A tensor hyper-parameter (tensor lr) as a Python float."""
+    return v.item() if isinstance(v, torch.Tensor) else v

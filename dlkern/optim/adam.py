@@ -1,0 +1,86 @@
+"""Adam and AdamW (and AMSGrad) on the multi-tensor kernels. Subclasses of torch's optimizers:
+the constructor (and its errors), param groups, state_dict layout, hooks and schedulers are
+torch's own, so checkpoints move both ways; only ``step`` runs dlkern's kernels.
+``foreach``/``fused`` are accepted and apply when the step runs torch's implementation
+(the reference backend, e.g. on CPU under ``auto``)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dlkern import backend as _backend
+from dlkern.optim._engine import by_dtype, choose_backend, params_with_grads, register_step, scalar
+
+ADAM_STEP = register_step("adam_step", ("multi_tensor_adam",))
+
+
+class _AdamKernelStep:
+    _decoupled_default = False
+
+    def __init__(self, *args, backend: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = None if backend is None else _backend.check_backend_name(backend)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = params_with_grads(group, type(self).__name__)
+            chosen = choose_backend(ADAM_STEP, params, group, self.backend)
+            if chosen == "reference":
+                self._torch_step_group(group)
+            else:
+                self._kernel_step_group(group, params, grads, chosen)
+        return loss
+
+    def _torch_step_group(self, group):
+        """torch's own step for one group (the others are hidden for the call)."""
+        groups = self.param_groups
+        self.param_groups = [group]
+        try:
+            super().step()
+        finally:
+            self.param_groups = groups
+
+    def _kernel_step_group(self, group, params, grads, backend):
+        if not params:
+            return
+        beta1, beta2 = (scalar(b) for b in group["betas"])
+        lr, wd, amsgrad = scalar(group["lr"]), group["weight_decay"], group["amsgrad"]
+        decoupled = group.get("decoupled_weight_decay", self._decoupled_default)
+        m, v, vmax, steps = [], [], [], []
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:  # torch's state layout, so state_dicts interchange
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if amsgrad:
+                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            m.append(state["exp_avg"])
+            v.append(state["exp_avg_sq"])
+            vmax.append(state.get("max_exp_avg_sq") if amsgrad else None)
+            steps.append(state["step"])
+        torch._foreach_add_(steps, 1)
+        step_sizes, bc2_sqrts = [], []
+        for s in steps:  # float64 on the host, as torch computes them
+            n = s.item()
+            step_sizes.append(lr / (1 - beta1 ** n))
+            bc2_sqrts.append(math.sqrt(1 - beta2 ** n))
+        launch = _backend.launchers(backend, params[0].device).multi_tensor_adam
+        for ps, gs, ms, vs, vms, ss, bs in by_dtype(params, grads, m, v, vmax, step_sizes, bc2_sqrts):
+            launch(ps, gs, ms, vs, vms if amsgrad else None, ss, bs, beta1, beta2, group["eps"], wd, lr,
+                   decoupled, amsgrad, group["maximize"])
+
+
+class Adam(_AdamKernelStep, torch.optim.Adam):
+    """Drop-in for ``torch.optim.Adam`` (``backend=`` picks the step's backend)."""
+
+
+class AdamW(_AdamKernelStep, torch.optim.AdamW):
+    """Drop-in for ``torch.optim.AdamW`` (``backend=`` picks the step's backend)."""
+    _decoupled_default = True

@@ -1,0 +1,59 @@
+"""SGD (momentum, dampening, Nesterov, weight decay, maximize) on the multi-tensor kernel; a
+subclass of torch.optim.SGD, so everything but ``step`` is torch's own."""
+from __future__ import annotations
+
+import torch
+
+from dlkern import backend as _backend
+from dlkern.optim._engine import by_dtype, choose_backend, params_with_grads, register_step, scalar
+
+SGD_STEP = register_step("sgd_step", ("multi_tensor_sgd",))
+
+
+class SGD(torch.optim.SGD):
+    """Drop-in for ``torch.optim.SGD`` (``backend=`` picks the step's backend)."""
+
+    def __init__(self, *args, backend: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = None if backend is None else _backend.check_backend_name(backend)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = params_with_grads(group, "SGD")
+            chosen = choose_backend(SGD_STEP, params, group, self.backend)
+            if chosen == "reference":
+                groups, self.param_groups = self.param_groups, [group]
+                try:
+                    super().step()
+                finally:
+                    self.param_groups = groups
+            elif params:
+                self._kernel_step_group(group, params, grads, chosen)
+        return loss
+
+    def _kernel_step_group(self, group, params, grads, backend):
+        momentum = group["momentum"]
+        launch = _backend.launchers(backend, params[0].device).multi_tensor_sgd
+        args = (scalar(group["lr"]), momentum, group["dampening"], scalar(group["weight_decay"]),
+                group["nesterov"], group["maximize"])
+        if momentum == 0:
+            for ps, gs in by_dtype(params, grads):
+                launch(ps, gs, None, *args, False)
+            return
+        # Buffers that do not exist yet start as the gradient itself (torch's first step).
+        first, later = ([], [], []), ([], [], [])
+        for p, g in zip(params, grads):
+            buf = self.state[p].get("momentum_buffer")
+            target = later if buf is not None else first
+            if buf is None:
+                buf = self.state[p]["momentum_buffer"] = torch.empty_like(p, memory_format=torch.preserve_format)
+            for lst, item in zip(target, (p, g, buf)):
+                lst.append(item)
+        for is_first, (ps, gs, bs) in ((True, first), (False, later)):
+            for dps, dgs, dbs in by_dtype(ps, gs, bs):
+                launch(dps, dgs, dbs, *args, is_first)

@@ -1,0 +1,204 @@
+"""Multi-tensor optimizer steps in Triton (apex-style): one launch updates every tensor of a list.
+
+The host packs, for each tensor list (params, grads, states), a table of data pointers, plus a
+chunk table: chunk ``c`` covers elements [start, start + CHUNK) of tensor ``tensor[c]``. One
+program per chunk loads its tensor's pointers from the tables (int64 -> typed pointer), so the
+number of launches does not depend on how many parameters there are or on their shapes. Tensors
+of one launch share dtypes (pointer types are compile-time); the optimizer groups them.
+
+Per-tensor scalars that depend on a tensor's own step count (Adam's bias corrections) are
+computed on the host in float64, as torch does, and passed as fp32 tables.
+No kernel is autotuned: they update state in place, and a tuning rerun would apply the update twice.
+"""
+import torch
+import triton
+import triton.language as tl
+
+CHUNK = 65536   # elements per program
+BLOCK = 1024    # elements per inner iteration on a GPU
+
+
+def _block(device) -> int:
+    # The interpreter pays per operation, not per element: wide blocks, still 4 per chunk.
+    return BLOCK if device.type == "cuda" else CHUNK // 4
+_TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+@triton.jit
+def _tensor_ptr(TABLE, t, DTYPE: tl.constexpr):
+    return tl.load(TABLE + t).to(tl.pointer_type(DTYPE), bitcast=True)
+
+
+@triton.jit
+def _adam_kernel(
+    P_TABLE, G_TABLE, M_TABLE, V_TABLE, VMAX_TABLE,   # int64 data pointers, one per tensor
+    SIZES, CHUNK_TENSOR, CHUNK_START,                 # per tensor / per chunk
+    STEP_SIZE, BC2_SQRT,                              # per tensor: lr / (1 - b1^t), sqrt(1 - b2^t)
+    beta1, beta2, eps, weight_decay, decay_factor,    # decay_factor = 1 - lr * wd (AdamW)
+    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
+    DECOUPLED: tl.constexpr, HAS_WD: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+    CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    c = tl.program_id(0)
+    t = tl.load(CHUNK_TENSOR + c)
+    start = tl.load(CHUNK_START + c)
+    end = tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+    p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
+    g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
+    m_ptr = _tensor_ptr(M_TABLE, t, S_DTYPE)
+    v_ptr = _tensor_ptr(V_TABLE, t, S_DTYPE)
+    step_size = tl.load(STEP_SIZE + t)
+    bc2_sqrt = tl.load(BC2_SQRT + t)
+    for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
+        idx = start + off + tl.arange(0, BLOCK_SIZE)
+        mask = idx < end
+        p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        m = tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        if MAXIMIZE:
+            g = -g
+        if DECOUPLED:
+            p = p * decay_factor
+        elif HAS_WD:
+            g = g + weight_decay * p
+        m = m + (1.0 - beta1) * (g - m)          # exp_avg.lerp_(grad, 1 - beta1)
+        v = v * beta2 + (1.0 - beta2) * g * g
+        if AMSGRAD:
+            vmax_ptr = _tensor_ptr(VMAX_TABLE, t, S_DTYPE)
+            vmax = tl.maximum(tl.load(vmax_ptr + idx, mask=mask, other=0.0).to(tl.float32), v)
+            tl.store(vmax_ptr + idx, vmax.to(S_DTYPE), mask=mask)
+            denom = tl.sqrt(vmax) / bc2_sqrt + eps
+        else:
+            denom = tl.sqrt(v) / bc2_sqrt + eps
+        p = p - step_size * (m / denom)
+        tl.store(p_ptr + idx, p.to(P_DTYPE), mask=mask)
+        tl.store(m_ptr + idx, m.to(S_DTYPE), mask=mask)
+        tl.store(v_ptr + idx, v.to(S_DTYPE), mask=mask)
+
+
+@triton.jit
+def _sgd_kernel(
+    P_TABLE, G_TABLE, B_TABLE,                        # params, grads, momentum buffers
+    SIZES, CHUNK_TENSOR, CHUNK_START,
+    lr, momentum, dampening, weight_decay,
+    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
+    HAS_WD: tl.constexpr, HAS_MOMENTUM: tl.constexpr, FIRST: tl.constexpr, NESTEROV: tl.constexpr,
+    MAXIMIZE: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    c = tl.program_id(0)
+    t = tl.load(CHUNK_TENSOR + c)
+    start = tl.load(CHUNK_START + c)
+    end = tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+    p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
+    g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
+    for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
+        idx = start + off + tl.arange(0, BLOCK_SIZE)
+        mask = idx < end
+        p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        d = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        if MAXIMIZE:
+            d = -d
+        if HAS_WD:
+            d = d + weight_decay * p
+        if HAS_MOMENTUM:
+            b_ptr = _tensor_ptr(B_TABLE, t, P_DTYPE)
+            if FIRST:  # torch: the buffer starts as a copy of the first gradient (no dampening)
+                buf = d
+            else:
+                buf = tl.load(b_ptr + idx, mask=mask, other=0.0).to(tl.float32) * momentum + (1.0 - dampening) * d
+            tl.store(b_ptr + idx, buf.to(P_DTYPE), mask=mask)
+            if NESTEROV:
+                d = d + momentum * buf
+            else:
+                d = buf
+        tl.store(p_ptr + idx, (p - lr * d).to(P_DTYPE), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side
+# ---------------------------------------------------------------------------------------------
+def _pointer_table(tensors, device):
+    return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64).to(device, non_blocking=True)
+
+
+def chunk_table(sizes, device):
+    """(sizes, chunk -> tensor index, chunk -> first element) for tensors of ``sizes`` elements."""
+    tensor_of, start_of = [], []
+    for i, n in enumerate(sizes):
+        for start in range(0, n, CHUNK):
+            tensor_of.append(i)
+            start_of.append(start)
+    as_dev = lambda v, dt: torch.tensor(v, dtype=dt).to(device, non_blocking=True)  # noqa: E731
+    return as_dev(list(sizes), torch.int64), as_dev(tensor_of, torch.int32), as_dev(start_of, torch.int64)
+
+
+def _check_lists(**lists):
+    ref = next(iter(lists.values()))
+    for name, ts in lists.items():
+        if ts is None:
+            continue
+        if len(ts) != len(ref):
+            raise ValueError(f"{name} has {len(ts)} tensors; expected {len(ref)}")
+        for a, b in zip(ts, ref):
+            if a.numel() != b.numel() or not a.is_contiguous():
+                raise ValueError(f"{name}: every tensor must be contiguous and match its parameter's size")
+
+
+def multi_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step_sizes, bc2_sqrts,
+                      beta1, beta2, eps, weight_decay, lr, decoupled, amsgrad, maximize):
+    """One Adam/AdamW step over same-dtype lists, in place. step_sizes / bc2_sqrts: per tensor
+    (lr / (1 - beta1^step), sqrt(1 - beta2^step)), computed by the caller from each step count."""
+    if not params:
+        return
+    _check_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+                 max_exp_avg_sqs=max_exp_avg_sqs if amsgrad else None)
+    dev = params[0].device
+    sizes, chunk_t, chunk_s = chunk_table([p.numel() for p in params], dev)
+    tables = [_pointer_table(ts, dev) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
+    vmax = _pointer_table(max_exp_avg_sqs, dev) if amsgrad else tables[3]
+    f32 = lambda v: torch.tensor(v, dtype=torch.float32).to(dev, non_blocking=True)  # noqa: E731
+    _adam_kernel[(chunk_t.numel(),)](
+        *tables, vmax, sizes, chunk_t, chunk_s, f32(step_sizes), f32(bc2_sqrts),
+        beta1, beta2, eps, weight_decay, 1.0 - lr * weight_decay,
+        P_DTYPE=_TL[params[0].dtype], G_DTYPE=_TL[grads[0].dtype], S_DTYPE=_TL[exp_avgs[0].dtype],
+        DECOUPLED=decoupled, HAS_WD=weight_decay != 0, AMSGRAD=amsgrad, MAXIMIZE=maximize,
+        CHUNK_SIZE=CHUNK, BLOCK_SIZE=_block(dev), num_warps=4)
+
+
+def multi_tensor_sgd(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
+                     maximize, first):
+    """One SGD step over same-dtype lists, in place. ``first``: the buffers are uninitialized and
+    are set to the (decayed) gradient, as torch does on a buffer's first step."""
+    if not params:
+        return
+    has_momentum = momentum != 0
+    _check_lists(params=params, grads=grads, momentum_buffers=momentum_buffers if has_momentum else None)
+    dev = params[0].device
+    sizes, chunk_t, chunk_s = chunk_table([p.numel() for p in params], dev)
+    p_table, g_table = _pointer_table(params, dev), _pointer_table(grads, dev)
+    b_table = _pointer_table(momentum_buffers, dev) if has_momentum else p_table
+    _sgd_kernel[(chunk_t.numel(),)](
+        p_table, g_table, b_table, sizes, chunk_t, chunk_s, lr, momentum, dampening, weight_decay,
+        P_DTYPE=_TL[params[0].dtype], G_DTYPE=_TL[grads[0].dtype], HAS_WD=weight_decay != 0,
+        HAS_MOMENTUM=has_momentum, FIRST=first, NESTEROV=nesterov, MAXIMIZE=maximize,
+        CHUNK_SIZE=CHUNK, BLOCK_SIZE=_block(dev), num_warps=4)
+
+
+def compile_specs():
+    """The compile test builds both kernels with every flag on, fp32 and bf16 params."""
+    for dtype in ("fp32", "bf16"):
+        tl_dtype = tl.float32 if dtype == "fp32" else tl.bfloat16
+        adam = {a: "*i64" for a in ("P_TABLE", "G_TABLE", "M_TABLE", "V_TABLE", "VMAX_TABLE", "SIZES", "CHUNK_START")}
+        adam.update(CHUNK_TENSOR="*i32", STEP_SIZE="*fp32", BC2_SQRT="*fp32", beta1="fp32", beta2="fp32",
+                    eps="fp32", weight_decay="fp32", decay_factor="fp32")
+        flags = dict(P_DTYPE=tl_dtype, G_DTYPE=tl_dtype, S_DTYPE=tl.float32, DECOUPLED=False, HAS_WD=True,
+                     AMSGRAD=True, MAXIMIZE=True, CHUNK_SIZE=CHUNK, BLOCK_SIZE=BLOCK)
+        adam.update({k: "constexpr" for k in flags})
+        yield (f"adam_{dtype}", _adam_kernel, adam, flags, 4)
+        sgd = {a: "*i64" for a in ("P_TABLE", "G_TABLE", "B_TABLE", "SIZES", "CHUNK_START")}
+        sgd.update(CHUNK_TENSOR="*i32", lr="fp32", momentum="fp32", dampening="fp32", weight_decay="fp32")
+        flags = dict(P_DTYPE=tl_dtype, G_DTYPE=tl_dtype, HAS_WD=True, HAS_MOMENTUM=True, FIRST=False,
+                     NESTEROV=True, MAXIMIZE=True, CHUNK_SIZE=CHUNK, BLOCK_SIZE=BLOCK)
+        sgd.update({k: "constexpr" for k in flags})
+        yield (f"sgd_{dtype}", _sgd_kernel, sgd, flags, 4)
