@@ -8,7 +8,7 @@ from collections import defaultdict
 import torch
 
 from dlkern.backend import choose
-from dlkern.registry import OpSpec, register_op
+from dlkern.registry import OpSpec
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -27,12 +27,11 @@ def _supports(backend, first_param, params, group):
     return reasons
 
 
-def register_step(name, launchers):
-    """An OpSpec for an optimizer step: it gives the step a place in the backend chooser and in
-    ``dlkern info`` (the generic op tests do not apply: steps are tested in tests/optim)."""
-    return register_op(OpSpec(name=name, family="optim", fn=None, reference=None,
-                              supports=_supports, launchers=launchers,
-                              backends=("triton",), auto_order=("triton",)))  # CUDA twins: not yet
+def step_spec(name, launchers):
+    """An OpSpec for an optimizer step, for the backend chooser. Not in the op registry: the
+    registry's generic tests and benchmarks call functional ops; steps are tested in tests/optim."""
+    return OpSpec(name=name, family="optim", fn=None, reference=None, supports=_supports,
+                  launchers=launchers, backends=("triton",), auto_order=("triton",))  # no CUDA twin yet
 
 
 def choose_backend(op, params, group, backend):

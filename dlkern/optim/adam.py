@@ -10,9 +10,9 @@ import math
 import torch
 
 from dlkern import backend as _backend
-from dlkern.optim._engine import by_dtype, choose_backend, params_with_grads, register_step, scalar
+from dlkern.optim._engine import by_dtype, choose_backend, params_with_grads, step_spec, scalar
 
-ADAM_STEP = register_step("adam_step", ("multi_tensor_adam",))
+ADAM_STEP = step_spec("adam_step", ("multi_tensor_adam",))
 
 
 class _AdamKernelStep:

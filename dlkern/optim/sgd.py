@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from dlkern import backend as _backend
-from dlkern.optim._engine import by_dtype, choose_backend, params_with_grads, register_step, scalar
+from dlkern.optim._engine import by_dtype, choose_backend, params_with_grads, step_spec, scalar
 
-SGD_STEP = register_step("sgd_step", ("multi_tensor_sgd",))
+SGD_STEP = step_spec("sgd_step", ("multi_tensor_sgd",))
 
 
 class SGD(torch.optim.SGD):

@@ -10,7 +10,7 @@ import dlkern
 from dlkern.backend import availability
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-BACKENDS = [b for b in dlkern.get_op("adam_step").backends if not availability(b, DEVICE)]
+BACKENDS = [b for b in dlkern.optim.adam.ADAM_STEP.backends if not availability(b, DEVICE)]
 needs_kernels = pytest.mark.skipif(not BACKENDS, reason="no kernel backend can run here")
 SHAPES = [(1,), (7, 13), (1001,), (3, 5, 2), (64,)]
 
