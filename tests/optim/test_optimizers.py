@@ -205,3 +205,15 @@ def test_one_launch_per_dtype_group_whatever_the_parameter_count(backend, monkey
         p.grad = torch.ones_like(p)
     opt.step()
     assert len(launches) == 2, f"expected one launch per dtype group, got {len(launches)}"
+
+
+@pytest.mark.parametrize("name,kwargs", [CONFIGS[2], CONFIGS[4], CONFIGS[7]], ids=["Adam-amsgrad", "AdamW-tensor-lr", "SGD"])
+def test_reference_backend_is_torchs_step(name, kwargs):
+    """The CPU default (reference) runs torch's step, via its fused CPU kernel for Adam/AdamW when the
+    user chose no implementation; the group's own settings are left as the user gave them."""
+    ours, ours_p, theirs, theirs_p = _pair(name, kwargs, backend="reference")
+    _run(ours, ours_p, 30)
+    _run(theirs, theirs_p, 30)
+    for a, b in zip(ours_p, theirs_p):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+    assert ours.param_groups[0].get("fused") is None
