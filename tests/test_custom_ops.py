@@ -29,7 +29,7 @@ class _RecordDlkernCalls(TorchDispatchMode):
 
 def _recorded_calls(backend):
     calls = {}
-    for op in dlkern.all_ops():
+    for op in (op for op in dlkern.all_ops() if backend in op.backends):
         for sample in list(op.samples(DEVICE, torch.float32))[:3]:
             args = clone_inputs(sample.args, sample.grad_inputs)
             with _RecordDlkernCalls() as rec:
@@ -45,8 +45,10 @@ def test_opcheck_every_custom_op(backend):
         pytest.skip("; ".join(availability(backend, DEVICE)))
     calls = _recorded_calls(backend)
     registered = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("dlkern::")}
-    assert registered and set(calls) == registered, \
-        f"custom ops never exercised by the registry samples: {sorted(registered - set(calls))}"
+    assert calls and set(calls) <= registered
+    if all(backend in op.backends for op in dlkern.all_ops()):  # else some ops are not reachable
+        assert set(calls) == registered, \
+            f"custom ops never exercised by the registry samples: {sorted(registered - set(calls))}"
     for name, recorded in calls.items():
         for func, args, kwargs in recorded[:2]:
             if name.endswith("_bwd"):  # backward kernels have no double backward (documented)
@@ -104,6 +106,9 @@ class _ConvBlock(torch.nn.Module):
 def test_compile_fullgraph_conv_block_with_running_stats(backend):
     if backend != "reference" and availability(backend, DEVICE):
         pytest.skip("; ".join(availability(backend, DEVICE)))
+    missing = [n for n in ("batch_norm", "group_norm_silu") if backend not in dlkern.get_op(n).backends + ("reference",)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} have no {backend} implementation")
     torch.manual_seed(0)
     eager_model = _ConvBlock().to(DEVICE)
     compiled_model = copy.deepcopy(eager_model)

@@ -4,7 +4,7 @@
 // check, occupancy), so a CPU emulation build can replace these few definitions and compile the
 // same kernel sources with a host compiler: it defines DLK_EMULATION, provides its own
 // cuda_runtime.h / cuda_fp16.h / cuda_bf16.h, dlk::check_launch and dlk::max_blocks_per_sm, and
-// may define DLK_LAUNCH before this header is included.
+// defines DLK_LAUNCH and DLK_DYNAMIC_SHARED before this header is included (csrc/emu/README.md).
 // Kernels themselves use only threadIdx/blockIdx/blockDim/gridDim, static __shared__ arrays,
 // __syncthreads, full-mask __shfl_xor_sync, __half/__nv_bfloat16 conversions,
 // expf/sqrtf/rsqrtf/fmaf and templates. No torch here.
@@ -22,6 +22,16 @@
 #ifndef DLK_LAUNCH
 #define DLK_LAUNCH(kernel, grid, block, smem, stream, ...) \
   kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+#endif
+
+// Dynamic shared memory (the launch's smem bytes) as a T*: `DLK_DYNAMIC_SHARED(float, buf);`.
+// One byte array under one name, so kernels of different T may share a translation unit (extern
+// __shared__ arrays of one name but different types do not compile). The emulation build
+// defines its own (`extern __shared__` cannot work in host C++).
+#ifndef DLK_DYNAMIC_SHARED
+#define DLK_DYNAMIC_SHARED(T, name)                                   \
+  extern __shared__ __align__(16) unsigned char dlk_dynamic_smem_[]; \
+  T* const name = reinterpret_cast<T*>(dlk_dynamic_smem_)
 #endif
 
 // Runtime flag -> compile-time constant NAME inside the lambda body (mamba / flash-attn style):

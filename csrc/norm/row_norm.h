@@ -14,9 +14,9 @@
 
 #include <cstdint>
 
-namespace dlk {
+#include "common/dtype.h"
 
-enum class DType { F32, F16, BF16 };
+namespace dlk {
 
 // Every (rows, cols) operand has unit column stride and the given row stride (in elements; any
 // value >= 0, including 0 for a broadcast row). Absent optional operands are nullptr.

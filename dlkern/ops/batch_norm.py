@@ -85,6 +85,7 @@ def _bench_cases(device, dtype, quick):
 
 BATCH_NORM = register_op(OpSpec(
     name="batch_norm", family="norm", fn=batch_norm, reference=batch_norm_ref,
+    backends=("triton",), auto_order=("triton",),  # no CUDA C++ twin (csrc/) yet
     supports=lambda backend, x, rm, rv, w=None, b=None, *rest: kernel_support(x, rm, rv, w, b),
     samples=_samples, bench_cases=_bench_cases,
     cost=lambda s: channel_norm_cost(s, stats_passes=1 if s.args[5] else 0),

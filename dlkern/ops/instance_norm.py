@@ -82,6 +82,7 @@ def _bench_cases(device, dtype, quick):
 
 INSTANCE_NORM = register_op(OpSpec(
     name="instance_norm", family="norm", fn=instance_norm, reference=instance_norm_ref,
+    backends=("triton",), auto_order=("triton",),  # no CUDA C++ twin (csrc/) yet
     supports=lambda backend, x, rm=None, rv=None, w=None, b=None, *rest: kernel_support(x, rm, rv, w, b),
     samples=_samples, bench_cases=_bench_cases, cost=channel_norm_cost, torch_equivalent=F.instance_norm,
     launchers=("group_norm_fwd", "group_norm_bwd", "batch_norm_fwd", "batch_norm_bwd"),

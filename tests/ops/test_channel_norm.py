@@ -12,7 +12,9 @@ from dlkern.backend import availability
 
 F = dlkern.nn.functional
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-BACKENDS = ["reference"] + [b for b in ("triton", "cuda") if not availability(b, DEVICE)]
+_OPS = ("batch_norm", "instance_norm", "group_norm", "group_norm_silu", "weight_norm")
+BACKENDS = ["reference"] + [b for b in ("triton", "cuda") if not availability(b, DEVICE)
+                            and all(b in dlkern.get_op(name).backends for name in _OPS)]
 KERNEL_BACKENDS = BACKENDS[1:]
 needs_kernels = pytest.mark.skipif(not KERNEL_BACKENDS, reason="no kernel backend can run here")
 

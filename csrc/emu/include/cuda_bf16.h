@@ -1,0 +1,3 @@
+// Emulation build: <cuda_bf16.h> is the CPU emulation layer (csrc/emu/cuda_emu.h).
+#pragma once
+#include "../cuda_emu.h"

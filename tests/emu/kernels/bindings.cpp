@@ -1,0 +1,59 @@
+// pybind11 module of the test kernels in planted.cu. Tensors arrive as data pointers (ints) so this
+// file needs only pybind11, not torch/extension.h (it compiles in seconds); the caller keeps the
+// tensors alive and checks shapes. Launch errors (std::runtime_error) become RuntimeError.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "planted.h"
+
+namespace {
+template <typename T>
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("block_sum", [](std::uintptr_t x, std::uintptr_t out, int blocks, bool missing_sync) {
+    planted::block_sum(ptr<const float>(x), ptr<float>(out), blocks, missing_sync);
+  });
+  m.def("warp_scan", [](std::uintptr_t x, std::uintptr_t out, int n) {
+    planted::warp_scan(ptr<const int>(x), ptr<int>(out), n);
+  });
+  m.def("shuffle_outside_mask", [](std::uintptr_t x, std::uintptr_t out) {
+    planted::shuffle_outside_mask(ptr<const float>(x), ptr<float>(out));
+  });
+  m.def("divergent_barrier", [](std::uintptr_t x, std::uintptr_t out) {
+    planted::divergent_barrier(ptr<const float>(x), ptr<float>(out));
+  });
+  m.def("shuffle_missing_lanes", [](std::uintptr_t x, std::uintptr_t out) {
+    planted::shuffle_missing_lanes(ptr<const float>(x), ptr<float>(out));
+  });
+  m.def("split_barrier", [](std::uintptr_t x, std::uintptr_t out) {
+    planted::split_barrier(ptr<const float>(x), ptr<float>(out));
+  });
+  m.def("spin", [](std::uintptr_t flag) { planted::spin(ptr<const int>(flag)); });
+  m.def("off_by_one_store", [](std::uintptr_t out, int n) { planted::off_by_one_store(ptr<float>(out), n); });
+  m.def("coordinates", [](std::uintptr_t out, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                          unsigned by, unsigned bz) {
+    const unsigned grid[3] = {gx, gy, gz}, block[3] = {bx, by, bz};
+    planted::coordinates(ptr<int>(out), grid, block);
+  });
+  m.def("reverse", [](std::uintptr_t x, std::uintptr_t out, int blocks, int threads) {
+    planted::reverse(ptr<const float>(x), ptr<float>(out), blocks, threads);
+  });
+  // The emulator's conversions, element-wise over n values (raw 16-bit patterns as int16).
+  m.def("float_to_half", [](std::uintptr_t x, std::uintptr_t out, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) ptr<__half>(out)[i] = __float2half_rn(ptr<const float>(x)[i]);
+  });
+  m.def("float_to_bf16", [](std::uintptr_t x, std::uintptr_t out, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) ptr<__nv_bfloat16>(out)[i] = __float2bfloat16_rn(ptr<const float>(x)[i]);
+  });
+  m.def("half_to_float", [](std::uintptr_t x, std::uintptr_t out, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) ptr<float>(out)[i] = __half2float(ptr<const __half>(x)[i]);
+  });
+  m.def("bf16_to_float", [](std::uintptr_t x, std::uintptr_t out, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) ptr<float>(out)[i] = __bfloat162float(ptr<const __nv_bfloat16>(x)[i]);
+  });
+}

@@ -1,0 +1,166 @@
+// Small kernels for tests/emu: correct ones and ones with planted bugs that the CPU emulation must
+// catch. Host launchers take raw pointers (the pybind11 module in bindings.cpp passes tensor data
+// pointers) and throw std::runtime_error on a failed launch, as the dlkern launchers do.
+#include <cstdint>
+
+#include "common/dlk_cuda.cuh"
+#include "planted.h"
+
+namespace planted {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Tree sum of x[blockIdx.x * 256 + t] in shared memory -> out[blockIdx.x]. With MISSING_SYNC the
+// __syncthreads between filling the buffer and the first tree step is left out (the classic bug).
+template <bool MISSING_SYNC>
+__global__ void block_sum_kernel(const float* x, float* out) {
+  __shared__ float buf[kThreads];
+  const int t = threadIdx.x;
+  buf[t] = x[blockIdx.x * kThreads + t];
+  if (!MISSING_SYNC) __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (t < s) buf[t] += buf[t + s];
+    __syncthreads();
+  }
+  if (t == 0) out[blockIdx.x] = buf[0];
+}
+
+// Inclusive prefix sum of each warp's 32 ints with __shfl_up_sync (Kogge-Stone).
+__global__ void warp_scan_kernel(const int* x, int* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int lane = threadIdx.x & 31;
+  int v = i < n ? x[i] : 0;
+  for (int d = 1; d < 32; d <<= 1) {
+    const int up = __shfl_up_sync(0xffffffffu, v, d);
+    if (lane >= d) v += up;
+  }
+  if (i < n) out[i] = v;
+}
+
+// Lanes 0-15 shuffle with a mask of lanes 0-15 but read lane + 16, outside the mask.
+__global__ void shuffle_outside_mask_kernel(const float* x, float* out) {
+  const int lane = threadIdx.x & 31;
+  float v = x[threadIdx.x];
+  if (lane < 16) v = __shfl_sync(0x0000ffffu, v, lane + 16);
+  out[threadIdx.x] = v;
+}
+
+// __syncthreads inside a branch only half of the block takes.
+__global__ void divergent_barrier_kernel(const float* x, float* out) {
+  __shared__ float buf[64];
+  const int t = threadIdx.x;
+  buf[t] = x[t];
+  if (t < 32) __syncthreads();
+  out[t] = buf[63 - t];
+}
+
+// Lanes 16-31 skip a full-mask shuffle and exit: lanes 0-15 wait for them forever.
+__global__ void shuffle_missing_lanes_kernel(const float* x, float* out) {
+  const int lane = threadIdx.x & 31;
+  float v = x[threadIdx.x];
+  if (lane < 16) v += __shfl_xor_sync(0xffffffffu, v, 1);
+  out[threadIdx.x] = v;
+}
+
+// Both halves of the block reach "a" __syncthreads, but not the same one.
+__global__ void split_barrier_kernel(const float* x, float* out) {
+  __shared__ float buf[64];
+  const int t = threadIdx.x;
+  buf[t] = x[t];
+  if (t < 32) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[t] = buf[63 - t];
+}
+
+// Thread 0 spins until *flag becomes non-zero, without ever synchronizing.
+__global__ void spin_kernel(const volatile int* flag) {
+  while (*flag == 0) {
+  }
+}
+
+// Writes n + 1 elements: an off-by-one out-of-bounds store.
+__global__ void off_by_one_store_kernel(float* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i <= n) out[i] = float(i);
+}
+
+// Records each thread's threadIdx / blockIdx / blockDim / gridDim into 12 ints at its global
+// linear index.
+__global__ void coordinates_kernel(int* out) {
+  const int64_t block = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
+  const int threads = blockDim.x * blockDim.y * blockDim.z;
+  const int t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  int* o = out + 12 * (block * threads + t);
+  const unsigned v[12] = {threadIdx.x, threadIdx.y, threadIdx.z, blockIdx.x, blockIdx.y, blockIdx.z,
+                          blockDim.x, blockDim.y, blockDim.z, gridDim.x, gridDim.y, gridDim.z};
+  for (int k = 0; k < 12; ++k) o[k] = int(v[k]);
+}
+
+// Dynamic shared memory: reverse each block's chunk of x through a shared buffer.
+__global__ void reverse_kernel(const float* x, float* out) {
+  DLK_DYNAMIC_SHARED(float, buf);
+  const int t = threadIdx.x, n = blockDim.x;
+  buf[t] = x[blockIdx.x * n + t];
+  __syncthreads();
+  out[blockIdx.x * n + t] = buf[n - 1 - t];
+}
+
+}  // namespace
+
+void block_sum(const float* x, float* out, int blocks, bool missing_sync) {
+  auto kern = missing_sync ? block_sum_kernel<true> : block_sum_kernel<false>;
+  DLK_LAUNCH(kern, blocks, kThreads, 0, nullptr, x, out);
+  dlk::check_launch("block_sum_kernel");
+}
+
+void warp_scan(const int* x, int* out, int n) {
+  DLK_LAUNCH(warp_scan_kernel, (n + 127) / 128, 128, 0, nullptr, x, out, n);
+  dlk::check_launch("warp_scan_kernel");
+}
+
+void shuffle_outside_mask(const float* x, float* out) {
+  DLK_LAUNCH(shuffle_outside_mask_kernel, 1, 32, 0, nullptr, x, out);
+  dlk::check_launch("shuffle_outside_mask_kernel");
+}
+
+void divergent_barrier(const float* x, float* out) {
+  DLK_LAUNCH(divergent_barrier_kernel, 1, 64, 0, nullptr, x, out);
+  dlk::check_launch("divergent_barrier_kernel");
+}
+
+void shuffle_missing_lanes(const float* x, float* out) {
+  DLK_LAUNCH(shuffle_missing_lanes_kernel, 1, 32, 0, nullptr, x, out);
+  dlk::check_launch("shuffle_missing_lanes_kernel");
+}
+
+void split_barrier(const float* x, float* out) {
+  DLK_LAUNCH(split_barrier_kernel, 1, 64, 0, nullptr, x, out);
+  dlk::check_launch("split_barrier_kernel");
+}
+
+void spin(const int* flag) {
+  DLK_LAUNCH(spin_kernel, 1, 1, 0, nullptr, flag);
+  dlk::check_launch("spin_kernel");
+}
+
+void off_by_one_store(float* out, int n) {
+  DLK_LAUNCH(off_by_one_store_kernel, (n + 1 + 63) / 64, 64, 0, nullptr, out, n);
+  dlk::check_launch("off_by_one_store_kernel");
+}
+
+void coordinates(int* out, const unsigned grid[3], const unsigned block[3]) {
+  DLK_LAUNCH(coordinates_kernel, dim3(grid[0], grid[1], grid[2]), dim3(block[0], block[1], block[2]), 0,
+             nullptr, out);
+  dlk::check_launch("coordinates_kernel");
+}
+
+void reverse(const float* x, float* out, int blocks, int threads) {
+  DLK_LAUNCH(reverse_kernel, blocks, threads, threads * sizeof(float), nullptr, x, out);
+  dlk::check_launch("reverse_kernel");
+}
+
+}  // namespace planted
