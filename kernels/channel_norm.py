@@ -126,13 +126,8 @@ def _finalize_stats_kernel(
 
 
 @triton.jit
-def _apply_kernel(
-    X, Y, MEAN, RSTD, W, B,                      # pointers (W/B may be unused)
-    C, S, s_blocks, sxn, sxc, sxs, syn, syc, sys,
-    units_per_sample, channels_per_unit,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
-):
+def _plane_tile(C, S, s_blocks, units_per_sample, channels_per_unit, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """This program's (BLOCK_C, BLOCK_S) tile of sample n's (C, S) plane, and each channel's stat unit."""
     pid0 = tl.program_id(0)
     n = pid0 // s_blocks
     s = (pid0 % s_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -140,19 +135,33 @@ def _apply_kernel(
     c_ok = c < C
     mask = c_ok[:, None] & (s < S)[None, :]
     su = n * units_per_sample + c // channels_per_unit
+    return n, c, s, c_ok, mask, su
+
+
+@triton.jit
+def _plane_offsets(n, c, s, stride_n, stride_c, stride_s):
+    return n.to(tl.int64) * stride_n + c[:, None].to(tl.int64) * stride_c + s[None, :].to(tl.int64) * stride_s
+
+
+@triton.jit
+def _apply_kernel(
+    X, Y, MEAN, RSTD, W, B,                      # pointers (W/B may be unused)
+    C, S, s_blocks, sxn, sxc, sxs, syn, syc, sys,
+    units_per_sample, channels_per_unit,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    n, c, s, c_ok, mask, su = _plane_tile(C, S, s_blocks, units_per_sample, channels_per_unit, BLOCK_C, BLOCK_S)
     mean = tl.load(MEAN + su, mask=c_ok, other=0.0)
     rstd = tl.load(RSTD + su, mask=c_ok, other=0.0)
-    n64 = n.to(tl.int64)
-    x = tl.load(X + n64 * sxn + c[:, None].to(tl.int64) * sxc + s[None, :].to(tl.int64) * sxs,
-                mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + _plane_offsets(n, c, s, sxn, sxc, sxs), mask=mask, other=0.0).to(tl.float32)
     y = (x - mean[:, None]) * rstd[:, None]
     if HAS_W:
         y *= tl.load(W + c, mask=c_ok, other=0.0).to(tl.float32)[:, None]
     if HAS_B:
         y += tl.load(B + c, mask=c_ok, other=0.0).to(tl.float32)[:, None]
     y = _act_fwd(y, ACT)
-    tl.store(Y + n64 * syn + c[:, None].to(tl.int64) * syc + s[None, :].to(tl.int64) * sys,
-             y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + _plane_offsets(n, c, s, syn, syc, sys), y.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -206,24 +215,15 @@ def _grad_apply_kernel(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr, HAS_C: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    pid0 = tl.program_id(0)
-    n = pid0 // s_blocks
-    s = (pid0 % s_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    mask = c_ok[:, None] & (s < S)[None, :]
-    su = n * units_per_sample + c // channels_per_unit
+    n, c, s, c_ok, mask, su = _plane_tile(C, S, s_blocks, units_per_sample, channels_per_unit, BLOCK_C, BLOCK_S)
     rstd = tl.load(RSTD + su, mask=c_ok, other=0.0)
-    n64 = n.to(tl.int64)
-    c64 = c[:, None].to(tl.int64)
-    s64 = s[None, :].to(tl.int64)
-    g = tl.load(DY + n64 * sdn + c64 * sdc + s64 * sds, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(DY + _plane_offsets(n, c, s, sdn, sdc, sds), mask=mask, other=0.0).to(tl.float32)
     w = tl.full([BLOCK_C], 1.0, tl.float32)
     if HAS_W:
         w = tl.load(W + c, mask=c_ok, other=0.0).to(tl.float32)
     if ACT != 0 or HAS_C:
         mean = tl.load(MEAN + su, mask=c_ok, other=0.0)
-        x = tl.load(X + n64 * sxn + c64 * sxc + s64 * sxs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + _plane_offsets(n, c, s, sxn, sxc, sxs), mask=mask, other=0.0).to(tl.float32)
         xhat = (x - mean[:, None]) * rstd[:, None]
         if ACT != 0:
             b = tl.zeros([BLOCK_C], tl.float32)
@@ -236,7 +236,7 @@ def _grad_apply_kernel(
         c2 = tl.load(C2 + su, mask=c_ok, other=0.0)
         dx = dx - xhat * c1[:, None] - c2[:, None]
     dx = dx * rstd[:, None]
-    tl.store(DX + n64 * son + c64 * soc + s64 * sos, dx.to(DX.dtype.element_ty), mask=mask)
+    tl.store(DX + _plane_offsets(n, c, s, son, soc, sos), dx.to(DX.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -142,6 +142,18 @@ def check_channel_param(name, t, input, required=False):
         raise TypeError(f"{name} must be floating point; got dtype {t.dtype}")
 
 
+def check_stat_args(input, running_mean, running_var, weight, bias, uses_batch_stats, momentum, min_dim=2):
+    """Checks shared by batch_norm and instance_norm: running statistics are required when the
+    batch statistics are not used, and come in pairs."""
+    check_input(input, min_dim=min_dim)
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        check_channel_param(name, t, input, required=not uses_batch_stats and name.startswith("running"))
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    if not isinstance(momentum, (int, float)):
+        raise TypeError(f"momentum must be a float (the modules handle momentum=None); got {momentum!r}")
+
+
 def kernel_support(input, *params) -> list[str]:
     reasons = []
     if input.dtype not in KERNEL_DTYPES:

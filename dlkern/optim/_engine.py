@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import torch
 
-from dlkern.backend import choose
+from dlkern.backend import check_backend_name, choose
 from dlkern.registry import OpSpec
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -66,3 +66,37 @@ def by_dtype(*lists):
 def scalar(v):
     """A tensor hyper-parameter (tensor lr) as a Python float."""
     return v.item() if isinstance(v, torch.Tensor) else v
+
+
+class KernelStepMixin:
+    """``step`` for a torch optimizer subclass: per param group, the chosen backend runs either
+    the subclass's multi-tensor kernel step (``_kernel_step_group``) or torch's own step."""
+
+    step_spec: OpSpec  # set by each optimizer
+
+    def __init__(self, *args, backend: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = None if backend is None else check_backend_name(backend)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = params_with_grads(group, type(self).__name__)
+            chosen = choose_backend(self.step_spec, params, group, self.backend)
+            if chosen == "reference":
+                self._torch_step_group(group)
+            elif params:
+                self._kernel_step_group(group, params, grads, chosen)
+        return loss
+
+    def _torch_step_group(self, group):
+        """torch's own step for one group (the others are hidden for the call)."""
+        groups, self.param_groups = self.param_groups, [group]
+        try:
+            super().step()
+        finally:
+            self.param_groups = groups

@@ -5,36 +5,15 @@ from __future__ import annotations
 import torch
 
 from dlkern import backend as _backend
-from dlkern.optim._engine import by_dtype, choose_backend, params_with_grads, step_spec, scalar
+from dlkern.optim._engine import KernelStepMixin, by_dtype, scalar, step_spec
 
 SGD_STEP = step_spec("sgd_step", ("multi_tensor_sgd",))
 
 
-class SGD(torch.optim.SGD):
+class SGD(KernelStepMixin, torch.optim.SGD):
     """Drop-in for ``torch.optim.SGD`` (``backend=`` picks the step's backend)."""
 
-    def __init__(self, *args, backend: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = None if backend is None else _backend.check_backend_name(backend)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = params_with_grads(group, "SGD")
-            chosen = choose_backend(SGD_STEP, params, group, self.backend)
-            if chosen == "reference":
-                groups, self.param_groups = self.param_groups, [group]
-                try:
-                    super().step()
-                finally:
-                    self.param_groups = groups
-            elif params:
-                self._kernel_step_group(group, params, grads, chosen)
-        return loss
+    step_spec = SGD_STEP
 
     def _kernel_step_group(self, group, params, grads, backend):
         momentum = group["momentum"]

@@ -217,3 +217,14 @@ def test_reference_backend_is_torchs_step(name, kwargs):
     for a, b in zip(ours_p, theirs_p):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
     assert ours.param_groups[0].get("fused") is None
+
+
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+def test_step_hooks_run_once_per_step(backend):
+    params = _params()
+    opt = dlkern.optim.AdamW(params, lr=0.1, backend=backend)
+    calls = []
+    opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+    opt.register_step_post_hook(lambda *a: calls.append("post"))
+    _run(opt, params, 2)
+    assert calls == ["pre", "post", "pre", "post"]
