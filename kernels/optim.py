@@ -115,6 +115,79 @@ def _sgd_kernel(
         tl.store(p_ptr + idx, (p - lr * d).to(P_DTYPE), mask=mask)
 
 
+@triton.jit
+def _adagrad_kernel(
+    P_TABLE, G_TABLE, SUM_TABLE, SIZES, CHUNK_TENSOR, CHUNK_START,
+    CLR,                                              # per tensor: lr / (1 + (step - 1) * lr_decay)
+    eps, weight_decay,
+    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, HAS_WD: tl.constexpr, MAXIMIZE: tl.constexpr,
+    CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    c = tl.program_id(0)
+    t = tl.load(CHUNK_TENSOR + c)
+    start = tl.load(CHUNK_START + c)
+    end = tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+    p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
+    g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
+    s_ptr = _tensor_ptr(SUM_TABLE, t, P_DTYPE)
+    clr = tl.load(CLR + t)
+    for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
+        idx = start + off + tl.arange(0, BLOCK_SIZE)
+        mask = idx < end
+        p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        if MAXIMIZE:
+            g = -g
+        if HAS_WD:
+            g = g + weight_decay * p
+        acc = tl.load(s_ptr + idx, mask=mask, other=0.0).to(tl.float32) + g * g
+        tl.store(s_ptr + idx, acc.to(P_DTYPE), mask=mask)
+        tl.store(p_ptr + idx, (p - clr * (g / (tl.sqrt(acc) + eps))).to(P_DTYPE), mask=mask)
+
+
+@triton.jit
+def _rmsprop_kernel(
+    P_TABLE, G_TABLE, SQ_TABLE, GAVG_TABLE, BUF_TABLE, SIZES, CHUNK_TENSOR, CHUNK_START,
+    lr, alpha, eps, weight_decay, momentum,
+    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, HAS_WD: tl.constexpr, CENTERED: tl.constexpr,
+    HAS_MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    c = tl.program_id(0)
+    t = tl.load(CHUNK_TENSOR + c)
+    start = tl.load(CHUNK_START + c)
+    end = tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+    p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
+    g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
+    sq_ptr = _tensor_ptr(SQ_TABLE, t, P_DTYPE)
+    for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
+        idx = start + off + tl.arange(0, BLOCK_SIZE)
+        mask = idx < end
+        p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        if MAXIMIZE:
+            g = -g
+        if HAS_WD:
+            g = g + weight_decay * p
+        sq = tl.load(sq_ptr + idx, mask=mask, other=0.0).to(tl.float32) * alpha + (1.0 - alpha) * g * g
+        tl.store(sq_ptr + idx, sq.to(P_DTYPE), mask=mask)
+        if CENTERED:
+            ga_ptr = _tensor_ptr(GAVG_TABLE, t, P_DTYPE)
+            ga = tl.load(ga_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            ga = ga + (1.0 - alpha) * (g - ga)          # grad_avg.lerp_(grad, 1 - alpha)
+            tl.store(ga_ptr + idx, ga.to(P_DTYPE), mask=mask)
+            avg = tl.sqrt(sq - ga * ga) + eps
+        else:
+            avg = tl.sqrt(sq) + eps
+        if HAS_MOMENTUM:
+            b_ptr = _tensor_ptr(BUF_TABLE, t, P_DTYPE)
+            buf = tl.load(b_ptr + idx, mask=mask, other=0.0).to(tl.float32) * momentum + g / avg
+            tl.store(b_ptr + idx, buf.to(P_DTYPE), mask=mask)
+            p = p - lr * buf
+        else:
+            p = p - lr * (g / avg)
+        tl.store(p_ptr + idx, p.to(P_DTYPE), mask=mask)
+
+
 # ---------------------------------------------------------------------------------------------
 # Host side
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +258,43 @@ def multi_tensor_sgd(params, grads, momentum_buffers, lr, momentum, dampening, w
         CHUNK_SIZE=CHUNK, BLOCK_SIZE=_block(dev), num_warps=4)
 
 
+def multi_tensor_adagrad(params, grads, state_sums, clrs, eps, weight_decay, maximize):
+    """One Adagrad step over same-dtype lists, in place; clrs per tensor (its decayed lr)."""
+    if not params:
+        return
+    _check_lists(params=params, grads=grads, state_sums=state_sums)
+    dev = params[0].device
+    sizes, chunk_t, chunk_s = chunk_table([p.numel() for p in params], dev)
+    f32 = torch.tensor(clrs, dtype=torch.float32).to(dev, non_blocking=True)
+    _adagrad_kernel[(chunk_t.numel(),)](
+        _pointer_table(params, dev), _pointer_table(grads, dev), _pointer_table(state_sums, dev),
+        sizes, chunk_t, chunk_s, f32, eps, weight_decay,
+        P_DTYPE=_TL[params[0].dtype], G_DTYPE=_TL[grads[0].dtype], HAS_WD=weight_decay != 0,
+        MAXIMIZE=maximize, CHUNK_SIZE=CHUNK, BLOCK_SIZE=_block(dev), num_warps=4)
+
+
+def multi_tensor_rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha, eps,
+                         weight_decay, momentum, centered, maximize):
+    """One RMSprop step over same-dtype lists, in place (grad_avgs when centered, buffers when
+    momentum > 0; else None)."""
+    if not params:
+        return
+    _check_lists(params=params, grads=grads, square_avgs=square_avgs,
+                 grad_avgs=grad_avgs if centered else None,
+                 momentum_buffers=momentum_buffers if momentum > 0 else None)
+    dev = params[0].device
+    sizes, chunk_t, chunk_s = chunk_table([p.numel() for p in params], dev)
+    p_table, sq_table = _pointer_table(params, dev), _pointer_table(square_avgs, dev)
+    _rmsprop_kernel[(chunk_t.numel(),)](
+        p_table, _pointer_table(grads, dev), sq_table,
+        _pointer_table(grad_avgs, dev) if centered else sq_table,
+        _pointer_table(momentum_buffers, dev) if momentum > 0 else sq_table,
+        sizes, chunk_t, chunk_s, lr, alpha, eps, weight_decay, momentum,
+        P_DTYPE=_TL[params[0].dtype], G_DTYPE=_TL[grads[0].dtype], HAS_WD=weight_decay != 0,
+        CENTERED=centered, HAS_MOMENTUM=momentum > 0, MAXIMIZE=maximize, CHUNK_SIZE=CHUNK,
+        BLOCK_SIZE=_block(dev), num_warps=4)
+
+
 def compile_specs():
     """The compile test builds both kernels with every flag on, fp32 and bf16 params."""
     for dtype in ("fp32", "bf16"):
@@ -202,3 +312,14 @@ def compile_specs():
                      NESTEROV=True, MAXIMIZE=True, CHUNK_SIZE=CHUNK, BLOCK_SIZE=BLOCK)
         sgd.update({k: "constexpr" for k in flags})
         yield (f"sgd_{dtype}", _sgd_kernel, sgd, flags, 4)
+        ada = {a: "*i64" for a in ("P_TABLE", "G_TABLE", "SUM_TABLE", "SIZES", "CHUNK_START")}
+        ada.update(CHUNK_TENSOR="*i32", CLR="*fp32", eps="fp32", weight_decay="fp32")
+        flags = dict(P_DTYPE=tl_dtype, G_DTYPE=tl_dtype, HAS_WD=True, MAXIMIZE=True, CHUNK_SIZE=CHUNK, BLOCK_SIZE=BLOCK)
+        ada.update({k: "constexpr" for k in flags})
+        yield (f"adagrad_{dtype}", _adagrad_kernel, ada, flags, 4)
+        rms = {a: "*i64" for a in ("P_TABLE", "G_TABLE", "SQ_TABLE", "GAVG_TABLE", "BUF_TABLE", "SIZES", "CHUNK_START")}
+        rms.update(CHUNK_TENSOR="*i32", lr="fp32", alpha="fp32", eps="fp32", weight_decay="fp32", momentum="fp32")
+        flags = dict(P_DTYPE=tl_dtype, G_DTYPE=tl_dtype, HAS_WD=True, CENTERED=True, HAS_MOMENTUM=True,
+                     MAXIMIZE=True, CHUNK_SIZE=CHUNK, BLOCK_SIZE=BLOCK)
+        rms.update({k: "constexpr" for k in flags})
+        yield (f"rmsprop_{dtype}", _rmsprop_kernel, rms, flags, 4)

@@ -24,6 +24,9 @@ def _supports(backend, first_param, params, group):
         if not p.is_contiguous():
             reasons.append("parameters must be contiguous for the multi-tensor kernels")
             break
+        if p.grad is not None and p.grad.is_sparse:
+            reasons.append("sparse gradients run torch's own implementation")
+            break
     return reasons
 
 
@@ -40,16 +43,17 @@ def choose_backend(op, params, group, backend):
     return choose(op, (params[0], params, group), {}, backend)
 
 
-def params_with_grads(group, name):
-    """(params, grads) of a group, skipping params without gradient; sparse gradients raise."""
+def params_with_grads(group, name, allow_sparse=False):
+    """(params, grads) of a group, skipping params without gradient; sparse gradients raise
+    unless the optimizer handles them (then the step's supports() routes them to torch)."""
     params, grads = [], []
     for p in group["params"]:
         if p.grad is None:
             continue
-        if p.grad.is_sparse:
+        if p.grad.is_sparse and not allow_sparse:
             raise RuntimeError(f"{name} does not support sparse gradients")
         params.append(p)
-        grads.append(p.grad if p.grad.is_contiguous() else p.grad.contiguous())
+        grads.append(p.grad if p.grad.is_sparse or p.grad.is_contiguous() else p.grad.contiguous())
     return params, grads
 
 
@@ -73,6 +77,7 @@ class KernelStepMixin:
     the subclass's multi-tensor kernel step (``_kernel_step_group``) or torch's own step."""
 
     step_spec: OpSpec  # set by each optimizer
+    allow_sparse = False  # True where torch's optimizer takes sparse gradients
 
     def __init__(self, *args, backend: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -85,7 +90,7 @@ class KernelStepMixin:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads = params_with_grads(group, type(self).__name__)
+            params, grads = params_with_grads(group, type(self).__name__, self.allow_sparse)
             chosen = choose_backend(self.step_spec, params, group, self.backend)
             if chosen == "reference":
                 self._torch_step_group(group)

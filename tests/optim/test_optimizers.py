@@ -23,6 +23,11 @@ CONFIGS = [
     ("SGD", dict(lr=1e-2)),
     ("SGD", dict(lr=1e-2, momentum=0.9, dampening=0.1, weight_decay=0.01)),
     ("SGD", dict(lr=1e-2, momentum=0.9, nesterov=True, maximize=True)),
+    ("Adagrad", dict(lr=5e-2)),
+    ("Adagrad", dict(lr=5e-2, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.1, maximize=True)),
+    ("RMSprop", dict(lr=1e-3)),
+    ("RMSprop", dict(lr=1e-3, alpha=0.9, centered=True, momentum=0.5, weight_decay=0.01)),
+    ("RMSprop", dict(lr=1e-3, momentum=0.9, maximize=True)),
 ]
 
 
@@ -140,7 +145,21 @@ def test_params_without_grad_are_skipped(backend):
         assert torch.equal(p, b) and len(opt.state[p]) == 0
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])
+def test_adagrad_sparse_gradients_run_torchs_update():
+    emb, ref = torch.nn.Embedding(10, 3, sparse=True), torch.nn.Embedding(10, 3, sparse=True)
+    ref.load_state_dict(emb.state_dict())
+    ours, theirs = dlkern.optim.Adagrad(emb.parameters(), lr=0.1), torch.optim.Adagrad(ref.parameters(), lr=0.1)
+    for m, o in ((emb, ours), (ref, theirs)):
+        m(torch.tensor([1, 2])).sum().backward()
+        o.step()
+    torch.testing.assert_close(emb.weight, ref.weight)
+    if BACKENDS:
+        named = dlkern.optim.Adagrad(emb.parameters(), lr=0.1, backend=BACKENDS[0])
+        with pytest.raises(dlkern.BackendError, match="sparse gradients run torch's own implementation"):
+            named.step()
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "RMSprop"])
 def test_sparse_gradients_raise(name):
     emb = torch.nn.Embedding(10, 3, sparse=True)
     emb(torch.tensor([1, 2])).sum().backward()
