@@ -9,6 +9,7 @@ import os
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 from .channel_norm import batch_norm_bwd, batch_norm_fwd, group_norm_bwd, group_norm_fwd  # noqa: E402
-from .optim import multi_tensor_adagrad, multi_tensor_adam, multi_tensor_rmsprop, multi_tensor_sgd  # noqa: E402
+from .optim import (multi_tensor_adabound, multi_tensor_adagrad, multi_tensor_adam,  # noqa: E402
+                    multi_tensor_rmsprop, multi_tensor_sgd)
 from .row_norm import layer_norm_bwd, layer_norm_fwd, rms_norm_bwd, rms_norm_fwd  # noqa: E402
 from .weight_norm import weight_norm_bwd, weight_norm_fwd  # noqa: E402

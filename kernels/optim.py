@@ -188,6 +188,45 @@ def _rmsprop_kernel(
         tl.store(p_ptr + idx, p.to(P_DTYPE), mask=mask)
 
 
+@triton.jit
+def _adabound_kernel(
+    P_TABLE, G_TABLE, M_TABLE, V_TABLE, VMAX_TABLE, SIZES, CHUNK_TENSOR, CHUNK_START,
+    STEP_SIZE, LOWER, UPPER,                          # per tensor (they depend on its step)
+    beta1, beta2, eps, weight_decay,
+    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, HAS_WD: tl.constexpr, AMSBOUND: tl.constexpr,
+    CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    c = tl.program_id(0)
+    t = tl.load(CHUNK_TENSOR + c)
+    start = tl.load(CHUNK_START + c)
+    end = tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+    p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
+    g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
+    m_ptr = _tensor_ptr(M_TABLE, t, P_DTYPE)
+    v_ptr = _tensor_ptr(V_TABLE, t, P_DTYPE)
+    step_size = tl.load(STEP_SIZE + t)
+    lower = tl.load(LOWER + t)
+    upper = tl.load(UPPER + t)
+    for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
+        idx = start + off + tl.arange(0, BLOCK_SIZE)
+        mask = idx < end
+        p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        if HAS_WD:
+            g = g + weight_decay * p
+        m = tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32) * beta1 + (1.0 - beta1) * g
+        v = tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32) * beta2 + (1.0 - beta2) * g * g
+        tl.store(m_ptr + idx, m.to(P_DTYPE), mask=mask)
+        tl.store(v_ptr + idx, v.to(P_DTYPE), mask=mask)
+        if AMSBOUND:
+            vmax_ptr = _tensor_ptr(VMAX_TABLE, t, P_DTYPE)
+            v = tl.maximum(tl.load(vmax_ptr + idx, mask=mask, other=0.0).to(tl.float32), v)
+            tl.store(vmax_ptr + idx, v.to(P_DTYPE), mask=mask)
+        # Adam's step size per element, clipped into [lower, upper] (the bounds close in on final_lr).
+        lr_t = tl.minimum(tl.maximum(step_size / (tl.sqrt(v) + eps), lower), upper)
+        tl.store(p_ptr + idx, (p - lr_t * m).to(P_DTYPE), mask=mask)
+
+
 # ---------------------------------------------------------------------------------------------
 # Host side
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +334,25 @@ def multi_tensor_rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers
         BLOCK_SIZE=_block(dev), num_warps=4)
 
 
+def multi_tensor_adabound(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step_sizes, lowers,
+                          uppers, beta1, beta2, eps, weight_decay, amsbound):
+    """One AdaBound step over same-dtype lists, in place; step sizes and bounds per tensor."""
+    if not params:
+        return
+    _check_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
+                 max_exp_avg_sqs=max_exp_avg_sqs if amsbound else None)
+    dev = params[0].device
+    sizes, chunk_t, chunk_s = chunk_table([p.numel() for p in params], dev)
+    f32 = lambda v: torch.tensor(v, dtype=torch.float32).to(dev, non_blocking=True)  # noqa: E731
+    v_table = _pointer_table(exp_avg_sqs, dev)
+    _adabound_kernel[(chunk_t.numel(),)](
+        _pointer_table(params, dev), _pointer_table(grads, dev), _pointer_table(exp_avgs, dev), v_table,
+        _pointer_table(max_exp_avg_sqs, dev) if amsbound else v_table, sizes, chunk_t, chunk_s,
+        f32(step_sizes), f32(lowers), f32(uppers), beta1, beta2, eps, weight_decay,
+        P_DTYPE=_TL[params[0].dtype], G_DTYPE=_TL[grads[0].dtype], HAS_WD=weight_decay != 0,
+        AMSBOUND=amsbound, CHUNK_SIZE=CHUNK, BLOCK_SIZE=_block(dev), num_warps=4)
+
+
 def compile_specs():
     """The compile test builds both kernels with every flag on, fp32 and bf16 params."""
     for dtype in ("fp32", "bf16"):
@@ -323,3 +381,9 @@ def compile_specs():
                      MAXIMIZE=True, CHUNK_SIZE=CHUNK, BLOCK_SIZE=BLOCK)
         rms.update({k: "constexpr" for k in flags})
         yield (f"rmsprop_{dtype}", _rmsprop_kernel, rms, flags, 4)
+        bound = {a: "*i64" for a in ("P_TABLE", "G_TABLE", "M_TABLE", "V_TABLE", "VMAX_TABLE", "SIZES", "CHUNK_START")}
+        bound.update(CHUNK_TENSOR="*i32", STEP_SIZE="*fp32", LOWER="*fp32", UPPER="*fp32", beta1="fp32",
+                     beta2="fp32", eps="fp32", weight_decay="fp32")
+        flags = dict(P_DTYPE=tl_dtype, G_DTYPE=tl_dtype, HAS_WD=True, AMSBOUND=True, CHUNK_SIZE=CHUNK, BLOCK_SIZE=BLOCK)
+        bound.update({k: "constexpr" for k in flags})
+        yield (f"adabound_{dtype}", _adabound_kernel, bound, flags, 4)

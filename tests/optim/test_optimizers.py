@@ -247,3 +247,52 @@ def test_step_hooks_run_once_per_step(backend):
     opt.register_step_post_hook(lambda *a: calls.append("post"))
     _run(opt, params, 2)
     assert calls == ["pre", "post", "pre", "post"]
+
+
+# --------------------------------------------------------------------------- AdaBound (not in torch)
+def test_adabound_reference_first_step_is_the_papers_rule():
+    """One step by hand, in float64: m = (1-b1) g, v = (1-b2) g^2, the Adam step size
+    lr sqrt(1-b2) / (1-b1) per element divided by sqrt(v) + eps, clipped into
+    [final_lr (1 - 1/(gamma+1)), final_lr (1 + 1/gamma)], times m."""
+    lr, (b1, b2), final_lr, gamma, eps = 1e-2, (0.9, 0.999), 0.1, 1e-3, 1e-8
+    p = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64, requires_grad=True)
+    g = torch.tensor([1e-3, -2.0, 50.0, 0.3], dtype=torch.float64)
+    expected = p.detach().clone()
+    m, v = (1 - b1) * g, (1 - b2) * g * g
+    rate = lr * (1 - b2) ** 0.5 / (1 - b1) / (v.sqrt() + eps)
+    expected -= rate.clamp(final_lr * (1 - 1 / (gamma + 1)), final_lr * (1 + 1 / gamma)) * m
+    opt = dlkern.optim.AdaBound([p], lr=lr, betas=(b1, b2), final_lr=final_lr, gamma=gamma, eps=eps,
+                                backend="reference")
+    p.grad = g.clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), expected)
+
+
+@needs_kernels
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kwargs", [dict(lr=1e-2), dict(lr=1e-2, weight_decay=0.01, amsbound=True, gamma=0.05)],
+                         ids=["plain", "amsbound-wd"])
+def test_adabound_kernel_matches_reference(backend, kwargs):
+    ours_p, ref_p = _params(), _params()
+    ours = dlkern.optim.AdaBound(ours_p, backend=backend, **kwargs)
+    ref = dlkern.optim.AdaBound(ref_p, backend="reference", **kwargs)
+    sched = torch.optim.lr_scheduler.StepLR(ours, step_size=30, gamma=0.5)
+    sched_ref = torch.optim.lr_scheduler.StepLR(ref, step_size=30, gamma=0.5)
+    for step in range(100):
+        for params in (ours_p, ref_p):
+            for p, g in zip(params, _grads(params, step)):
+                p.grad = g
+        ours.step(), ref.step(), sched.step(), sched_ref.step()
+    for a, b in zip(ours_p, ref_p):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+    # Checkpoints carry base_lr, so a resumed run keeps the same bounds.
+    resumed = dlkern.optim.AdaBound(ours_p, backend=backend, **kwargs)
+    resumed.load_state_dict(copy.deepcopy(ours.state_dict()))
+    assert resumed.param_groups[0]["base_lr"] == kwargs["lr"] and resumed.param_groups[0]["lr"] == ours.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("kwargs,pattern", [(dict(final_lr=-1.0), "Invalid final learning rate"),
+                                            (dict(gamma=1.5), "Invalid gamma"), (dict(lr=-1.0), "Invalid learning rate")])
+def test_adabound_invalid_hyperparameters(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        dlkern.optim.AdaBound(_params(), **kwargs)
