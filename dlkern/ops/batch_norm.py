@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dlkern.backend import choose
-from dlkern.ops.channel_norm import (batch_norm_fwd_op, channel_norm_cost, check_channel_param,
-                                     check_input, kernel_support, layouts, _randn)
+from dlkern.ops.channel_norm import (batch_norm_fwd_op, channel_norm_cost, check_stat_args, kernel_support,
+                                     layouts, _randn)
 from dlkern.registry import OpSpec, Sample, register_op
 
 
@@ -20,14 +20,7 @@ def batch_norm_ref(input, running_mean, running_var, weight=None, bias=None, tra
 
 
 def check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum):
-    check_input(input)
-    for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        check_channel_param(name, t, input, required=not training and name.startswith("running"))
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together (or both None)")
-    if not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum must be a float (the modules handle momentum=None); got {momentum!r}")
+    check_stat_args(input, running_mean, running_var, weight, bias, training, momentum)
     if training and input.numel() // input.shape[1] <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(input.shape)}")
 
@@ -85,7 +78,6 @@ def _bench_cases(device, dtype, quick):
 
 BATCH_NORM = register_op(OpSpec(
     name="batch_norm", family="norm", fn=batch_norm, reference=batch_norm_ref,
-    backends=("triton",), auto_order=("triton",),  # no CUDA C++ twin (csrc/) yet
     supports=lambda backend, x, rm, rv, w=None, b=None, *rest: kernel_support(x, rm, rv, w, b),
     samples=_samples, bench_cases=_bench_cases,
     cost=lambda s: channel_norm_cost(s, stats_passes=1 if s.args[5] else 0),

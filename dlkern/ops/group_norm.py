@@ -90,14 +90,12 @@ _supports = lambda backend, x, g, w=None, b=None, *rest: kernel_support(x, w, b)
 
 GROUP_NORM = register_op(OpSpec(
     name="group_norm", family="norm", fn=group_norm, reference=group_norm_ref, supports=_supports,
-    backends=("triton",), auto_order=("triton",),  # no CUDA C++ twin (csrc/) yet
     samples=_samples, bench_cases=_bench_cases, cost=channel_norm_cost, torch_equivalent=F.group_norm,
     launchers=("group_norm_fwd", "group_norm_bwd"),
 ))
 
 GROUP_NORM_ACT = register_op(OpSpec(
     name="group_norm_silu", family="norm", fn=group_norm_act, reference=group_norm_act_ref,
-    backends=("triton",), auto_order=("triton",),  # no CUDA C++ twin (csrc/) yet
     supports=_supports, samples=lambda device, dtype: _samples(device, dtype, "silu"),
     bench_cases=lambda device, dtype, quick: _bench_cases(device, dtype, quick, "silu"),
     cost=channel_norm_cost, torch_equivalent=group_norm_act_ref,

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dlkern.backend import choose
-from dlkern.ops.channel_norm import (batch_norm_fwd_op, channel_norm_cost, check_channel_param,
-                                     check_input, group_norm_fwd_op, kernel_support, layouts, _randn)
+from dlkern.ops.channel_norm import (batch_norm_fwd_op, channel_norm_cost, check_stat_args, group_norm_fwd_op,
+                                     kernel_support, layouts, _randn)
 from dlkern.registry import OpSpec, Sample, register_op
 
 
@@ -20,13 +20,7 @@ def instance_norm_ref(input, running_mean=None, running_var=None, weight=None, b
 
 
 def _check(input, running_mean, running_var, weight, bias, use_input_stats, momentum):
-    check_input(input, min_dim=3)
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
-        check_channel_param(name, t, input, required=not use_input_stats and name.startswith("running"))
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together (or both None)")
-    if not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum must be a float; got {momentum!r}")
+    check_stat_args(input, running_mean, running_var, weight, bias, use_input_stats, momentum, min_dim=3)
     if use_input_stats and input[0, 0].numel() <= 1:
         raise ValueError(f"Expected more than 1 spatial element when training, got input size {list(input.shape)}")
 
@@ -82,7 +76,6 @@ def _bench_cases(device, dtype, quick):
 
 INSTANCE_NORM = register_op(OpSpec(
     name="instance_norm", family="norm", fn=instance_norm, reference=instance_norm_ref,
-    backends=("triton",), auto_order=("triton",),  # no CUDA C++ twin (csrc/) yet
     supports=lambda backend, x, rm=None, rv=None, w=None, b=None, *rest: kernel_support(x, rm, rv, w, b),
     samples=_samples, bench_cases=_bench_cases, cost=channel_norm_cost, torch_equivalent=F.instance_norm,
     launchers=("group_norm_fwd", "group_norm_bwd", "batch_norm_fwd", "batch_norm_bwd"),

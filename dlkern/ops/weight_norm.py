@@ -111,7 +111,6 @@ def _cost(sample):
 
 WEIGHT_NORM = register_op(OpSpec(
     name="weight_norm", family="norm", fn=weight_norm, reference=weight_norm_ref,
-    backends=("triton",), auto_order=("triton",),  # no CUDA C++ twin (csrc/) yet
     supports=lambda backend, v, g, dim=0: [] if v.dtype in (torch.float32, torch.float16, torch.bfloat16)
     else [f"v dtype {v.dtype} is not supported (float32, float16, bfloat16)"],
     samples=_samples, bench_cases=_bench_cases, cost=_cost, torch_equivalent=torch._weight_norm,
