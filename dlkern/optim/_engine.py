@@ -102,6 +102,9 @@ class KernelStepMixin:
         """torch's own step for one group (the others are hidden for the call)."""
         groups, self.param_groups = self.param_groups, [group]
         try:
-            super().step()
+            torch_step = super().step
+            # Once any instance of torch's class exists, torch has wrapped its step with the hook
+            # runner; our own step already ran the hooks, so call the step inside the wrapper.
+            torch_step.__wrapped__(self) if getattr(torch_step, "hooked", False) else torch_step()
         finally:
             self.param_groups = groups
