@@ -16,6 +16,9 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+
+#include "common/dtype.h"
 
 // kernel<<<grid, block, smem, stream>>>(args...). A template kernel contains commas, so bind it
 // first: `auto kern = my_kernel<T, ITEMS, RMS>; DLK_LAUNCH(kern, grid, block, 0, stream, ...);`
@@ -48,6 +51,31 @@
   }()
 
 namespace dlk {
+
+// Values of T in one 16-byte (vectorized) access.
+template <typename T>
+constexpr int kVec = 16 / int(sizeof(T));
+
+// f(T{}) for the storage type named by dtype: the runtime dtype becomes a template argument.
+template <typename R, typename F>
+R dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::F32: return f(float{});
+    case DType::F16: return f(__half{});
+    case DType::BF16: return f(__nv_bfloat16{});
+  }
+  throw std::invalid_argument("dlkern: unknown dtype");
+}
+
+// f(std::integral_constant<int, V>) with V = kVec<T> when vec, else V = 1.
+template <typename T, typename F>
+void dispatch_vec(bool vec, F&& f) {
+  if (vec) {
+    f(std::integral_constant<int, kVec<T>>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
 
 #ifndef DLK_EMULATION
 // Throws (with the kernel's name) if the launch just made on this thread failed, e.g. a bad

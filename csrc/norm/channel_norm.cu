@@ -43,8 +43,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int64_t kMaxIndex = INT32_MAX;  // element/row/line indices stay below this
 
-template <typename T>
-constexpr int kVec = 16 / int(sizeof(T));  // values per 16-byte access
 
 // ---- index helpers ----------------------------------------------------------------------------
 // n / d for 0 <= n < 2^31 and 1 <= d < 2^31 with a multiply-high and a shift (Granlund and
@@ -900,25 +898,7 @@ UnitMap unit_map(ChannelNormKind kind, int64_t C, int64_t groups) {
   return {groups, make_fast_div(C / groups)};
 }
 
-template <typename R, typename F>
-R dispatch_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::F32: return f(float{});
-    case DType::F16: return f(__half{});
-    case DType::BF16: return f(__nv_bfloat16{});
-  }
-  throw std::invalid_argument("dlkern channel_norm: unknown dtype");
-}
 
-// Runs f(std::integral_constant<int, V>) with V = kVec<T> when vec, else V = 1.
-template <typename T, typename F>
-void dispatch_vec(bool vec, F&& f) {
-  if (vec) {
-    f(std::integral_constant<int, kVec<T>>{});
-  } else {
-    f(std::integral_constant<int, 1>{});
-  }
-}
 
 // Where one tensor's per-channel sweeps lie. BatchNorm: channel c (stride_uo / stride_z = 0) over
 // the rows (n, s); GroupNorm: (n, c) over s (unit_inner = C with stride_uo = stride.n, or sample

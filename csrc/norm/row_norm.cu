@@ -25,8 +25,6 @@
 namespace dlk {
 namespace {
 
-template <typename T>
-constexpr int kVec = 16 / int(sizeof(T));  // values per 16-byte chunk
 
 // Largest block of each cached variant, by fp32 values cached per thread: its __launch_bounds__,
 // which gives each thread 65536 / threads registers for the row cache. The forward caches the row
@@ -620,15 +618,6 @@ void bwd_launch(const RowNormBwdParams& p, cudaStream_t stream) {
   check_launch(shape.chunks ? "row_norm_bwd_cached_kernel" : "row_norm_bwd_uncached_kernel");
 }
 
-template <typename R, typename F>
-R dispatch_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::F32: return f(float{});
-    case DType::F16: return f(__half{});
-    case DType::BF16: return f(__nv_bfloat16{});
-  }
-  throw std::invalid_argument("dlkern row_norm: unknown dtype");
-}
 
 }  // namespace
 

@@ -21,8 +21,6 @@ namespace {
 
 constexpr int kMaxThreads = 512;
 
-template <typename T>
-constexpr int kVec = 16 / int(sizeof(T));
 
 template <typename T, int V>
 __device__ __forceinline__ void load(const T* p, float (&v)[V]) {
@@ -137,24 +135,7 @@ unsigned grid_size(Kernel kernel, int threads, int64_t D, int num_sms) {
   return unsigned(std::min<int64_t>(D, int64_t(num_sms) * max_blocks_per_sm(kernel, threads)));
 }
 
-template <typename R, typename F>
-R dispatch_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::F32: return f(float{});
-    case DType::F16: return f(__half{});
-    case DType::BF16: return f(__nv_bfloat16{});
-  }
-  throw std::invalid_argument("dlkern weight_norm: unknown dtype");
-}
 
-template <typename T, typename F>
-void dispatch_vec(bool vec, F&& f) {
-  if (vec) {
-    f(std::integral_constant<int, kVec<T>>{});
-  } else {
-    f(std::integral_constant<int, 1>{});
-  }
-}
 
 template <typename T>
 void fwd_launch(const WeightNormFwdParams& p, cudaStream_t stream) {
