@@ -30,6 +30,15 @@ def _tensor_ptr(TABLE, t, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE: tl.constexpr):
+    """(tensor index, first element, end) of the chunk this program updates."""
+    c = tl.program_id(0)
+    t = tl.load(CHUNK_TENSOR + c)
+    start = tl.load(CHUNK_START + c)
+    return t, start, tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+
+
+@triton.jit
 def _adam_kernel(
     P_TABLE, G_TABLE, M_TABLE, V_TABLE, VMAX_TABLE,   # int64 data pointers, one per tensor
     SIZES, CHUNK_TENSOR, CHUNK_START,                 # per tensor / per chunk
@@ -39,10 +48,7 @@ def _adam_kernel(
     DECOUPLED: tl.constexpr, HAS_WD: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
     CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    t = tl.load(CHUNK_TENSOR + c)
-    start = tl.load(CHUNK_START + c)
-    end = tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+    t, start, end = _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE)
     p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
     g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
     m_ptr = _tensor_ptr(M_TABLE, t, S_DTYPE)
@@ -86,10 +92,7 @@ def _sgd_kernel(
     HAS_WD: tl.constexpr, HAS_MOMENTUM: tl.constexpr, FIRST: tl.constexpr, NESTEROV: tl.constexpr,
     MAXIMIZE: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    t = tl.load(CHUNK_TENSOR + c)
-    start = tl.load(CHUNK_START + c)
-    end = tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+    t, start, end = _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE)
     p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
     g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
     for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
@@ -123,10 +126,7 @@ def _adagrad_kernel(
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, HAS_WD: tl.constexpr, MAXIMIZE: tl.constexpr,
     CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    t = tl.load(CHUNK_TENSOR + c)
-    start = tl.load(CHUNK_START + c)
-    end = tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+    t, start, end = _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE)
     p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
     g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
     s_ptr = _tensor_ptr(SUM_TABLE, t, P_DTYPE)
@@ -152,10 +152,7 @@ def _rmsprop_kernel(
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, HAS_WD: tl.constexpr, CENTERED: tl.constexpr,
     HAS_MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    t = tl.load(CHUNK_TENSOR + c)
-    start = tl.load(CHUNK_START + c)
-    end = tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+    t, start, end = _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE)
     p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
     g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
     sq_ptr = _tensor_ptr(SQ_TABLE, t, P_DTYPE)
@@ -196,10 +193,7 @@ def _adabound_kernel(
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, HAS_WD: tl.constexpr, AMSBOUND: tl.constexpr,
     CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    c = tl.program_id(0)
-    t = tl.load(CHUNK_TENSOR + c)
-    start = tl.load(CHUNK_START + c)
-    end = tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+    t, start, end = _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE)
     p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
     g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
     m_ptr = _tensor_ptr(M_TABLE, t, P_DTYPE)
