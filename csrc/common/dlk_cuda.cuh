@@ -122,6 +122,30 @@ struct alignas(sizeof(T) * V) Vec {
   T v[V];
 };
 
+// V consecutive values as fp32 (V > 1: one aligned 16-byte access; the caller checks alignment).
+template <typename T, int V>
+__device__ __forceinline__ void load(const T* p, float (&v)[V]) {
+  if constexpr (V == 1) {
+    v[0] = to_float(*p);
+  } else {
+    const Vec<T, V> c = *reinterpret_cast<const Vec<T, V>*>(p);
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[i] = to_float(c.v[i]);
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store(T* p, const float (&v)[V]) {
+  if constexpr (V == 1) {
+    *p = from_float<T>(v[0]);
+  } else {
+    Vec<T, V> c;
+#pragma unroll
+    for (int i = 0; i < V; ++i) c.v[i] = from_float<T>(v[i]);
+    *reinterpret_cast<Vec<T, V>*>(p) = c;
+  }
+}
+
 // ---- reductions -----------------------------------------------------------------------------
 // Butterfly sum: every lane ends with the same, bitwise identical total (each step adds the two
 // halves; fp32 addition is commutative).

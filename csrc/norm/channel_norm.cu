@@ -89,28 +89,6 @@ __device__ __forceinline__ int64_t unit_of(const UnitMap& m, int64_t n, int64_t 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // ---- loads and stores: V consecutive values (V > 1: one aligned 16-byte access) -----------------
-template <typename T, int V>
-__device__ __forceinline__ void load(const T* p, float (&v)[V]) {
-  if constexpr (V == 1) {
-    v[0] = to_float(*p);
-  } else {
-    const Vec<T, V> c = *reinterpret_cast<const Vec<T, V>*>(p);
-#pragma unroll
-    for (int i = 0; i < V; ++i) v[i] = to_float(c.v[i]);
-  }
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void store(T* p, const float (&v)[V]) {
-  if constexpr (V == 1) {
-    *p = from_float<T>(v[0]);
-  } else {
-    Vec<T, V> c;
-#pragma unroll
-    for (int i = 0; i < V; ++i) c.v[i] = from_float<T>(v[i]);
-    *reinterpret_cast<Vec<T, V>*>(p) = c;
-  }
-}
 
 // ---- activations (Activation codes; GELU is the exact erf form, as torch's default) -----------
 __device__ __forceinline__ float act_fwd(float p, int act) {
