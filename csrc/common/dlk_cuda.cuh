@@ -3,7 +3,8 @@
 // Everything a kernel file needs from the CUDA runtime goes through this header (launch, launch
 // check, occupancy), so a CPU emulation build can replace these few definitions and compile the
 // same kernel sources with a host compiler: it defines DLK_EMULATION, provides its own
-// cuda_runtime.h / cuda_fp16.h / cuda_bf16.h, dlk::check_launch and dlk::max_blocks_per_sm, and
+// cuda_runtime.h / cuda_fp16.h / cuda_bf16.h (whose runtime calls check_launch and
+// max_blocks_per_sm below use as they are), and
 // defines DLK_LAUNCH and DLK_DYNAMIC_SHARED before this header is included (csrc/emu/README.md).
 // Kernels themselves use only threadIdx/blockIdx/blockDim/gridDim, static __shared__ arrays,
 // __syncthreads, full-mask __shfl_xor_sync, __half/__nv_bfloat16 conversions,
@@ -77,7 +78,6 @@ void dispatch_vec(bool vec, F&& f) {
   }
 }
 
-#ifndef DLK_EMULATION
 // Throws (with the kernel's name) if the launch just made on this thread failed, e.g. a bad
 // configuration or too many registers for the block size. Does not synchronize.
 inline void check_launch(const char* kernel_name) {
@@ -98,7 +98,21 @@ inline int max_blocks_per_sm(Kernel kernel, int threads) {
   }
   return blocks > 0 ? blocks : 1;
 }
-#endif
+
+// ---- Welford statistics ------------------------------------------------------------------------
+struct Welford {
+  float n, mean, m2;  // count, mean, sum of squared deviations
+};
+
+// Chan et al. merge of two partial statistics (either may be empty).
+__device__ __forceinline__ Welford welford_merge(const Welford& a, const Welford& b) {
+  if (b.n == 0.f) return a;
+  if (a.n == 0.f) return b;
+  const float n = a.n + b.n;
+  const float d = b.mean - a.mean;
+  const float fb = b.n / n;
+  return {n, a.mean + d * fb, a.m2 + b.m2 + d * d * a.n * fb};
+}
 
 // ---- conversions: all arithmetic is fp32; storage is float, __half or __nv_bfloat16 ----------
 __device__ __forceinline__ float to_float(float v) { return v; }

@@ -431,22 +431,3 @@ DLK_EMU_ATOMIC_CAS(unsigned long long)
 DLK_EMU_ATOMIC_CAS(unsigned short)
 #undef DLK_EMU_ATOMIC_CAS
 
-// ---- what dlk_cuda.cuh leaves to the emulation build (it skips these under DLK_EMULATION) -----
-namespace dlk {
-inline void check_launch(const char* kernel_name) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("dlkern: launch of ") + kernel_name +
-                             " failed: " + cudaGetErrorString(err));
-  }
-}
-template <typename Kernel>
-inline int max_blocks_per_sm(Kernel kernel, int threads) {
-  int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, 0) != cudaSuccess) {
-    (void)cudaGetLastError();
-    blocks = 1;
-  }
-  return blocks > 0 ? blocks : 1;
-}
-}  // namespace dlk

@@ -117,20 +117,7 @@ __device__ __forceinline__ float act_grad(float p, float dy, int act) {
   }
 }
 
-// ---- Welford statistics -------------------------------------------------------------------------
-struct Welford {
-  float n, mean, m2;  // count, mean, sum of squared deviations
-};
 
-// Chan et al. merge of two partial statistics (either may be empty).
-__device__ __forceinline__ Welford welford_merge(const Welford& a, const Welford& b) {
-  if (b.n == 0.f) return a;
-  if (a.n == 0.f) return b;
-  const float n = a.n + b.n;
-  const float d = b.mean - a.mean;
-  const float fb = b.n / n;
-  return {n, a.mean + d * fb, a.m2 + b.m2 + d * d * a.n * fb};
-}
 
 // Adds V values: one element (Welford's update) or a chunk's own mean and M2, merged with Chan's.
 template <int V>

@@ -49,10 +49,7 @@ __device__ __forceinline__ void store_chunk(T* p, const Chunk& c) {
   *reinterpret_cast<Chunk*>(p) = c;
 }
 
-// ---- Welford statistics (uncached LayerNorm forward) ------------------------------------------
-struct Welford {
-  float n, mean, m2;  // count, mean, sum of squared deviations
-};
+// ---- Welford statistics (Welford / welford_merge: common/dlk_cuda.cuh) ---------------------
 
 __device__ __forceinline__ void welford_push(Welford& w, float v) {
   w.n += 1.f;
@@ -61,15 +58,6 @@ __device__ __forceinline__ void welford_push(Welford& w, float v) {
   w.m2 += d * (v - w.mean);
 }
 
-// Chan et al. merge of two partial statistics (either may be empty).
-__device__ __forceinline__ Welford welford_merge(const Welford& a, const Welford& b) {
-  if (b.n == 0.f) return a;
-  if (a.n == 0.f) return b;
-  const float n = a.n + b.n;
-  const float d = b.mean - a.mean;
-  const float fb = b.n / n;
-  return {n, a.mean + d * fb, a.m2 + b.m2 + d * d * a.n * fb};
-}
 
 // Statistics of the whole block, identical in every thread: the per-warp results are merged by
 // every thread in the same order (a butterfly merge is not bitwise symmetric).
