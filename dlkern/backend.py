@@ -129,7 +129,12 @@ def reasons_against(op, backend: str, args, kwargs) -> list[str]:
         return [f"{op.name} has no {backend} implementation"]
     tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
     device = _device_of(tensors)
-    return availability(backend, device) + list(op.supports(backend, *args, **kwargs))
+    reasons = availability(backend, device)
+    if not reasons:
+        missing = [name for name in op.launchers if not hasattr(launchers(backend, device), name)]
+        if missing:
+            reasons.append(f"this build of the {backend} kernels has no {', '.join(missing)} (rebuild dlkern)")
+    return reasons + list(op.supports(backend, *args, **kwargs))
 
 
 def choose(op, args, kwargs, backend: str | None = None) -> str:

@@ -8,6 +8,7 @@ import os
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+from .attention import attention_bwd, attention_fwd  # noqa: E402
 from .channel_norm import batch_norm_bwd, batch_norm_fwd, group_norm_bwd, group_norm_fwd  # noqa: E402
 from .optim import (multi_tensor_adabound, multi_tensor_adagrad, multi_tensor_adam,  # noqa: E402
                     multi_tensor_rmsprop, multi_tensor_sgd)

@@ -48,7 +48,7 @@ def run_with_grads(fn, args, grad_inputs, cotangents=None, **kwargs):
     return outs, grads, cotangents
 
 
-def assert_close_to_reference(name, got, exact, lowprec_ref, dtype):
+def assert_close_to_reference(name, got, exact, lowprec_ref, dtype, floor_factor=1.0):
     """``got`` (backend, low precision) vs ``exact`` (reference in fp64) with a tolerance set by
     ``lowprec_ref`` (the reference run in ``dtype``)."""
     assert got is not None, f"{name}: backend returned no value"
@@ -57,6 +57,21 @@ def assert_close_to_reference(name, got, exact, lowprec_ref, dtype):
     assert torch.isfinite(got).all(), f"{name}: non-finite values (unwritten output?)"
     ref_err = (lowprec_ref - exact).abs().max().item() if exact.numel() else 0.0
     scale = exact.abs().max().item() if exact.numel() else 0.0
-    tol = 2 * ref_err + EPS_FLOOR[dtype] * torch.finfo(dtype).eps * max(scale, 1.0)
+    tol = 2 * ref_err + floor_factor * EPS_FLOOR[dtype] * torch.finfo(dtype).eps * max(scale, 1.0)
     err = (got - exact).abs().max().item() if exact.numel() else 0.0
     assert err <= tol, f"{name}: max error {err:.3e} > tolerance {tol:.3e} (reference's own error {ref_err:.3e})"
+
+
+def assert_compiled_matches_eager(model, x, backend):
+    """``torch.compile(fullgraph=True)`` of ``model`` on ``backend`` gives eager's output and input
+    gradient (aot_eager: dynamo + AOT autograd, no inductor code generation needed)."""
+    import dlkern
+    with dlkern.use_backend(backend):
+        eager = model(x)
+        (g_eager,) = torch.autograd.grad(eager.square().sum(), x)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        out = compiled(x)
+        (g_comp,) = torch.autograd.grad(out.square().sum(), x)
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(g_comp, g_eager)

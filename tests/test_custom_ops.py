@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import dlkern
 from dlkern.backend import availability
-from numerics import clone_inputs, run_with_grads
+from numerics import assert_compiled_matches_eager, clone_inputs, run_with_grads
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -76,16 +76,7 @@ def test_compile_fullgraph_matches_eager(backend):
         pytest.skip("; ".join(availability(backend, DEVICE)))
     torch.manual_seed(0)
     model = _Block().to(DEVICE)
-    x = torch.randn(2, 7, 64, device=DEVICE, requires_grad=True)
-    with dlkern.use_backend(backend):
-        eager = model(x)
-        (g_eager,) = torch.autograd.grad(eager.square().sum(), x)
-        torch._dynamo.reset()
-        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-        out = compiled(x)
-        (g_comp,) = torch.autograd.grad(out.square().sum(), x)
-    torch.testing.assert_close(out, eager)
-    torch.testing.assert_close(g_comp, g_eager)
+    assert_compiled_matches_eager(model, torch.randn(2, 7, 64, device=DEVICE, requires_grad=True), backend)
 
 
 class _ConvBlock(torch.nn.Module):

@@ -27,8 +27,8 @@ def _skip_reason(op, backend, dtype):
     reasons = availability(backend, DEVICE)
     if reasons:
         return "; ".join(reasons)
-    if backend == "triton" and DEVICE.type == "cpu" and dtype == torch.bfloat16:
-        return None  # bf16 element-wise/reduction math is exact in the interpreter (only tl.dot is not)
+    if backend == "triton" and DEVICE.type == "cpu" and dtype == torch.bfloat16 and op.uses_tl_dot:
+        return "Triton's CPU interpreter computes tl.dot with bf16 operands wrongly (triton 3.8)"
     return None
 
 
@@ -49,12 +49,12 @@ def test_matches_reference(op, backend, dtype, sample_name):
     assert len(outs) == len(exact_outs)
     for k, (o, e, l) in enumerate(zip(outs, exact_outs, low_outs)):
         assert o.dtype == l.dtype, f"output {k}: dtype {o.dtype} != reference dtype {l.dtype}"
-        assert_close_to_reference(f"output {k}", o, e, l, dtype)
+        assert_close_to_reference(f"output {k}", o, e, l, dtype, op.floor_factor)
     for i, g, e, l in zip(sample.grad_inputs, grads, exact_grads, low_grads):
         assert (g is None) == (e is None), f"grad of arg {i}: presence differs from the reference"
         if e is not None:
             assert g.dtype == args[i].dtype, f"grad of arg {i}: dtype {g.dtype} != input dtype {args[i].dtype}"
-            assert_close_to_reference(f"grad of arg {i}", g, e, l, dtype)
+            assert_close_to_reference(f"grad of arg {i}", g, e, l, dtype, op.floor_factor)
 
 
 @pytest.mark.parametrize("op", dlkern.all_ops(), ids=lambda op: op.name)

@@ -1,5 +1,6 @@
 """Mirrors ``torch.nn.functional`` for the ops dlkern implements; each accepts a keyword-only
 ``backend=`` ("auto", "reference", "triton", "cuda")."""
+from dlkern.ops.attention import scaled_dot_product_attention
 from dlkern.ops.batch_norm import batch_norm
 from dlkern.ops.group_norm import group_norm, group_norm_act
 from dlkern.ops.instance_norm import instance_norm
@@ -8,4 +9,4 @@ from dlkern.ops.rms_norm import add_rms_norm, rms_norm
 from dlkern.ops.weight_norm import weight_norm
 
 __all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "batch_norm", "instance_norm",
-           "group_norm", "group_norm_act", "weight_norm"]
+           "group_norm", "group_norm_act", "weight_norm", "scaled_dot_product_attention"]

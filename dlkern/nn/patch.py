@@ -2,6 +2,7 @@
 import torch
 
 from dlkern.nn import normalization as N
+from dlkern.nn.attention import MultiheadAttention
 
 # torch module type -> dlkern subclass. Only exact types are swapped: a user's subclass may
 # override forward, and replacing it would silently drop that code.
@@ -15,6 +16,7 @@ PATCHABLE = {
     torch.nn.InstanceNorm2d: N.InstanceNorm2d,
     torch.nn.InstanceNorm3d: N.InstanceNorm3d,
     torch.nn.GroupNorm: N.GroupNorm,
+    torch.nn.MultiheadAttention: MultiheadAttention,
 }
 
 
