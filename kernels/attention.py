@@ -36,8 +36,8 @@ def _configs(tiles, stages):
 def fwd_configs():
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
-    return _configs([(128, 64, 8), (128, 32, 8), (64, 64, 4), (64, 64, 8), (64, 32, 4), (64, 32, 8),
-                     (32, 32, 4), (32, 32, 8), (16, 16, 8)], stages=(2, 3))
+    return _configs([(128, 64, 8), (64, 64, 8), (128, 32, 8), (64, 64, 4), (64, 32, 4), (64, 32, 8),
+                     (32, 32, 4), (32, 32, 8), (16, 32, 8), (16, 16, 8)], stages=(2, 3))
 
 
 def bwd_configs():
@@ -47,25 +47,26 @@ def bwd_configs():
                      (16, 32, 8), (16, 16, 8)], stages=(1, 2))
 
 
-# 32-bit registers a thread needs for the tiles it keeps live, per kernel: fp32 accumulators and
-# score-sized tiles, plus the q/k/v/do operand tiles (size-dependent: fp32 operands count double).
-# ptxas data (sm_90, bias + causal): tiles up to ~96 registers per thread compile without spills.
-_LIVE = {
-    "fwd": lambda m, n, d, s: m * d + m * n + (m * d + 2 * n * d) * s // 4,     # acc, s/p; q, k, v
-    "dkdv": lambda m, n, d, s: 2 * n * d + 3 * m * n + (2 * n * d + 2 * m * d) * s // 4,
-    "dq": lambda m, n, d, s: m * d + 3 * m * n + (2 * m * d + 2 * n * d) * s // 4,
+# Largest score tile (BLOCK_M x BLOCK_N) per kernel and head-dim bucket that ptxas compiles for
+# sm_80 and sm_90 with 8 warps and 16-bit inputs without spilling (bias + causal on; measured with
+# tests/triton_compile_check.py: e.g. the d128 forward at 64 x 64 fits sm_90 but spills on sm_80).
+# 4 warps get half of it; fp32 inputs (IEEE dots on CUDA cores, twice the operand registers) half;
+# in-kernel dropout (Philox state) half, and a quarter in the forward.
+MAX_TILE = {
+    "fwd": {64: 128 * 64, 128: 64 * 32, 256: 16 * 32},
+    "dkdv": {64: 32 * 32, 128: 32 * 32, 256: 16 * 16},
+    "dq": {64: 64 * 64, 128: 32 * 64, 256: 16 * 32},
 }
-MAX_LIVE_PER_THREAD = 100
 
 
 def _keep(config, kind, block_d, elem_bytes, dropout):
-    """Tiles whose live values fit the register file for this head dim and dtype; in-kernel
-    dropout also holds Philox state (4 words per score element while the mask is drawn): tiles of
-    at most 64 x 64."""
-    m, n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
-    if dropout and m * n > 64 * 64:
-        return False
-    return _LIVE[kind](m, n, block_d, elem_bytes) <= MAX_LIVE_PER_THREAD * 32 * config.num_warps
+    """Tiles that fit the register file for this head dim, dtype and dropout."""
+    area = config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"]
+    limit = MAX_TILE[kind][min(b for b in (64, 128, 256) if b >= block_d)]
+    limit = limit * config.num_warps // 8 // (2 if elem_bytes == 4 else 1)
+    if dropout:
+        limit //= 4 if kind == "fwd" else 2
+    return area <= max(limit, 16 * 16)
 
 
 def _pruner(kind):

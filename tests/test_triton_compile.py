@@ -1,6 +1,7 @@
 """Every Triton kernel, in every launch configuration its launcher can pick, compiles for sm_80
 and sm_90 through Triton's compiler with an explicit GPU target (no GPU needed). Registers,
-spills and shared memory come from ptxas and are reported; a spill fails the test.
+spills and shared memory come from ptxas and are reported; a spill fails the test (except where
+triton_compile_check.SPILLS_ALLOWED names the kernel and the reason).
 
 The compiles run in one subprocess without TRITON_INTERPRET (see triton_compile_check.py), with
 the results shared by the parametrized tests below.
@@ -56,4 +57,5 @@ def test_compiles_without_spills(results, arch, name):
             f"{r['shared_bytes']} B shared, {r['num_warps']} warps")
     print(line)
     assert r["cubin_bytes"] > 0, line
-    assert r["spill_bytes"] == 0, line
+    if check.spill_allowed(name) is None:
+        assert r["spill_bytes"] == 0, line

@@ -15,6 +15,21 @@ MODULES = ["dlkern.kernels.row_norm", "dlkern.kernels.channel_norm", "dlkern.ker
            "dlkern.kernels.optim", "dlkern.kernels.attention"]
 
 
+# Kernels allowed to spill, with the reason (the test still reports their spills).
+SPILLS_ALLOWED = {
+    "attention.": ("_fp32_", "fp32 attention runs its dots in IEEE mode on CUDA cores (operands twice "
+                             "the size, no tensor cores): a correctness path, not a fast one"),
+}
+
+
+def spill_allowed(name):
+    """The reason ``name`` may spill, or None."""
+    for prefix, (marker, reason) in SPILLS_ALLOWED.items():
+        if name.startswith(prefix) and marker in name:
+            return reason
+    return None
+
+
 def specs():
     import importlib
     for modname in MODULES:

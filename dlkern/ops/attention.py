@@ -20,6 +20,7 @@ from torch import Tensor
 
 from dlkern import backend as _backend
 from dlkern.backend import choose
+from dlkern.ops.peers import flash_attn_sdpa
 from dlkern.registry import Cost, OpSpec, Sample, register_op
 
 ALIGNMENTS = ("top_left", "bottom_right")
@@ -291,6 +292,6 @@ def _cost(sample):
 ATTENTION = register_op(OpSpec(
     name="scaled_dot_product_attention", family="attention", fn=scaled_dot_product_attention,
     reference=attention_ref, supports=_supports, samples=_samples, bench_cases=_bench_cases,
-    cost=_cost, torch_equivalent=TORCH_SDPA,
+    cost=_cost, torch_equivalent=TORCH_SDPA, peers={"flash_attn": flash_attn_sdpa},
     launchers=("attention_fwd", "attention_bwd"), uses_tl_dot=True, floor_factor=4.0,
 ))

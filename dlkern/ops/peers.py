@@ -53,3 +53,19 @@ def apex_rms_norm():
     def run(x, normalized_shape, weight, eps=None):
         return mod.fused_rms_norm_affine(x, weight, tuple(normalized_shape), 1e-6 if eps is None else eps)
     return run
+
+
+def flash_attn_sdpa():
+    """flash-attn 2's ``flash_attn_func`` behind the SDPA signature (no masks; causal is
+    top-left, its only alignment when Lq == Lk)."""
+    mod = _try_import("flash_attn")
+    if mod is None:
+        return None
+
+    def run(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if attn_mask is not None:
+            raise NotImplementedError("flash_attn_func takes no attn_mask")
+        out = mod.flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                  dropout_p=dropout_p, softmax_scale=scale, causal=is_causal)
+        return out.transpose(1, 2)
+    return run
