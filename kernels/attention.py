@@ -53,8 +53,8 @@ def bwd_configs():
 # 4 warps get half of it; fp32 inputs (IEEE dots on CUDA cores, twice the operand registers) half;
 # in-kernel dropout (Philox state) half, and a quarter in the forward.
 MAX_TILE = {
-    "fwd": {64: 128 * 64, 128: 64 * 32, 256: 16 * 32},
-    "dkdv": {64: 32 * 32, 128: 32 * 32, 256: 16 * 16},
+    "fwd": {64: 128 * 64, 128: 64 * 64, 256: 16 * 32},
+    "dkdv": {64: 32 * 32, 128: 16 * 32, 256: 16 * 16},
     "dq": {64: 64 * 64, 128: 32 * 64, 256: 16 * 32},
 }
 
@@ -407,5 +407,5 @@ def compile_specs():
             cfg = next(c for c in configs if _keep(c, kind, d, 4 if dtype == "fp32" else 2, dropout))
             fn = kernel.fn
             meta = {k: v for k, v in {**base, **cfg.kwargs}.items() if k in fn.arg_names}
-            sig = {a: ("constexpr" if a in meta else types.get(a, "i64")) for a in fn.arg_names}
+            sig = {a: ("constexpr" if a in meta else types.get(a, "i32")) for a in fn.arg_names}
             yield f"{kind}_{dtype}_d{d}" + ("_dropout" if dropout else ""), fn, sig, meta, cfg.num_warps
