@@ -49,6 +49,9 @@ class OpSpec:
     dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16)
     launchers: tuple = ()              # names every kernel backend module must expose
     family: str = ""                   # "norm", "attention", ... (README grouping)
+    # True for steps that update their inputs in place (optimizer steps): the benchmark harness
+    # gives every run its own copy of the sample's tensors.
+    mutates_inputs: bool = False
 
     def __repr__(self):
         return f"OpSpec({self.name!r}, backends={self.backends})"

@@ -108,29 +108,40 @@ class _AdamKernelStep(KernelStepMixin):
             group["fused"] = fused
 
     def _kernel_step_group(self, group, params, grads, backend):
-        if not params:
-            return
-        beta1, beta2 = (scalar(b) for b in group["betas"])
-        lr, wd, amsgrad = scalar(group["lr"]), group["weight_decay"], group["amsgrad"]
-        decoupled = group.get("decoupled_weight_decay", self._decoupled_default)
-        m, v, vmax, masters, steps = [], [], [], [], []
-        for p in params:
-            state = self._state(group, p)  # torch's state layout, so state_dicts interchange
-            m.append(state["exp_avg"])
-            v.append(state["exp_avg_sq"])
-            vmax.append(state.get("max_exp_avg_sq") if amsgrad else None)
-            masters.append(state.get("master_param"))
-            steps.append(state["step"])
-        torch._foreach_add_(steps, 1)
-        step_sizes, bc2_sqrts = [], []
-        for s in steps:  # float64 on the host, as torch computes them
-            n = s.item()
-            step_sizes.append(lr / (1 - beta1 ** n))
-            bc2_sqrts.append(math.sqrt(1 - beta2 ** n))
-        launch = _backend.launchers(backend, params[0].device).multi_tensor_adam
-        for ps, gs, ms, vs, vms, ws, ss, bs in by_dtype(params, grads, m, v, vmax, masters, step_sizes, bc2_sqrts):
-            launch(ps, gs, ms, vs, vms if amsgrad else None, ws if ws[0] is not None else None, ss, bs,
-                   beta1, beta2, group["eps"], wd, lr, decoupled, amsgrad, group["maximize"])
+        amsgrad = group["amsgrad"]
+        states = [self._state(group, p) for p in params]  # torch's layout, so state_dicts interchange
+        adam_kernel_step(
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if amsgrad else None,
+            [s.get("master_param") for s in states], [s["step"] for s in states], backend,
+            beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"],
+            eps=group["eps"], decoupled=group.get("decoupled_weight_decay", self._decoupled_default),
+            maximize=group["maximize"])
+
+
+def adam_kernel_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, state_steps,
+                     backend, *, beta1, beta2, lr, weight_decay, eps, decoupled, maximize):
+    """One Adam/AdamW step with the multi-tensor kernels of ``backend``, in place: the step counts
+    advance, each tensor's bias corrections are computed on the host in float64 (as torch does),
+    one launch per dtype group. max_exp_avg_sqs: a list for AMSGrad, else None; master_params:
+    per tensor an fp32 master or None."""
+    if not params:
+        return
+    beta1, beta2, lr = scalar(beta1), scalar(beta2), scalar(lr)
+    amsgrad = max_exp_avg_sqs is not None
+    torch._foreach_add_(state_steps, 1)
+    step_sizes, bc2_sqrts = [], []
+    for s in state_steps:
+        n = s.item()
+        step_sizes.append(lr / (1 - beta1 ** n))
+        bc2_sqrts.append(math.sqrt(1 - beta2 ** n))
+    vmax = max_exp_avg_sqs if amsgrad else [None] * len(params)
+    masters = master_params if master_params is not None else [None] * len(params)
+    launch = _backend.launchers(backend, params[0].device).multi_tensor_adam
+    for ps, gs, ms, vs, vms, ws, ss, bs in by_dtype(params, grads, exp_avgs, exp_avg_sqs, vmax, masters,
+                                                    step_sizes, bc2_sqrts):
+        launch(ps, gs, ms, vs, vms if amsgrad else None, ws if ws[0] is not None else None, ss, bs,
+               beta1, beta2, eps, weight_decay, lr, decoupled, amsgrad, maximize)
 
 
 class Adam(_AdamKernelStep, torch.optim.Adam):
