@@ -780,6 +780,13 @@ void check_same_dtype(const std::vector<dlk::DType>& dtypes, const std::vector<N
               (*lists[other].second)[0].scalar_type());
 }
 
+// The dtype of lists that all share the params' dtype (SGD, Adagrad, RMSprop, AdaBound).
+dlk::DType one_dtype(const std::vector<NamedList>& lists) {
+  const std::vector<dlk::DType> dtypes = check_lists(lists);
+  for (size_t l = 1; l < lists.size(); ++l) check_same_dtype(dtypes, lists, 0, l);
+  return dtypes[0];
+}
+
 void multi_tensor_adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
                        const TensorList& exp_avg_sqs, const OptTensorList& max_exp_avg_sqs,
                        const OptTensorList& master_params, const std::vector<double>& step_sizes,
@@ -830,9 +837,7 @@ void multi_tensor_sgd(const TensorList& params, const TensorList& grads,
       {"params", &params}, {"grads", &grads},
       {"momentum_buffers",
        optional_list(momentum_buffers, momentum != 0, "momentum_buffers", "momentum != 0")}};
-  const std::vector<dlk::DType> dtypes = check_lists(lists);
-  check_same_dtype(dtypes, lists, dlk::kSgdParam, dlk::kSgdGrad);
-  check_same_dtype(dtypes, lists, dlk::kSgdParam, dlk::kSgdBuf);
+  const dlk::DType dtype = one_dtype(lists);
   LaunchContext ctx(params[0]);
   const PackedTable packed = pack_table(lists, {});
   dlk::SgdParams p{};
@@ -841,7 +846,7 @@ void multi_tensor_sgd(const TensorList& params, const TensorList& grads,
   p.momentum = float(momentum);
   p.dampening = float(dampening);
   p.weight_decay = float(weight_decay);
-  p.dtype = dtypes[dlk::kSgdParam];
+  p.dtype = dtype;
   p.nesterov = nesterov;
   p.maximize = maximize;
   p.first = first;
@@ -854,16 +859,14 @@ void multi_tensor_adagrad(const TensorList& params, const TensorList& grads,
   if (params.empty()) return;
   const std::vector<NamedList> lists = {
       {"params", &params}, {"grads", &grads}, {"state_sums", &state_sums}};
-  const std::vector<dlk::DType> dtypes = check_lists(lists);
-  check_same_dtype(dtypes, lists, dlk::kAdagradParam, dlk::kAdagradGrad);
-  check_same_dtype(dtypes, lists, dlk::kAdagradParam, dlk::kAdagradSum);
+  const dlk::DType dtype = one_dtype(lists);
   LaunchContext ctx(params[0]);
   const PackedTable packed = pack_table(lists, {{"clrs", &clrs}});
   dlk::AdagradParams p{};
   p.table = packed.table;
   p.eps = float(eps);
   p.weight_decay = float(weight_decay);
-  p.dtype = dtypes[dlk::kAdagradParam];
+  p.dtype = dtype;
   p.maximize = maximize;
   dlk::multi_tensor_adagrad(p, ctx.stream());
 }
@@ -879,8 +882,7 @@ void multi_tensor_rmsprop(const TensorList& params, const TensorList& grads,
       {"grad_avgs", optional_list(grad_avgs, centered, "grad_avgs", "centered")},
       {"momentum_buffers",
        optional_list(momentum_buffers, momentum > 0, "momentum_buffers", "momentum > 0")}};
-  const std::vector<dlk::DType> dtypes = check_lists(lists);
-  for (size_t l = dlk::kRmsGrad; l < dlk::kRmsLists; ++l) check_same_dtype(dtypes, lists, 0, l);
+  const dlk::DType dtype = one_dtype(lists);
   LaunchContext ctx(params[0]);
   const PackedTable packed = pack_table(lists, {});
   dlk::RmspropParams p{};
@@ -890,7 +892,7 @@ void multi_tensor_rmsprop(const TensorList& params, const TensorList& grads,
   p.eps = float(eps);
   p.weight_decay = float(weight_decay);
   p.momentum = float(momentum);
-  p.dtype = dtypes[dlk::kRmsParam];
+  p.dtype = dtype;
   p.centered = centered;
   p.maximize = maximize;
   dlk::multi_tensor_rmsprop(p, ctx.stream());
@@ -907,8 +909,7 @@ void multi_tensor_adabound(const TensorList& params, const TensorList& grads,
       {"params", &params}, {"grads", &grads}, {"exp_avgs", &exp_avgs},
       {"exp_avg_sqs", &exp_avg_sqs},
       {"max_exp_avg_sqs", optional_list(max_exp_avg_sqs, amsbound, "max_exp_avg_sqs", "amsbound")}};
-  const std::vector<dlk::DType> dtypes = check_lists(lists);
-  for (size_t l = dlk::kBoundGrad; l < dlk::kBoundLists; ++l) check_same_dtype(dtypes, lists, 0, l);
+  const dlk::DType dtype = one_dtype(lists);
   LaunchContext ctx(params[0]);
   const PackedTable packed = pack_table(
       lists, {{"step_sizes", &step_sizes}, {"lowers", &lowers}, {"uppers", &uppers}});
@@ -918,7 +919,7 @@ void multi_tensor_adabound(const TensorList& params, const TensorList& grads,
   p.beta2 = float(beta2);
   p.eps = float(eps);
   p.weight_decay = float(weight_decay);
-  p.dtype = dtypes[dlk::kBoundParam];
+  p.dtype = dtype;
   p.amsbound = amsbound;
   dlk::multi_tensor_adabound(p, ctx.stream());
 }

@@ -291,6 +291,17 @@ void launch(Kernel kernel, const Params& p, void* stream, const char* name) {
   check_launch(name);
 }
 
+// The launch of an optimizer whose params, grads and states share one dtype, a.dtype;
+// kernel_of(T{}) is its kernel for storage type T.
+template <typename Params, typename KernelOf>
+void launch_one_dtype(const Params& a, void* stream, const char* name, KernelOf kernel_of) {
+  check_table(a.table, name);
+  if (a.table.num_chunks == 0) return;
+  dispatch_dtype<void>(a.dtype, [&](auto tag) {
+    launch<kVec<decltype(tag)>>(kernel_of(tag), a, stream, name);
+  });
+}
+
 }  // namespace
 
 void multi_tensor_adam(const AdamParams& a, void* stream) {
@@ -303,48 +314,31 @@ void multi_tensor_adam(const AdamParams& a, void* stream) {
   dispatch_dtype<void>(a.param_dtype, [&](auto tag) {
     using P = decltype(tag);
     if (a.state_dtype == a.param_dtype) {
-      launch<kPairVec<P, P>>(multi_tensor_adam_kernel<P, P>, a, stream, "multi_tensor_adam_kernel");
+      launch<kPairVec<P, P>>(multi_tensor_adam_kernel<P, P>, a, stream, "multi_tensor_adam");
     } else {
-      launch<kPairVec<P, float>>(multi_tensor_adam_kernel<P, float>, a, stream,
-                                 "multi_tensor_adam_kernel");
+      launch<kPairVec<P, float>>(multi_tensor_adam_kernel<P, float>, a, stream, "multi_tensor_adam");
     }
   });
 }
 
 void multi_tensor_sgd(const SgdParams& a, void* stream) {
-  check_table(a.table, "multi_tensor_sgd");
-  if (a.table.num_chunks == 0) return;
-  dispatch_dtype<void>(a.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    launch<kVec<T>>(multi_tensor_sgd_kernel<T>, a, stream, "multi_tensor_sgd_kernel");
-  });
+  launch_one_dtype(a, stream, "multi_tensor_sgd",
+                   [](auto tag) { return multi_tensor_sgd_kernel<decltype(tag)>; });
 }
 
 void multi_tensor_adagrad(const AdagradParams& a, void* stream) {
-  check_table(a.table, "multi_tensor_adagrad");
-  if (a.table.num_chunks == 0) return;
-  dispatch_dtype<void>(a.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    launch<kVec<T>>(multi_tensor_adagrad_kernel<T>, a, stream, "multi_tensor_adagrad_kernel");
-  });
+  launch_one_dtype(a, stream, "multi_tensor_adagrad",
+                   [](auto tag) { return multi_tensor_adagrad_kernel<decltype(tag)>; });
 }
 
 void multi_tensor_rmsprop(const RmspropParams& a, void* stream) {
-  check_table(a.table, "multi_tensor_rmsprop");
-  if (a.table.num_chunks == 0) return;
-  dispatch_dtype<void>(a.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    launch<kVec<T>>(multi_tensor_rmsprop_kernel<T>, a, stream, "multi_tensor_rmsprop_kernel");
-  });
+  launch_one_dtype(a, stream, "multi_tensor_rmsprop",
+                   [](auto tag) { return multi_tensor_rmsprop_kernel<decltype(tag)>; });
 }
 
 void multi_tensor_adabound(const AdaBoundParams& a, void* stream) {
-  check_table(a.table, "multi_tensor_adabound");
-  if (a.table.num_chunks == 0) return;
-  dispatch_dtype<void>(a.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    launch<kVec<T>>(multi_tensor_adabound_kernel<T>, a, stream, "multi_tensor_adabound_kernel");
-  });
+  launch_one_dtype(a, stream, "multi_tensor_adabound",
+                   [](auto tag) { return multi_tensor_adabound_kernel<decltype(tag)>; });
 }
 
 }  // namespace dlk

@@ -6,6 +6,8 @@ Every kernel test runs for each kernel backend: Triton (its interpreter without 
 (the emulation build without a GPU, where a few steps stand for the long trajectories: the
 emulator runs each block's threads one at a time)."""
 import copy
+import inspect
+import re
 
 import pytest
 import torch
@@ -274,6 +276,22 @@ def test_launcher_names_a_mismatched_list(backend):
         launch([p], [torch.zeros(7, device=DEVICE)], None, 0.1, 0.0, 0.0, 0.0, False, False, False)
 
 
+STEP_SPECS = [dlkern.optim.adam.ADAM_STEP, dlkern.optim.sgd.SGD_STEP, dlkern.optim.adagrad.ADAGRAD_STEP,
+              dlkern.optim.rmsprop.RMSPROP_STEP, dlkern.optim.adabound.ADABOUND_STEP]
+
+
+@pytest.mark.parametrize("module_name", ["_C", "_C_emu"])
+def test_cuda_launchers_mirror_the_triton_ones(module_name):
+    """Both builds expose every optimizer launcher with the Triton launcher's parameter names."""
+    mod = getattr(dlkern._ext, module_name)
+    if mod is None or dlkern._ext.kernels is None:
+        pytest.skip(f"dlkern.{module_name} or the Triton kernels are not available")
+    for name in (n for spec in STEP_SPECS for n in spec.launchers):
+        first_line = getattr(mod, name).__doc__.splitlines()[0]  # pybind: name(a: type, b: type) -> None
+        triton_params = list(inspect.signature(getattr(dlkern._ext.kernels, name)).parameters)
+        assert re.findall(r"(\w+): ", first_line) == triton_params, name
+
+
 # --------------------------------------------------------------------------- fp32 master weights
 def _low_precision_runs(backend, dtype, steps):
     """AdamW on dtype params with and without master weights, and torch's AdamW in fp32, all on
@@ -300,7 +318,7 @@ def _low_precision_runs(backend, dtype, steps):
 def test_master_weights_follow_the_fp32_trajectory(backend, dtype):
     """The fp32 master follows torch's fp32 run to fp32 accuracy and the parameter is its rounding
     (written in the same pass); without master weights, updates below half an ulp are lost."""
-    steps = _steps(backend, 30)
+    steps = _steps(backend, 12)
     opt, with_master, plain, exact_p = _low_precision_runs(backend, dtype, steps)
     master_err = plain_err = 0.0
     for a, b, e in zip(with_master, plain, exact_p):
@@ -315,7 +333,7 @@ def test_master_weights_follow_the_fp32_trajectory(backend, dtype):
         rounded = e.detach().to(dtype).float()  # the best a dtype parameter can be
         master_err += (a.float() - rounded).abs().sum().item()
         plain_err += (b.float() - rounded).abs().sum().item()
-    assert master_err * 20 < plain_err, (master_err, plain_err)
+    assert master_err * 5 < plain_err, (master_err, plain_err)
 
 
 @pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
