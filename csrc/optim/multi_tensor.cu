@@ -130,7 +130,7 @@ multi_tensor_sgd_kernel(const SgdParams a) {
   const bool has_wd = a.weight_decay != 0.f, has_momentum = a.momentum != 0.f;
   for_each_group<kVec<T>>(c, all_aligned(tab, kSgdLists, c.t), [&](int64_t i, auto width) {
     constexpr int W = decltype(width)::value;
-    float pv[W], dv[W], bv[W];
+    float pv[W], dv[W], bv[W] = {};  // bv is read only when it was loaded
     load<T, W>(p + i, pv);
     load<T, W>(g + i, dv);
     if (has_momentum && !a.first) load<T, W>(buf + i, bv);
