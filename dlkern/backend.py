@@ -114,6 +114,14 @@ def launchers(backend: str, device: torch.device):
 # ---------------------------------------------------------------------------------------------
 # The chooser
 # ---------------------------------------------------------------------------------------------
+def _tensors_in(args, kwargs) -> list:
+    """The tensor arguments, those inside list/tuple arguments too (multi-tensor optimizer steps)."""
+    tensors = []
+    for a in list(args) + list(kwargs.values()):
+        tensors += [t for t in a if isinstance(t, torch.Tensor)] if isinstance(a, (list, tuple)) else [a]
+    return [t for t in tensors if isinstance(t, torch.Tensor)]
+
+
 def _device_of(tensors) -> torch.device:
     devices = {t.device for t in tensors if isinstance(t, torch.Tensor)}
     if len(devices) > 1:
@@ -127,8 +135,7 @@ def reasons_against(op, backend: str, args, kwargs) -> list[str]:
         return []
     if backend not in op.backends:
         return [f"{op.name} has no {backend} implementation"]
-    tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
-    device = _device_of(tensors)
+    device = _device_of(_tensors_in(args, kwargs))
     reasons = availability(backend, device)
     if not reasons:
         missing = [name for name in op.launchers if not hasattr(launchers(backend, device), name)]
@@ -148,8 +155,7 @@ def choose(op, args, kwargs, backend: str | None = None) -> str:
             raise BackendError(f"dlkern.{op.name}: backend {name!r} cannot serve these inputs: "
                                + "; ".join(reasons))
         return name
-    tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
-    if _device_of(tensors).type != "cuda":
+    if _device_of(_tensors_in(args, kwargs)).type != "cuda":
         return "reference"
     all_reasons = []
     for candidate in op.auto_order:

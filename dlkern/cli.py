@@ -147,8 +147,9 @@ def resolve(args):
     """(ops, device, dtypes, modes, providers) from the bench options, or UsageError."""
     import dlkern
     from dlkern.bench.harness import BUILTIN_PROVIDERS, MODES
+    from dlkern.bench.optim import STEPS
 
-    registered = {op.name: op for op in dlkern.all_ops()}
+    registered = {op.name: op for op in [*dlkern.all_ops(), *STEPS]}  # ops, then optimizer steps
     unknown = [n for n in args.ops if n not in registered]
     if unknown:
         raise UsageError(f"unknown op{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "

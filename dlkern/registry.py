@@ -54,6 +54,9 @@ class OpSpec:
     # Multiplies the tests' tolerance floor (tests/numerics.py) for ops whose intermediates are much
     # larger than their outputs, e.g. attention's scores: dot products over the whole head dim.
     floor_factor: float = 1.0
+    # True for steps that update their inputs in place (optimizer steps): the benchmark harness
+    # gives every run its own copy of the sample's tensors.
+    mutates_inputs: bool = False
 
     def __repr__(self):
         return f"OpSpec({self.name!r}, backends={self.backends})"

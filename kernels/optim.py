@@ -41,24 +41,29 @@ def _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE: tl.constexpr):
 @triton.jit
 def _adam_kernel(
     P_TABLE, G_TABLE, M_TABLE, V_TABLE, VMAX_TABLE,   # int64 data pointers, one per tensor
+    W_TABLE,                                          # fp32 master weights (HAS_MASTER)
     SIZES, CHUNK_TENSOR, CHUNK_START,                 # per tensor / per chunk
     STEP_SIZE, BC2_SQRT,                              # per tensor: lr / (1 - b1^t), sqrt(1 - b2^t)
     beta1, beta2, eps, weight_decay, decay_factor,    # decay_factor = 1 - lr * wd (AdamW)
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
     DECOUPLED: tl.constexpr, HAS_WD: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
-    CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    HAS_MASTER: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
     t, start, end = _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE)
     p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
     g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
     m_ptr = _tensor_ptr(M_TABLE, t, S_DTYPE)
     v_ptr = _tensor_ptr(V_TABLE, t, S_DTYPE)
+    w_ptr = _tensor_ptr(W_TABLE, t, tl.float32)
     step_size = tl.load(STEP_SIZE + t)
     bc2_sqrt = tl.load(BC2_SQRT + t)
     for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
         idx = start + off + tl.arange(0, BLOCK_SIZE)
         mask = idx < end
-        p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        if HAS_MASTER:  # the update runs on the fp32 master; p receives its rounding
+            p = tl.load(w_ptr + idx, mask=mask, other=0.0)
+        else:
+            p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         m = tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         v = tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
@@ -78,6 +83,8 @@ def _adam_kernel(
         else:
             denom = tl.sqrt(v) / bc2_sqrt + eps
         p = p - step_size * (m / denom)
+        if HAS_MASTER:
+            tl.store(w_ptr + idx, p, mask=mask)
         tl.store(p_ptr + idx, p.to(P_DTYPE), mask=mask)
         tl.store(m_ptr + idx, m.to(S_DTYPE), mask=mask)
         tl.store(v_ptr + idx, v.to(S_DTYPE), mask=mask)
@@ -251,25 +258,31 @@ def _check_lists(**lists):
                 raise ValueError(f"{name}: every tensor must be contiguous and match its parameter's size")
 
 
-def multi_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step_sizes, bc2_sqrts,
-                      beta1, beta2, eps, weight_decay, lr, decoupled, amsgrad, maximize):
+def multi_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, master_params, step_sizes,
+                      bc2_sqrts, beta1, beta2, eps, weight_decay, lr, decoupled, amsgrad, maximize):
     """One Adam/AdamW step over same-dtype lists, in place. step_sizes / bc2_sqrts: per tensor
-    (lr / (1 - beta1^step), sqrt(1 - beta2^step)), computed by the caller from each step count."""
+    (lr / (1 - beta1^step), sqrt(1 - beta2^step)), computed by the caller from each step count.
+    master_params: fp32 copies the update reads and writes, the params receive their rounding
+    (the states are then fp32 too); None without master weights."""
     if not params:
         return
+    has_master = master_params is not None
     _check_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
-                 max_exp_avg_sqs=max_exp_avg_sqs if amsgrad else None)
+                 max_exp_avg_sqs=max_exp_avg_sqs if amsgrad else None, master_params=master_params)
+    if has_master and {master_params[0].dtype, exp_avgs[0].dtype} != {torch.float32}:
+        raise ValueError("master_params and the states must be float32 with master weights")
     dev = params[0].device
     sizes, chunk_t, chunk_s = chunk_table([p.numel() for p in params], dev)
     tables = [_pointer_table(ts, dev) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
     vmax = _pointer_table(max_exp_avg_sqs, dev) if amsgrad else tables[3]
+    masters = _pointer_table(master_params, dev) if has_master else tables[0]
     f32 = lambda v: torch.tensor(v, dtype=torch.float32).to(dev, non_blocking=True)  # noqa: E731
     _adam_kernel[(chunk_t.numel(),)](
-        *tables, vmax, sizes, chunk_t, chunk_s, f32(step_sizes), f32(bc2_sqrts),
+        *tables, vmax, masters, sizes, chunk_t, chunk_s, f32(step_sizes), f32(bc2_sqrts),
         beta1, beta2, eps, weight_decay, 1.0 - lr * weight_decay,
         P_DTYPE=_TL[params[0].dtype], G_DTYPE=_TL[grads[0].dtype], S_DTYPE=_TL[exp_avgs[0].dtype],
         DECOUPLED=decoupled, HAS_WD=weight_decay != 0, AMSGRAD=amsgrad, MAXIMIZE=maximize,
-        CHUNK_SIZE=CHUNK, BLOCK_SIZE=_block(dev), num_warps=4)
+        HAS_MASTER=has_master, CHUNK_SIZE=CHUNK, BLOCK_SIZE=_block(dev), num_warps=4)
 
 
 def multi_tensor_sgd(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
@@ -351,11 +364,12 @@ def compile_specs():
     """The compile test builds both kernels with every flag on, fp32 and bf16 params."""
     for dtype in ("fp32", "bf16"):
         tl_dtype = tl.float32 if dtype == "fp32" else tl.bfloat16
-        adam = {a: "*i64" for a in ("P_TABLE", "G_TABLE", "M_TABLE", "V_TABLE", "VMAX_TABLE", "SIZES", "CHUNK_START")}
+        adam = {a: "*i64" for a in ("P_TABLE", "G_TABLE", "M_TABLE", "V_TABLE", "VMAX_TABLE", "W_TABLE", "SIZES",
+                                    "CHUNK_START")}
         adam.update(CHUNK_TENSOR="*i32", STEP_SIZE="*fp32", BC2_SQRT="*fp32", beta1="fp32", beta2="fp32",
                     eps="fp32", weight_decay="fp32", decay_factor="fp32")
         flags = dict(P_DTYPE=tl_dtype, G_DTYPE=tl_dtype, S_DTYPE=tl.float32, DECOUPLED=False, HAS_WD=True,
-                     AMSGRAD=True, MAXIMIZE=True, CHUNK_SIZE=CHUNK, BLOCK_SIZE=BLOCK)
+                     AMSGRAD=True, MAXIMIZE=True, HAS_MASTER=dtype == "bf16", CHUNK_SIZE=CHUNK, BLOCK_SIZE=BLOCK)
         adam.update({k: "constexpr" for k in flags})
         yield (f"adam_{dtype}", _adam_kernel, adam, flags, 4)
         sgd = {a: "*i64" for a in ("P_TABLE", "G_TABLE", "B_TABLE", "SIZES", "CHUNK_START")}

@@ -164,6 +164,19 @@ def _cast(x, dtype):
     return x
 
 
+def _fresh(op, sample: Sample) -> Sample:
+    """The sample, or for ops that update their inputs in place a copy of its tensors, so that
+    every run (truth, each provider's check and timing) starts from the same values."""
+    if not op.mutates_inputs:
+        return sample
+
+    def copy(x):
+        if isinstance(x, torch.Tensor):
+            return x.detach().clone()
+        return type(x)(copy(v) for v in x) if isinstance(x, (tuple, list)) else x
+    return dataclasses.replace(sample, args=copy(sample.args), kwargs={k: copy(v) for k, v in sample.kwargs.items()})
+
+
 def _leaves(args, grad_inputs):
     args = list(args)
     leaves = []
@@ -237,7 +250,7 @@ class Truth:
 
 
 def truth_for(op, sample: Sample, dtype: torch.dtype, with_grads: bool) -> Truth:
-    ref_outs, ref_grads, cots = run_once(op.reference, sample, None, with_grads)
+    ref_outs, ref_grads, cots = run_once(op.reference, _fresh(op, sample), None, with_grads)
     hi = torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
     hi_sample = dataclasses.replace(sample, args=_cast(sample.args, hi), kwargs=_cast(sample.kwargs, hi))
     hi_cots = [_cast(c, hi) for c in cots] if cots else None
@@ -321,7 +334,7 @@ def bench_case(op, sample: Sample, dtype, modes, providers: Providers, device, q
         # Our own code raising is a failure; torch.compile or a peer raising is a reason.
         ours = name in ("reference",) + _backend.KERNEL_BACKENDS
         try:
-            outs, grads, _ = run_once(fn, sample, truth.cotangents, with_grads)
+            outs, grads, _ = run_once(fn, _fresh(op, sample), truth.cotangents, with_grads)
         except Exception as exc:
             status = f"FAIL: raised {_short(exc)}" if ours else f"unavailable: {_short(exc)}"
             rows += [row(m, status) for m in modes]
@@ -335,7 +348,7 @@ def bench_case(op, sample: Sample, dtype, modes, providers: Providers, device, q
             status = f"FAIL: {worst[3]}" if bad else "ok"
             r = row(mode, status, max_err=worst[1], tol=worst[2])
             try:
-                r.ms, r.ms_p20, r.ms_p80 = timeit(timed_closure(fn, sample, mode, truth.cotangents),
+                r.ms, r.ms_p20, r.ms_p80 = timeit(timed_closure(fn, _fresh(op, sample), mode, truth.cotangents),
                                                   device, quick)
                 _metrics(r, ceilings)
             except Exception as exc:

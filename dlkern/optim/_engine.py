@@ -34,7 +34,7 @@ def step_spec(name, launchers):
     """An OpSpec for an optimizer step, for the backend chooser. Not in the op registry: the
     registry's generic tests and benchmarks call functional ops; steps are tested in tests/optim."""
     return OpSpec(name=name, family="optim", fn=None, reference=None, supports=_supports,
-                  launchers=launchers, backends=("triton",), auto_order=("triton",))  # no CUDA twin yet
+                  launchers=launchers, backends=("triton", "cuda"), auto_order=("triton", "cuda"))
 
 
 def choose_backend(op, params, group, backend):
@@ -82,6 +82,10 @@ class KernelStepMixin:
     def __init__(self, *args, backend: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = None if backend is None else check_backend_name(backend)
+        # torch's fused Adam sets this, and GradScaler then leaves unscaling and the inf check to
+        # step(); the kernel steps take unscaled gradients, so GradScaler must do both (it then
+        # skips step() when a gradient is inf/NaN).
+        self._step_supports_amp_scaling = False
 
     @torch.no_grad()
     def step(self, closure=None):

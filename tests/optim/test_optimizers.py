@@ -1,7 +1,13 @@
 """dlkern.optim vs torch.optim: trajectories over 100 steps for every option, low precision
-against an fp32 run, state_dict round trips both ways, torch's errors, GradScaler, and a constant
-number of kernel launches per step whatever the number of parameters."""
+against an fp32 run, fp32 master weights, state_dict round trips both ways, torch's errors,
+GradScaler, and a constant number of kernel launches per step whatever the number of parameters.
+
+Every kernel test runs for each kernel backend: Triton (its interpreter without a GPU) and CUDA
+(the emulation build without a GPU, where a few steps stand for the long trajectories: the
+emulator runs each block's threads one at a time)."""
 import copy
+import inspect
+import re
 
 import pytest
 import torch
@@ -13,6 +19,11 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKENDS = [b for b in dlkern.optim.adam.ADAM_STEP.backends if not availability(b, DEVICE)]
 needs_kernels = pytest.mark.skipif(not BACKENDS, reason="no kernel backend can run here")
 SHAPES = [(1,), (7, 13), (1001,), (3, 5, 2), (64,)]
+
+
+def _steps(backend, n):
+    """n steps, or a few where the CUDA kernels run in the (slow) emulator."""
+    return min(n, 10) if backend == "cuda" and DEVICE.type == "cpu" else n
 
 CONFIGS = [
     ("Adam", dict(lr=1e-2)),
@@ -60,8 +71,8 @@ def _pair(name, kwargs, dtype=torch.float32, backend=None):
 @pytest.mark.parametrize("name,kwargs", CONFIGS, ids=[f"{n}-{'-'.join(k)}" for n, k in CONFIGS])
 def test_trajectory_matches_torch_fp32(backend, name, kwargs):
     ours, ours_p, theirs, theirs_p = _pair(name, kwargs, backend=backend)
-    _run(ours, ours_p, 100)
-    _run(theirs, theirs_p, 100)
+    _run(ours, ours_p, _steps(backend, 100))
+    _run(theirs, theirs_p, _steps(backend, 100))
     for a, b in zip(ours_p, theirs_p):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
     for pa, pb in zip(ours_p, theirs_p):
@@ -81,7 +92,7 @@ def test_low_precision_within_the_dtypes_own_error(backend, dtype, name, kwargs)
     ours, ours_p, theirs, theirs_p = _pair(name, kwargs, dtype, backend)
     exact_p = [p.detach().float().requires_grad_() for p in ours_p]
     exact = getattr(torch.optim, name)(exact_p, **copy.deepcopy(kwargs))
-    for step in range(20):
+    for step in range(_steps(backend, 20)):
         for group in (ours_p, theirs_p, exact_p):
             for p, g in zip(group, _grads(ours_p, step)):
                 p.grad = g.to(p.dtype)
@@ -184,39 +195,54 @@ def test_bad_backend_name_is_rejected():
         dlkern.optim.SGD(_params(), lr=0.1, backend="gpu")
 
 
-@needs_kernels
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_grad_scaler_skips_steps_with_inf(backend):
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+@pytest.mark.parametrize("fused", [None, True], ids=["default", "fused"])
+def test_grad_scaler_skips_inf_steps_and_unscales(backend, fused):
+    """torch.amp.GradScaler: a step with an inf gradient changes nothing (and halves the scale), a
+    finite step equals torch's step on the unscaled gradients. fused=True makes torch's Adam ask
+    GradScaler to leave unscaling to step(); dlkern's step must not (it takes unscaled grads)."""
     model = torch.nn.Linear(4, 3).to(DEVICE)
-    opt = dlkern.optim.AdamW(model.parameters(), lr=0.1, backend=backend)
+    ref = copy.deepcopy(model)
+    opt = dlkern.optim.AdamW(model.parameters(), lr=0.1, backend=backend, fused=fused)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=0.1, foreach=False)
     scaler = torch.amp.GradScaler(DEVICE.type, init_scale=1024.0)
+    x = torch.randn(2, 4, device=DEVICE)
     before = [p.detach().clone() for p in model.parameters()]
-    scaler.scale(model(torch.randn(2, 4, device=DEVICE)).sum()).backward()
+    scaler.scale(model(x).sum()).backward()
     model.weight.grad[0, 0] = float("inf")
     scaler.step(opt)
     scaler.update()
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
-    assert scaler.get_scale() == 512.0
+    assert scaler.get_scale() == 512.0 and len(opt.state[model.weight]) == 0
     opt.zero_grad()
-    scaler.scale(model(torch.randn(2, 4, device=DEVICE)).sum()).backward()
-    scaler.step(opt)  # finite grads: unscaled, then a normal step
-    assert not torch.equal(model.weight, before[0])
+    scaler.scale(model(x).sum()).backward()
+    ref(x).sum().backward()
+    scaler.step(opt)
+    ref_opt.step()
+    for p, r in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, r.grad)  # unscaled in place
+        torch.testing.assert_close(p, r, rtol=2e-5, atol=2e-6)
 
 
 @needs_kernels
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_launch_per_dtype_group_whatever_the_parameter_count(backend, monkeypatch):
-    module = dlkern._ext.kernels.optim if backend == "triton" else None
-    if module is None:
-        pytest.skip("launch counting is done on the Triton kernel")
+    """203 parameter tensors in two dtypes: two launches (Triton: counted at the kernel; CUDA: at
+    the launcher, which makes exactly one launch per call)."""
     launches = []
-    real = module._adam_kernel
+    if backend == "triton":
+        module = dlkern._ext.kernels.optim
+        real = module._adam_kernel
 
-    class Counting:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return real[grid]
-    monkeypatch.setattr(module, "_adam_kernel", Counting())
+        class Counting:
+            def __getitem__(self, grid):
+                launches.append(grid)
+                return real[grid]
+        monkeypatch.setattr(module, "_adam_kernel", Counting())
+    else:
+        module = dlkern.backend.launchers(backend, DEVICE)
+        real = module.multi_tensor_adam
+        monkeypatch.setattr(module, "multi_tensor_adam", lambda *a: (launches.append(a), real(*a))[1])
     params = [torch.randn(3 + i % 7, device=DEVICE, requires_grad=True) for i in range(200)]
     params += [torch.randn(5, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
     opt = dlkern.optim.AdamW(params, lr=0.1, backend=backend)
@@ -224,6 +250,111 @@ def test_one_launch_per_dtype_group_whatever_the_parameter_count(backend, monkey
         p.grad = torch.ones_like(p)
     opt.step()
     assert len(launches) == 2, f"expected one launch per dtype group, got {len(launches)}"
+
+
+@needs_kernels
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unaligned_params_take_the_scalar_path(backend):
+    """Parameters at an odd element offset in their storage (no 16-byte accesses) update right."""
+    bufs = [torch.randn(n + 1, device=DEVICE) for n in (37, 1001)]
+    ours_p = [torch.nn.Parameter(b[1:]) for b in bufs]
+    theirs_p = [torch.nn.Parameter(b[1:].clone()) for b in bufs]
+    ours = dlkern.optim.AdamW(ours_p, lr=1e-2, weight_decay=0.1, backend=backend)
+    theirs = torch.optim.AdamW(theirs_p, lr=1e-2, weight_decay=0.1, foreach=False)
+    _run(ours, ours_p, 3)
+    _run(theirs, theirs_p, 3)
+    for a, b in zip(ours_p, theirs_p):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+
+
+@needs_kernels
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_launcher_names_a_mismatched_list(backend):
+    launch = dlkern.backend.launchers(backend, DEVICE).multi_tensor_sgd
+    p = torch.zeros(8, device=DEVICE)
+    with pytest.raises((ValueError, RuntimeError), match="grads"):
+        launch([p], [torch.zeros(7, device=DEVICE)], None, 0.1, 0.0, 0.0, 0.0, False, False, False)
+
+
+STEP_SPECS = [dlkern.optim.adam.ADAM_STEP, dlkern.optim.sgd.SGD_STEP, dlkern.optim.adagrad.ADAGRAD_STEP,
+              dlkern.optim.rmsprop.RMSPROP_STEP, dlkern.optim.adabound.ADABOUND_STEP]
+
+
+@pytest.mark.parametrize("module_name", ["_C", "_C_emu"])
+def test_cuda_launchers_mirror_the_triton_ones(module_name):
+    """Both builds expose every optimizer launcher with the Triton launcher's parameter names."""
+    mod = getattr(dlkern._ext, module_name)
+    if mod is None or dlkern._ext.kernels is None:
+        pytest.skip(f"dlkern.{module_name} or the Triton kernels are not available")
+    for name in (n for spec in STEP_SPECS for n in spec.launchers):
+        first_line = getattr(mod, name).__doc__.splitlines()[0]  # pybind: name(a: type, b: type) -> None
+        triton_params = list(inspect.signature(getattr(dlkern._ext.kernels, name)).parameters)
+        assert re.findall(r"(\w+): ", first_line) == triton_params, name
+
+
+# --------------------------------------------------------------------------- fp32 master weights
+def _low_precision_runs(backend, dtype, steps):
+    """AdamW on dtype params with and without master weights, and torch's AdamW in fp32, all on
+    the same (dtype-rounded) gradients."""
+    with_master = _params(dtype)
+    plain = [p.detach().clone().requires_grad_() for p in with_master]
+    exact_p = [p.detach().float().requires_grad_() for p in with_master]
+    kwargs = dict(lr=1e-3, weight_decay=0.01)
+    master_opt = dlkern.optim.AdamW(with_master, backend=backend, master_weights=True, **kwargs)
+    opts = [master_opt, dlkern.optim.AdamW(plain, backend=backend, **kwargs),
+            torch.optim.AdamW(exact_p, foreach=False, **kwargs)]
+    for step in range(steps):
+        grads = _grads(with_master, step)
+        for params in (with_master, plain, exact_p):
+            for p, g in zip(params, grads):
+                p.grad = g.to(p.dtype)
+        for opt in opts:
+            opt.step()
+    return master_opt, with_master, plain, exact_p
+
+
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_master_weights_follow_the_fp32_trajectory(backend, dtype):
+    """The fp32 master follows torch's fp32 run to fp32 accuracy and the parameter is its rounding
+    (written in the same pass); without master weights, updates below half an ulp are lost."""
+    steps = _steps(backend, 12)
+    opt, with_master, plain, exact_p = _low_precision_runs(backend, dtype, steps)
+    master_err = plain_err = 0.0
+    for a, b, e in zip(with_master, plain, exact_p):
+        state = opt.state[a]
+        assert {state[k].dtype for k in ("master_param", "exp_avg", "exp_avg_sq")} == {torch.float32}
+        torch.testing.assert_close(state["master_param"], e.detach(), rtol=1e-5, atol=1e-6)
+        if backend == "triton" and DEVICE.type == "cpu" and dtype == torch.bfloat16:
+            # The interpreter truncates fp32->bf16 stores (see above): within one ulp.
+            torch.testing.assert_close(a.detach().float(), state["master_param"], rtol=2 ** -7, atol=0)
+        else:
+            assert torch.equal(a.detach(), state["master_param"].to(dtype))
+        rounded = e.detach().to(dtype).float()  # the best a dtype parameter can be
+        master_err += (a.float() - rounded).abs().sum().item()
+        plain_err += (b.float() - rounded).abs().sum().item()
+    assert master_err * 5 < plain_err, (master_err, plain_err)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+def test_master_weights_state_dict_round_trip(backend):
+    opt, params, _, _ = _low_precision_runs(backend, torch.bfloat16, 3)
+    saved = copy.deepcopy(opt.state_dict())
+    assert saved["param_groups"][0]["master_weights"] is True
+    assert saved["state"][0]["master_param"].dtype == torch.float32
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    resumed = dlkern.optim.AdamW(copies, backend=backend, master_weights=True)
+    resumed.load_state_dict(copy.deepcopy(saved))  # torch casts states to bf16; the master comes back exact
+    for p, c in zip(params, copies):
+        for key, value in opt.state[p].items():
+            assert torch.equal(resumed.state[c][key], value), key
+    _run(opt, params, 2, start=3)
+    _run(resumed, copies, 2, start=3)
+    assert all(torch.equal(p, c) for p, c in zip(params, copies))
+    # torch's AdamW takes the checkpoint (states cast to bf16, the master carried along unused).
+    theirs = torch.optim.AdamW(copies)
+    theirs.load_state_dict(copy.deepcopy(saved))
+    _run(theirs, copies, 1, start=5)
 
 
 @pytest.mark.parametrize("name,kwargs", [CONFIGS[2], CONFIGS[4], CONFIGS[7]], ids=["Adam-amsgrad", "AdamW-tensor-lr", "SGD"])
@@ -279,7 +410,7 @@ def test_adabound_kernel_matches_reference(backend, kwargs):
     ref = dlkern.optim.AdaBound(ref_p, backend="reference", **kwargs)
     sched = torch.optim.lr_scheduler.StepLR(ours, step_size=30, gamma=0.5)
     sched_ref = torch.optim.lr_scheduler.StepLR(ref, step_size=30, gamma=0.5)
-    for step in range(100):
+    for step in range(_steps(backend, 100)):
         for params in (ours_p, ref_p):
             for p, g in zip(params, _grads(params, step)):
                 p.grad = g
@@ -289,7 +420,8 @@ def test_adabound_kernel_matches_reference(backend, kwargs):
     # Checkpoints carry base_lr, so a resumed run keeps the same bounds.
     resumed = dlkern.optim.AdaBound(ours_p, backend=backend, **kwargs)
     resumed.load_state_dict(copy.deepcopy(ours.state_dict()))
-    assert resumed.param_groups[0]["base_lr"] == kwargs["lr"] and resumed.param_groups[0]["lr"] == ours.param_groups[0]["lr"]
+    assert resumed.param_groups[0]["base_lr"] == kwargs["lr"]
+    assert resumed.param_groups[0]["lr"] == ours.param_groups[0]["lr"]
 
 
 @pytest.mark.parametrize("kwargs,pattern", [(dict(final_lr=-1.0), "Invalid final learning rate"),
