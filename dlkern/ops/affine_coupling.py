@@ -129,9 +129,9 @@ def _samples(device, dtype):
     gen = torch.Generator().manual_seed(8)
     r = lambda *s: torch.randn(s, generator=gen).to(device=device, dtype=dtype)  # noqa: E731
     yield Sample("vec_exp", (r(5, 7), 0.5 * r(5, 14)), {}, (0, 1))
+    yield Sample("img_exp_rev", (r(3, 2, 3, 1), 0.5 * r(3, 4, 3, 1)), {"reverse": True}, (0, 1))
     yield Sample("vec_sigmoid_rev_b1", (r(1, 123), r(1, 246)), {"reverse": True, "scale": "sigmoid"}, (0, 1))
     yield Sample("img_softclamp", (r(2, 3, 5, 4), 2 * r(2, 6, 5, 4)), {"scale": "softclamp", "clamp": 2.0}, (0, 1))
-    yield Sample("img_exp_rev", (r(3, 2, 3, 3), 0.5 * r(3, 4, 3, 3)), {"reverse": True}, (0, 1))
     z = r(2, 6, 3, 5)  # channel coupling: x is the second half of z (a strided view)
     yield Sample("channel_slice_sigmoid", (z[:, 3:], r(2, 6, 3, 5).contiguous(memory_format=torch.channels_last)),
                  {"scale": "sigmoid"}, (0, 1))

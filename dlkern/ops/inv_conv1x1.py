@@ -139,7 +139,8 @@ def _samples(device, dtype):
     gen = torch.Generator().manual_seed(10)
     r = lambda *s: torch.randn(s, generator=gen).to(device=device, dtype=dtype)  # noqa: E731
     yield _sample("vec", r(5, 4), lu_params(4, gen), device, dtype)
-    yield _sample("img_rev", r(2, 3, 4, 5), lu_params(3, gen), device, dtype, reverse=True)
+    yield _sample("img_rev", r(2, 3, 1, 3), lu_params(3, gen), device, dtype, reverse=True)
+    yield _sample("img_odd", r(3, 7, 5, 3), lu_params(7, gen), device, dtype)
     yield _sample("img_channels_last", r(2, 6, 3, 3).contiguous(memory_format=torch.channels_last),
                   lu_params(6, gen), device, dtype)
     yield _sample("channel_slice_b1", r(1, 24, 3, 3)[:, 12:], lu_params(12, gen), device, dtype)
