@@ -82,7 +82,11 @@ def _plan(B, C, S):
     rows = B * S
     c_pad = triton.next_power_of_2(C)
     block = min(max(16, TILE_ELEMS // c_pad), triton.next_power_of_2(max(rows, 16)))
-    return rows, c_pad, block
+    return rows, c_pad, block, _warps(c_pad)
+
+
+def _warps(c_pad):
+    return 8 if c_pad >= 64 else 4   # the dW tile of 128 channels needs 200+ registers at 4 warps
 
 
 def inv_conv1x1_fwd(x3, w):
@@ -90,11 +94,11 @@ def inv_conv1x1_fwd(x3, w):
     x3 = _unit_s(x3)
     B, C, S = x3.shape
     w = w.float().contiguous()
-    rows, c_pad, block = _plan(B, C, S)
+    rows, c_pad, block, warps = _plan(B, C, S)
     y = new_empty(B, C, S, dtype=x3.dtype, device=x3.device)
     if rows > 0:
         _matmul_kernel[(triton.cdiv(rows, block),)](x3, w, y, rows, S, C, x3.stride(0), x3.stride(1),
-                                                    C_PAD=c_pad, BLOCK_R=block, num_warps=4)
+                                                    C_PAD=c_pad, BLOCK_R=block, num_warps=warps)
     return y
 
 
@@ -102,12 +106,12 @@ def inv_conv1x1_bwd(dy3, x3, w):
     """-> (dx = wᵀ dy (B, C, S) in x's dtype, dw = Σ_{b,s} dy xᵀ (C, C) fp32)."""
     dy3, x3 = _unit_s(dy3), _unit_s(x3)
     B, C, S = x3.shape
-    rows, c_pad, block = _plan(B, C, S)
+    rows, c_pad, block, warps = _plan(B, C, S)
     programs = max(1, min(triton.cdiv(rows, block), MAX_PROGRAMS_PER_CHANNEL))
     part = new_empty(programs, C, C, dtype=torch.float32, device=x3.device)
     if rows > 0:
         _dw_kernel[(C, programs)](dy3, x3, part, rows, S, C, dy3.stride(0), dy3.stride(1),
-                                  x3.stride(0), x3.stride(1), C_PAD=c_pad, BLOCK_R=block, num_warps=4)
+                                  x3.stride(0), x3.stride(1), C_PAD=c_pad, BLOCK_R=block, num_warps=warps)
     else:
         part.zero_()
     dx = inv_conv1x1_fwd(dy3, w.float().t())
@@ -125,5 +129,5 @@ def compile_specs():
         meta = {"C_PAD": "constexpr", "BLOCK_R": "constexpr"}
         for c_pad in (16, MAX_CHANNELS):
             consts = {"C_PAD": c_pad, "BLOCK_R": TILE_ELEMS // c_pad}
-            yield (f"matmul_{t}_c{c_pad}", _matmul_kernel, {**mm, **meta}, consts, 4)
-            yield (f"dw_{t}_c{c_pad}", _dw_kernel, {**dw, **meta}, consts, 4)
+            yield (f"matmul_{t}_c{c_pad}", _matmul_kernel, {**mm, **meta}, consts, _warps(c_pad))
+            yield (f"dw_{t}_c{c_pad}", _dw_kernel, {**dw, **meta}, consts, _warps(c_pad))
