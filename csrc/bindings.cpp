@@ -767,6 +767,8 @@ at::Tensor check_bcs_like(const at::Tensor& t, const char* name, const at::Tenso
   return check_bcs(t, name);
 }
 
+dlk::BcsOperand bcs_operand(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1)}; }
+
 // Per-channel (C,) parameters handed to the kernels as fp32.
 at::Tensor check_channel_vector(const at::Tensor& t, const char* name, const at::Tensor& x) {
   TORCH_CHECK(t.defined() && t.device() == x.device() && t.is_floating_point(), name,
@@ -783,15 +785,13 @@ at::Tensor act_norm_fwd(const at::Tensor& x_in, const at::Tensor& m_in, const at
   LaunchContext ctx(x);
   at::Tensor y = new_buffer({x.size(0), x.size(1), x.size(2)}, x.options());  // (B, C, S)
   dlk::ActNormFwdParams p{};
-  p.x = x.data_ptr();
+  p.x = bcs_operand(x);
   p.m = m.data_ptr<float>();
   p.k = k.data_ptr<float>();
   p.y = y.data_ptr();
   p.B = x.size(0);
   p.C = x.size(1);
   p.S = x.size(2);
-  p.stride_xb = x.stride(0);
-  p.stride_xc = x.stride(1);
   p.dtype = kernel_dtype(x);
   dlk::act_norm_fwd(p, ctx.stream());
   return y;
@@ -810,18 +810,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_norm_bwd(const at::Tensor& dy
   at::Tensor partial = new_buffer({2, programs, C}, x.options().dtype(at::kFloat));  // (2, P, C)
   if (B * S == 0) partial.zero_();
   dlk::ActNormBwdParams p{};
-  p.dy = dy.data_ptr();
-  p.x = x.data_ptr();
+  p.dy = bcs_operand(dy);
+  p.x = bcs_operand(x);
   p.m = m.data_ptr<float>();
   p.dx = dx.data_ptr();
   p.partial = partial.data_ptr<float>();
   p.B = B;
   p.C = C;
   p.S = S;
-  p.stride_dyb = dy.stride(0);
-  p.stride_dyc = dy.stride(1);
-  p.stride_xb = x.stride(0);
-  p.stride_xc = x.stride(1);
   p.dtype = kernel_dtype(x);
   dlk::act_norm_bwd(p, ctx.stream());
   return {dx, partial[0].sum(0), partial[1].sum(0)};  // fixed-order sums over the programs
@@ -842,14 +838,12 @@ at::Tensor inv_conv_matmul(const at::Tensor& x, const at::Tensor& w) {
   LaunchContext ctx(x);
   at::Tensor y = new_buffer({x.size(0), x.size(1), x.size(2)}, x.options());  // (B, C, S)
   dlk::InvConvMatmulParams p{};
-  p.x = x.data_ptr();
+  p.x = bcs_operand(x);
   p.w = w.data_ptr<float>();
   p.y = y.data_ptr();
   p.B = x.size(0);
   p.C = x.size(1);
   p.S = x.size(2);
-  p.stride_xb = x.stride(0);
-  p.stride_xc = x.stride(1);
   p.dtype = kernel_dtype(x);
   p.num_sms = ctx.num_sms();
   dlk::inv_conv1x1_matmul(p, ctx.stream());
@@ -874,16 +868,12 @@ std::tuple<at::Tensor, at::Tensor> inv_conv1x1_bwd(const at::Tensor& dy_in, cons
   at::Tensor partial = new_buffer({dlk::inv_conv1x1_dw_programs(B * S), C, C}, x.options().dtype(at::kFloat));
   if (B * S == 0) partial.zero_();
   dlk::InvConvDwParams p{};
-  p.dy = dy.data_ptr();
-  p.x = x.data_ptr();
+  p.dy = bcs_operand(dy);
+  p.x = bcs_operand(x);
   p.partial = partial.data_ptr<float>();
   p.B = B;
   p.C = C;
   p.S = S;
-  p.stride_dyb = dy.stride(0);
-  p.stride_dyc = dy.stride(1);
-  p.stride_xb = x.stride(0);
-  p.stride_xc = x.stride(1);
   p.dtype = kernel_dtype(x);
   dlk::inv_conv1x1_dw(p, ctx.stream());
   return {dx, partial.sum(0)};  // fixed-order sum of the per-block partials

@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 #include "common/dlk_cuda.cuh"
 
@@ -18,7 +17,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// I: the type of the position -> (sample, pixel) division (32-bit when B·S fits: far cheaper).
+// I: the type of the position division (flows/bcs.h).
 template <typename T, typename I>
 __global__ void __launch_bounds__(kThreads)
 act_norm_fwd_kernel(
@@ -38,7 +37,6 @@ act_norm_fwd_kernel(
   }
 }
 
-// I: the type of the position -> (sample, pixel) division (32-bit when B·S fits: far cheaper).
 template <typename T, typename I>
 __global__ void __launch_bounds__(kThreads)
 act_norm_bwd_kernel(
@@ -80,15 +78,15 @@ void act_norm_fwd(const ActNormFwdParams& p, void* stream) {
   check(p.B >= 0 && p.C >= 0 && p.S >= 0, "sizes must be B, C, S >= 0");
   const int64_t rows = p.B * p.S;
   if (rows == 0 || p.C == 0) return;
-  check(p.x && p.m && p.k && p.y, "x, m, k and y are required");
+  check(p.x.data && p.m && p.k && p.y, "x, m, k and y are required");
   const int64_t programs = act_norm_programs(rows);
   dispatch_dtype<void>(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    DLK_BOOL_SWITCH(rows <= INT32_MAX, NARROW, [&] {
-      auto kern = act_norm_fwd_kernel<T, std::conditional_t<NARROW, uint32_t, int64_t>>;
+    dispatch_position_type(rows, [&](auto itag) {
+      auto kern = act_norm_fwd_kernel<T, decltype(itag)>;
       DLK_LAUNCH(kern, unsigned(p.C * programs), kThreads, 0, static_cast<cudaStream_t>(stream),
-                 static_cast<const T*>(p.x), p.m, p.k, static_cast<T*>(p.y), p.C, p.S, rows, programs,
-                 p.stride_xb, p.stride_xc);
+                 static_cast<const T*>(p.x.data), p.m, p.k, static_cast<T*>(p.y), p.C, p.S, rows,
+                 programs, p.x.stride_b, p.x.stride_c);
       check_launch("act_norm_fwd_kernel");
     });
   });
@@ -98,16 +96,16 @@ void act_norm_bwd(const ActNormBwdParams& p, void* stream) {
   check(p.B >= 0 && p.C >= 0 && p.S >= 0, "sizes must be B, C, S >= 0");
   const int64_t rows = p.B * p.S;
   if (rows == 0 || p.C == 0) return;
-  check(p.dy && p.x && p.m && p.dx && p.partial, "dy, x, m, dx and partial are required");
+  check(p.dy.data && p.x.data && p.m && p.dx && p.partial, "dy, x, m, dx and partial are required");
   const int64_t programs = act_norm_programs(rows);
   dispatch_dtype<void>(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    DLK_BOOL_SWITCH(rows <= INT32_MAX, NARROW, [&] {
-      auto kern = act_norm_bwd_kernel<T, std::conditional_t<NARROW, uint32_t, int64_t>>;
+    dispatch_position_type(rows, [&](auto itag) {
+      auto kern = act_norm_bwd_kernel<T, decltype(itag)>;
       DLK_LAUNCH(kern, unsigned(p.C * programs), kThreads, 0, static_cast<cudaStream_t>(stream),
-                 static_cast<const T*>(p.dy), static_cast<const T*>(p.x), p.m, static_cast<T*>(p.dx),
-                 p.partial, p.C, p.S, rows, programs, p.stride_dyb, p.stride_dyc, p.stride_xb,
-                 p.stride_xc);
+                 static_cast<const T*>(p.dy.data), static_cast<const T*>(p.x.data), p.m,
+                 static_cast<T*>(p.dx), p.partial, p.C, p.S, rows, programs, p.dy.stride_b,
+                 p.dy.stride_c, p.x.stride_b, p.x.stride_c);
       check_launch("act_norm_bwd_kernel");
     });
   });

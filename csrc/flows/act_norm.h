@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "flows/bcs.h"
 
 namespace dlk {
 
@@ -24,26 +25,26 @@ inline int64_t act_norm_programs(int64_t rows) {
 }
 
 struct ActNormFwdParams {
-  // pointers
-  const void* x;    // (B, C, S), strides (stride_xb, stride_xc, 1)
+  // operands
+  BcsOperand x;     // (B, C, S)
   const float* m;   // (C,)
   const float* k;   // (C,)
   void* y;          // (B, C, S) contiguous
-  // sizes and strides (elements)
-  int64_t B, C, S, stride_xb, stride_xc;
+  // sizes
+  int64_t B, C, S;
   // meta
   DType dtype;
 };
 
 struct ActNormBwdParams {
-  // pointers
-  const void* dy;   // (B, C, S), strides (stride_dyb, stride_dyc, 1)
-  const void* x;    // (B, C, S), strides (stride_xb, stride_xc, 1)
+  // operands
+  BcsOperand dy;    // (B, C, S)
+  BcsOperand x;     // (B, C, S)
   const float* m;   // (C,)
   void* dx;         // (B, C, S) contiguous
   float* partial;   // (2, act_norm_programs(B·S), C): partial Σ dy, then partial Σ dy · x
-  // sizes and strides (elements)
-  int64_t B, C, S, stride_dyb, stride_dyc, stride_xb, stride_xc;
+  // sizes
+  int64_t B, C, S;
   // meta
   DType dtype;
 };

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "common/dlk_cuda.cuh"
 
@@ -149,24 +150,28 @@ void dispatch_scale(CouplingScale scale, F&& f) {
   throw std::invalid_argument("dlkern affine_coupling: unknown scale map");
 }
 
+// f(V, SCALE, REVERSE) as integral constants for the runtime vector width, scale map and direction.
+template <typename T, typename F>
+void dispatch_variant(bool vec, CouplingScale scale, bool reverse, F&& f) {
+  dispatch_vec<T>(vec, [&](auto vtag) {
+    dispatch_scale(scale, [&](auto stag) {
+      DLK_BOOL_SWITCH(reverse, REVERSE, [&] { f(vtag, stag, std::integral_constant<bool, REVERSE>{}); });
+    });
+  });
+}
+
 template <typename T>
 void fwd_launch(const AffineCouplingFwdParams& p, cudaStream_t stream) {
   constexpr int W = kVec<T>;
   const bool vec = p.N % W == 0 && p.stride_xb % W == 0 && p.stride_hb % W == 0 && aligned16(p.x) &&
                    aligned16(p.h) && aligned16(p.y);
   const int64_t chunks = cdiv(p.N, kAffineCouplingChunk);
-  dispatch_vec<T>(vec, [&](auto vtag) {
-    constexpr int V = decltype(vtag)::value;
-    dispatch_scale(p.scale, [&](auto stag) {
-      constexpr CouplingScale S = decltype(stag)::value;
-      DLK_BOOL_SWITCH(p.reverse, REVERSE, [&] {
-        auto kern = coupling_fwd_kernel<T, V, S, REVERSE>;
-        DLK_LAUNCH(kern, grid_size(kern, p.B * chunks, p.num_sms), kThreads, 0, stream,
-                   static_cast<const T*>(p.x), static_cast<const T*>(p.h), static_cast<T*>(p.y),
-                   p.partial, p.B, p.N, chunks, p.stride_xb, p.stride_hb, p.clamp);
-        check_launch("coupling_fwd_kernel");
-      });
-    });
+  dispatch_variant<T>(vec, p.scale, p.reverse, [&](auto v, auto scale, auto reverse) {
+    auto kern = coupling_fwd_kernel<T, decltype(v)::value, decltype(scale)::value, decltype(reverse)::value>;
+    DLK_LAUNCH(kern, grid_size(kern, p.B * chunks, p.num_sms), kThreads, 0, stream,
+               static_cast<const T*>(p.x), static_cast<const T*>(p.h), static_cast<T*>(p.y),
+               p.partial, p.B, p.N, chunks, p.stride_xb, p.stride_hb, p.clamp);
+    check_launch("coupling_fwd_kernel");
   });
 }
 
@@ -177,19 +182,13 @@ void bwd_launch(const AffineCouplingBwdParams& p, cudaStream_t stream) {
                    p.stride_hb % W == 0 && aligned16(p.dy) && aligned16(p.x) && aligned16(p.h) &&
                    aligned16(p.dx) && aligned16(p.dh);
   const int64_t chunks = cdiv(p.N, kAffineCouplingChunk);
-  dispatch_vec<T>(vec, [&](auto vtag) {
-    constexpr int V = decltype(vtag)::value;
-    dispatch_scale(p.scale, [&](auto stag) {
-      constexpr CouplingScale S = decltype(stag)::value;
-      DLK_BOOL_SWITCH(p.reverse, REVERSE, [&] {
-        auto kern = coupling_bwd_kernel<T, V, S, REVERSE>;
-        DLK_LAUNCH(kern, grid_size(kern, p.B * chunks, p.num_sms), kThreads, 0, stream,
-                   static_cast<const T*>(p.dy), p.dlogdet, static_cast<const T*>(p.x),
-                   static_cast<const T*>(p.h), static_cast<T*>(p.dx), static_cast<T*>(p.dh),
-                   p.B, p.N, chunks, p.stride_dyb, p.stride_xb, p.stride_hb, p.clamp);
-        check_launch("coupling_bwd_kernel");
-      });
-    });
+  dispatch_variant<T>(vec, p.scale, p.reverse, [&](auto v, auto scale, auto reverse) {
+    auto kern = coupling_bwd_kernel<T, decltype(v)::value, decltype(scale)::value, decltype(reverse)::value>;
+    DLK_LAUNCH(kern, grid_size(kern, p.B * chunks, p.num_sms), kThreads, 0, stream,
+               static_cast<const T*>(p.dy), p.dlogdet, static_cast<const T*>(p.x),
+               static_cast<const T*>(p.h), static_cast<T*>(p.dx), static_cast<T*>(p.dh),
+               p.B, p.N, chunks, p.stride_dyb, p.stride_xb, p.stride_hb, p.clamp);
+    check_launch("coupling_bwd_kernel");
   });
 }
 

@@ -5,14 +5,13 @@
 // t % kTile (W's reads are warp-uniform broadcasts). dW: a block stages dy's and x's C × kDwTile
 // tiles (rows padded by one float: conflict-free column reads) and each thread accumulates up to
 // kDwEntries entries (o, i) of its partial dW in registers over all of its tiles.
-// I is the type of the position -> (sample, pixel) division: 32-bit when B·S fits (far cheaper).
+// I is the type of the position division (flows/bcs.h).
 #include "flows/inv_conv1x1.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 #include "common/dlk_cuda.cuh"
 
@@ -126,17 +125,18 @@ void inv_conv1x1_matmul(const InvConvMatmulParams& p, void* stream) {
   check(p.num_sms >= 1, "num_sms must be >= 1");
   const int64_t rows = p.B * p.S;
   if (rows == 0) return;
-  check(p.x && p.w && p.y, "x, w and y are required");
+  check(p.x.data && p.w && p.y, "x, w and y are required");
   const size_t smem = size_t(p.C) * kTile * sizeof(float);
   dispatch_dtype<void>(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    DLK_BOOL_SWITCH(rows <= INT32_MAX, NARROW, [&] {
-      auto kern = inv_conv_matmul_kernel<T, std::conditional_t<NARROW, uint32_t, int64_t>>;
+    dispatch_position_type(rows, [&](auto itag) {
+      auto kern = inv_conv_matmul_kernel<T, decltype(itag)>;
       const int64_t tiles = (rows + kTile - 1) / kTile;
-      const unsigned grid = unsigned(std::min<int64_t>(tiles, int64_t(p.num_sms) * max_blocks_per_sm(kern, kThreads)));
+      const unsigned grid =
+          unsigned(std::min<int64_t>(tiles, int64_t(p.num_sms) * max_blocks_per_sm(kern, kThreads)));
       DLK_LAUNCH(kern, grid, kThreads, smem, static_cast<cudaStream_t>(stream),
-                 static_cast<const T*>(p.x), p.w, static_cast<T*>(p.y), int(p.C), p.S, rows,
-                 p.stride_xb, p.stride_xc);
+                 static_cast<const T*>(p.x.data), p.w, static_cast<T*>(p.y), int(p.C), p.S, rows,
+                 p.x.stride_b, p.x.stride_c);
       check_launch("inv_conv_matmul_kernel");
     });
   });
@@ -146,16 +146,16 @@ void inv_conv1x1_dw(const InvConvDwParams& p, void* stream) {
   check_sizes(p.B, p.C, p.S);
   const int64_t rows = p.B * p.S;
   if (rows == 0) return;
-  check(p.dy && p.x && p.partial, "dy, x and partial are required");
+  check(p.dy.data && p.x.data && p.partial, "dy, x and partial are required");
   const size_t smem = 2 * size_t(p.C) * kDwStride * sizeof(float);
   dispatch_dtype<void>(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    DLK_BOOL_SWITCH(rows <= INT32_MAX, NARROW, [&] {
-      auto kern = inv_conv_dw_kernel<T, std::conditional_t<NARROW, uint32_t, int64_t>>;
+    dispatch_position_type(rows, [&](auto itag) {
+      auto kern = inv_conv_dw_kernel<T, decltype(itag)>;
       DLK_LAUNCH(kern, unsigned(inv_conv1x1_dw_programs(rows)), kDwThreads, smem,
-                 static_cast<cudaStream_t>(stream), static_cast<const T*>(p.dy),
-                 static_cast<const T*>(p.x), p.partial, int(p.C), p.S, rows, p.stride_dyb,
-                 p.stride_dyc, p.stride_xb, p.stride_xc);
+                 static_cast<cudaStream_t>(stream), static_cast<const T*>(p.dy.data),
+                 static_cast<const T*>(p.x.data), p.partial, int(p.C), p.S, rows, p.dy.stride_b,
+                 p.dy.stride_c, p.x.stride_b, p.x.stride_c);
       check_launch("inv_conv_dw_kernel");
     });
   });

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "flows/bcs.h"
 
 namespace dlk {
 
@@ -23,24 +24,24 @@ inline int64_t inv_conv1x1_dw_programs(int64_t rows) {
 }
 
 struct InvConvMatmulParams {
-  // pointers
-  const void* x;    // (B, C, S), strides (stride_xb, stride_xc, 1)
+  // operands
+  BcsOperand x;     // (B, C, S)
   const float* w;   // (C, C) contiguous
   void* y;          // (B, C, S) contiguous
-  // sizes and strides (elements)
-  int64_t B, C, S, stride_xb, stride_xc;
+  // sizes
+  int64_t B, C, S;
   // meta
   DType dtype;
   int num_sms;
 };
 
 struct InvConvDwParams {
-  // pointers
-  const void* dy;   // (B, C, S), strides (stride_dyb, stride_dyc, 1)
-  const void* x;    // (B, C, S), strides (stride_xb, stride_xc, 1)
+  // operands
+  BcsOperand dy;    // (B, C, S)
+  BcsOperand x;     // (B, C, S)
   float* partial;   // (inv_conv1x1_dw_programs(B·S), C, C)
-  // sizes and strides (elements)
-  int64_t B, C, S, stride_dyb, stride_dyc, stride_xb, stride_xc;
+  // sizes
+  int64_t B, C, S;
   // meta
   DType dtype;
 };
