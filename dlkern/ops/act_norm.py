@@ -4,9 +4,12 @@ which computes ``x = y · exp(-logscale) - bias``).
 
 The kernels compute ``y = x · m[c] + k[c]`` (and dx, Σ dy, Σ dy·x for the backward); m and k are
 formed from the parameters in torch (C values), which also differentiates that tiny map.
-The data-dependent initialization lives in :class:`dlkern.nn.ActNorm`.
+The data-dependent initialization lives in :class:`dlkern.nn.ActNorm`. ``as_bcs`` and
+``pixel_logdet`` serve inv_conv1x1 too.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -54,9 +57,15 @@ def _backward(ctx, dy3):
 act_norm_fwd_op.register_autograd(_backward, setup_context=_setup)
 
 
-def _logdet(x, logscale, reverse, acc):
-    pixels = x[0, 0].numel() if x.dim() > 2 else 1
-    ld = pixels * logscale.to(acc).sum()
+def as_bcs(x: Tensor) -> Tensor:
+    """(B, C, *spatial) or (B, C) viewed as (B, C, S) (a copy only where a view is impossible)."""
+    return x.flatten(2) if x.dim() > 2 else x.unsqueeze(2)
+
+
+def pixel_logdet(x: Tensor, log_scales: Tensor, reverse: bool, acc: torch.dtype) -> Tensor:
+    """(B,) log-determinant of a per-pixel channel map with the log-scales ``log_scales`` (C,):
+    pixels · Σ log_scales for every sample (negated for ``reverse``)."""
+    ld = math.prod(x.shape[2:]) * log_scales.to(acc).sum()
     return (-ld if reverse else ld).expand(x.shape[0])
 
 
@@ -67,7 +76,7 @@ def act_norm_ref(x: Tensor, bias: Tensor, logscale: Tensor, *, reverse: bool = F
     shape = (1, -1) + (1,) * (x.dim() - 2)
     b, ls = bias.to(acc).view(shape), logscale.to(acc).view(shape)
     y = x.to(acc) * torch.exp(-ls) - b if reverse else (x.to(acc) + b) * torch.exp(ls)
-    return y.to(x.dtype), _logdet(x, logscale, reverse, acc)
+    return y.to(x.dtype), pixel_logdet(x, logscale, reverse, acc)
 
 
 def _check(x, bias, logscale):
@@ -94,8 +103,8 @@ def act_norm(x: Tensor, bias: Tensor, logscale: Tensor, *, reverse: bool = False
     ls, b = logscale.to(acc), bias.to(acc)
     m = torch.exp(-ls) if reverse else torch.exp(ls)
     k = -b if reverse else b * m
-    y3 = act_norm_fwd_op(x.reshape(x.shape[0], x.shape[1], -1), m, k, chosen)
-    return y3.view(x.shape), _logdet(x, logscale, reverse, acc)
+    y3 = act_norm_fwd_op(as_bcs(x), m, k, chosen)
+    return y3.view(x.shape), pixel_logdet(x, logscale, reverse, acc)
 
 
 def _supports(backend, x, bias, logscale, **kwargs):

@@ -113,10 +113,9 @@ def affine_coupling(x: Tensor, h: Tensor, *, reverse: bool = False, scale: str =
     chosen = choose(AFFINE_COUPLING, (x, h), kwargs, backend)
     if chosen == "reference":
         return affine_coupling_ref(x, h, **kwargs)
-    b = x.shape[0]
     # (B, N) rows in NCHW order: a view for contiguous tensors and channel slices, a copy for
     # channels_last; the kernels take the row stride.
-    y2, logdet = affine_coupling_fwd_op(x.reshape(b, -1), h.reshape(b, -1), bool(reverse), scale,
+    y2, logdet = affine_coupling_fwd_op(x.flatten(1), h.flatten(1), bool(reverse), scale,
                                         float(clamp or 1.0), chosen)
     return y2.view(x.shape), logdet
 

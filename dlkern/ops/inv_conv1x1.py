@@ -15,6 +15,7 @@ from torch import Tensor
 
 from dlkern import backend as _backend
 from dlkern.backend import choose
+from dlkern.ops.act_norm import as_bcs, pixel_logdet
 from dlkern.registry import Cost, OpSpec, Sample, register_op
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -68,12 +69,6 @@ def lu_weight(lower: Tensor, upper: Tensor, log_s: Tensor, sign_s: Tensor, perm:
     return torch.linalg.solve_triangular(up, lo_inv, upper=True)[:, perm]   # U⁻¹ L⁻¹ Pᵀ
 
 
-def _logdet(x, log_s, reverse, acc):
-    pixels = x[0, 0].numel() if x.dim() > 2 else 1
-    ld = pixels * log_s.to(acc).sum()
-    return (-ld if reverse else ld).expand(x.shape[0])
-
-
 def inv_conv1x1_ref(x: Tensor, lower: Tensor, upper: Tensor, log_s: Tensor, sign_s: Tensor, perm: Tensor,
                     *, reverse: bool = False) -> tuple[Tensor, Tensor]:
     """Reference (the eager composition). x (B, C, *spatial) or (B, C); lower, upper (C, C); log_s,
@@ -81,8 +76,8 @@ def inv_conv1x1_ref(x: Tensor, lower: Tensor, upper: Tensor, log_s: Tensor, sign
     float64 inputs)."""
     acc = torch.promote_types(x.dtype, torch.float32)
     w = lu_weight(lower, upper, log_s, sign_s, perm, reverse=reverse, dtype=acc)
-    y = torch.matmul(w, x.to(acc).reshape(x.shape[0], x.shape[1], -1))
-    return y.view(x.shape).to(x.dtype), _logdet(x, log_s, reverse, acc)
+    y = torch.matmul(w, as_bcs(x.to(acc)))
+    return y.view(x.shape).to(x.dtype), pixel_logdet(x, log_s, reverse, acc)
 
 
 def _check(x, lower, upper, log_s, sign_s, perm):
@@ -111,8 +106,8 @@ def inv_conv1x1(x: Tensor, lower: Tensor, upper: Tensor, log_s: Tensor, sign_s: 
     if chosen == "reference":
         return inv_conv1x1_ref(*args, reverse=reverse)
     w = lu_weight(lower, upper, log_s, sign_s, perm, reverse=reverse)
-    y3 = inv_conv1x1_fwd_op(x.reshape(x.shape[0], x.shape[1], -1), w, chosen)
-    return y3.view(x.shape), _logdet(x, log_s, reverse, torch.float32)
+    y3 = inv_conv1x1_fwd_op(as_bcs(x), w, chosen)
+    return y3.view(x.shape), pixel_logdet(x, log_s, reverse, torch.float32)
 
 
 def _supports(backend, x, *params, **kwargs):

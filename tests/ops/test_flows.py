@@ -156,3 +156,15 @@ def test_named_backend_refuses_what_it_cannot_serve():
     for backend in [b for b in BACKENDS if b != "reference"]:
         with pytest.raises(dlkern.BackendError, match="at most 128 channels"):
             F.inv_conv1x1(x, *_lu(130), backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    x = torch.randn(0, 4, 3, 3, device=DEVICE, requires_grad=True)
+    h = torch.randn(0, 8, 3, 3, device=DEVICE)
+    for y, ld in (F.affine_coupling(x, h, backend=backend),
+                  F.act_norm(x, torch.zeros(4, device=DEVICE), torch.zeros(4, device=DEVICE), backend=backend),
+                  F.inv_conv1x1(x, *_lu(4), backend=backend)):
+        assert y.shape == x.shape and ld.shape == (0,)
+        (g,) = torch.autograd.grad(y.sum() + ld.sum(), x)
+        assert g.shape == x.shape
