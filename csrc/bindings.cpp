@@ -684,6 +684,21 @@ at::Tensor check_coupling_h(const at::Tensor& h, const at::Tensor& x) {
   return with_unit_col_stride(h);
 }
 
+dlk::AffineCouplingArgs coupling_args(const at::Tensor& x, const at::Tensor& h, bool reverse,
+                                      const std::string& scale, double clamp, const LaunchContext& ctx) {
+  dlk::AffineCouplingArgs a{};
+  a.B = x.size(0);
+  a.N = x.size(1);
+  a.stride_xb = x.stride(0);
+  a.stride_hb = h.stride(0);
+  a.scale = coupling_scale(scale);
+  a.clamp = float(clamp);
+  a.reverse = reverse;
+  a.dtype = kernel_dtype(x);
+  a.num_sms = ctx.num_sms();
+  return a;
+}
+
 // (y (B, N) in x's dtype, logdet (B,) fp32)
 std::tuple<at::Tensor, at::Tensor> affine_coupling_fwd(const at::Tensor& x_in, const at::Tensor& h_in,
                                                        bool reverse, const std::string& scale,
@@ -701,15 +716,7 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_fwd(const at::Tensor& x_in, c
   p.h = h.data_ptr();
   p.y = y.data_ptr();
   p.partial = partial.data_ptr<float>();
-  p.B = B;
-  p.N = N;
-  p.stride_xb = x.stride(0);
-  p.stride_hb = h.stride(0);
-  p.scale = coupling_scale(scale);
-  p.clamp = float(clamp);
-  p.reverse = reverse;
-  p.dtype = kernel_dtype(x);
-  p.num_sms = ctx.num_sms();
+  p.a = coupling_args(x, h, reverse, scale, clamp, ctx);
   dlk::affine_coupling_fwd(p, ctx.stream());
   return {y, partial.sum(1)};  // fixed-order sum of the per-chunk partials
 }
@@ -737,16 +744,8 @@ std::tuple<at::Tensor, at::Tensor> affine_coupling_bwd(const at::Tensor& dy_in, 
   p.h = h.data_ptr();
   p.dx = dx.data_ptr();
   p.dh = dh.data_ptr();
-  p.B = B;
-  p.N = N;
   p.stride_dyb = dy.stride(0);
-  p.stride_xb = x.stride(0);
-  p.stride_hb = h.stride(0);
-  p.scale = coupling_scale(scale);
-  p.clamp = float(clamp);
-  p.reverse = reverse;
-  p.dtype = kernel_dtype(x);
-  p.num_sms = ctx.num_sms();
+  p.a = coupling_args(x, h, reverse, scale, clamp, ctx);
   dlk::affine_coupling_bwd(p, ctx.stream());
   return {dx, dh};
 }

@@ -9,7 +9,7 @@ reverse:  y = (x - t) / s          logdet[b] = -Σ log s
 with s from the scale map: "exp" s = e^h, "sigmoid" s = sigmoid(h + 2), "softclamp"
 s = exp(clamp · tanh(h / clamp)).
 
-Forward grid (chunks, B): each program writes one BLOCK chunk of a row and its partial log-det to
+Grid (B · chunks,): each forward program writes one BLOCK chunk of a row and its partial log-det to
 partial[b, chunk]; the launcher sums the partials in a fixed order (deterministic, no atomics).
 The backward is purely element-wise (the log-det gradient is one number per sample).
 """
@@ -78,8 +78,9 @@ def _coupling_fwd_kernel(
     # meta
     REVERSE: tl.constexpr, SCALE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    chunk = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    pid = tl.program_id(0)   # (sample, chunk) on one axis: the batch may exceed grid axis 1's 65535
+    b = (pid // num_chunks).to(tl.int64)
+    chunk = pid % num_chunks
     cols = chunk.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = cols < N
     x = tl.load(X + b * stride_xb + cols, mask=mask, other=0.0).to(tl.float32)
@@ -101,12 +102,13 @@ def _coupling_bwd_kernel(
     # pointers
     DY, DLD, X, H, DX, DH,    # dy (B, N), dlogdet (B,) fp32, x (B, N), h (B, 2N), dx (B, N), dh (B, 2N)
     # sizes and strides
-    N, stride_dyb, stride_xb, stride_hb, clamp,
+    N, num_chunks, stride_dyb, stride_xb, stride_hb, clamp,
     # meta
     REVERSE: tl.constexpr, SCALE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    b = tl.program_id(1).to(tl.int64)
-    cols = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid = tl.program_id(0)
+    b = (pid // num_chunks).to(tl.int64)
+    cols = (pid % num_chunks).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = cols < N
     dy = tl.load(DY + b * stride_dyb + cols, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(X + b * stride_xb + cols, mask=mask, other=0.0).to(tl.float32)
@@ -147,7 +149,7 @@ def affine_coupling_fwd(x2, h2, reverse, scale, clamp):
     y = new_empty(B, N, dtype=x2.dtype, device=x2.device)
     part = new_empty(B, chunks, dtype=torch.float32, device=x2.device)
     if B > 0 and N > 0:
-        _coupling_fwd_kernel[(chunks, B)](x2, h2, y, part, N, chunks, x2.stride(0), h2.stride(0),
+        _coupling_fwd_kernel[(chunks * B,)](x2, h2, y, part, N, chunks, x2.stride(0), h2.stride(0),
                                           float(clamp), REVERSE=bool(reverse), SCALE=SCALES[scale],
                                           BLOCK_N=block, num_warps=4)
     else:
@@ -161,11 +163,12 @@ def affine_coupling_bwd(dy2, dlogdet, x2, h2, reverse, scale, clamp):
     dlogdet = dlogdet.to(torch.float32).contiguous()
     B, N = x2.shape
     block = _block(N)
+    chunks = triton.cdiv(N, block)
     dx = new_empty(B, N, dtype=x2.dtype, device=x2.device)
     dh = new_empty(B, 2 * N, dtype=h2.dtype, device=x2.device)
     if B > 0 and N > 0:
-        _coupling_bwd_kernel[(triton.cdiv(N, block), B)](
-            dy2, dlogdet, x2, h2, dx, dh, N, dy2.stride(0), x2.stride(0), h2.stride(0), float(clamp),
+        _coupling_bwd_kernel[(chunks * B,)](
+            dy2, dlogdet, x2, h2, dx, dh, N, chunks, dy2.stride(0), x2.stride(0), h2.stride(0), float(clamp),
             REVERSE=bool(reverse), SCALE=SCALES[scale], BLOCK_N=block, num_warps=4)
     return dx, dh
 
@@ -177,7 +180,7 @@ def compile_specs():
         fwd = {"X": ptr, "H": ptr, "Y": ptr, "PART": "*fp32", "N": "i32", "num_chunks": "i32",
                "stride_xb": "i64", "stride_hb": "i64", "clamp": "fp32"}
         bwd = {"DY": ptr, "DLD": "*fp32", "X": ptr, "H": ptr, "DX": ptr, "DH": ptr, "N": "i32",
-               "stride_dyb": "i64", "stride_xb": "i64", "stride_hb": "i64", "clamp": "fp32"}
+               "num_chunks": "i32", "stride_dyb": "i64", "stride_xb": "i64", "stride_hb": "i64", "clamp": "fp32"}
         meta = {"REVERSE": "constexpr", "SCALE": "constexpr", "BLOCK_N": "constexpr"}
         for scale, code in SCALES.items():
             for reverse in (False, True):

@@ -162,58 +162,60 @@ void dispatch_variant(bool vec, CouplingScale scale, bool reverse, F&& f) {
 
 template <typename T>
 void fwd_launch(const AffineCouplingFwdParams& p, cudaStream_t stream) {
+  const AffineCouplingArgs& a = p.a;
   constexpr int W = kVec<T>;
-  const bool vec = p.N % W == 0 && p.stride_xb % W == 0 && p.stride_hb % W == 0 && aligned16(p.x) &&
+  const bool vec = a.N % W == 0 && a.stride_xb % W == 0 && a.stride_hb % W == 0 && aligned16(p.x) &&
                    aligned16(p.h) && aligned16(p.y);
-  const int64_t chunks = cdiv(p.N, kAffineCouplingChunk);
-  dispatch_variant<T>(vec, p.scale, p.reverse, [&](auto v, auto scale, auto reverse) {
+  const int64_t chunks = cdiv(a.N, kAffineCouplingChunk);
+  dispatch_variant<T>(vec, a.scale, a.reverse, [&](auto v, auto scale, auto reverse) {
     auto kern = coupling_fwd_kernel<T, decltype(v)::value, decltype(scale)::value, decltype(reverse)::value>;
-    DLK_LAUNCH(kern, grid_size(kern, p.B * chunks, p.num_sms), kThreads, 0, stream,
+    DLK_LAUNCH(kern, grid_size(kern, a.B * chunks, a.num_sms), kThreads, 0, stream,
                static_cast<const T*>(p.x), static_cast<const T*>(p.h), static_cast<T*>(p.y),
-               p.partial, p.B, p.N, chunks, p.stride_xb, p.stride_hb, p.clamp);
+               p.partial, a.B, a.N, chunks, a.stride_xb, a.stride_hb, a.clamp);
     check_launch("coupling_fwd_kernel");
   });
 }
 
 template <typename T>
 void bwd_launch(const AffineCouplingBwdParams& p, cudaStream_t stream) {
+  const AffineCouplingArgs& a = p.a;
   constexpr int W = kVec<T>;
-  const bool vec = p.N % W == 0 && p.stride_dyb % W == 0 && p.stride_xb % W == 0 &&
-                   p.stride_hb % W == 0 && aligned16(p.dy) && aligned16(p.x) && aligned16(p.h) &&
+  const bool vec = a.N % W == 0 && p.stride_dyb % W == 0 && a.stride_xb % W == 0 &&
+                   a.stride_hb % W == 0 && aligned16(p.dy) && aligned16(p.x) && aligned16(p.h) &&
                    aligned16(p.dx) && aligned16(p.dh);
-  const int64_t chunks = cdiv(p.N, kAffineCouplingChunk);
-  dispatch_variant<T>(vec, p.scale, p.reverse, [&](auto v, auto scale, auto reverse) {
+  const int64_t chunks = cdiv(a.N, kAffineCouplingChunk);
+  dispatch_variant<T>(vec, a.scale, a.reverse, [&](auto v, auto scale, auto reverse) {
     auto kern = coupling_bwd_kernel<T, decltype(v)::value, decltype(scale)::value, decltype(reverse)::value>;
-    DLK_LAUNCH(kern, grid_size(kern, p.B * chunks, p.num_sms), kThreads, 0, stream,
+    DLK_LAUNCH(kern, grid_size(kern, a.B * chunks, a.num_sms), kThreads, 0, stream,
                static_cast<const T*>(p.dy), p.dlogdet, static_cast<const T*>(p.x),
                static_cast<const T*>(p.h), static_cast<T*>(p.dx), static_cast<T*>(p.dh),
-               p.B, p.N, chunks, p.stride_dyb, p.stride_xb, p.stride_hb, p.clamp);
+               a.B, a.N, chunks, p.stride_dyb, a.stride_xb, a.stride_hb, a.clamp);
     check_launch("coupling_bwd_kernel");
   });
 }
 
-void check_common(int64_t B, int64_t N, CouplingScale scale, float clamp, int num_sms) {
-  check(B >= 0 && N >= 0, "sizes must be B >= 0, N >= 0");
-  check(num_sms >= 1, "num_sms must be >= 1");
-  check(scale != CouplingScale::kSoftclamp || clamp > 0.f, "clamp must be > 0 for softclamp");
+// False (launch nothing) for an empty input; throws on invalid arguments.
+bool check_args(const AffineCouplingArgs& a) {
+  check(a.B >= 0 && a.N >= 0, "sizes must be B >= 0, N >= 0");
+  check(a.num_sms >= 1, "num_sms must be >= 1");
+  check(a.scale != CouplingScale::kSoftclamp || a.clamp > 0.f, "clamp must be > 0 for softclamp");
+  return a.B > 0 && a.N > 0;
 }
 
 }  // namespace
 
 void affine_coupling_fwd(const AffineCouplingFwdParams& p, void* stream) {
-  check_common(p.B, p.N, p.scale, p.clamp, p.num_sms);
-  if (p.B == 0 || p.N == 0) return;
+  if (!check_args(p.a)) return;
   check(p.x && p.h && p.y && p.partial, "x, h, y and partial are required");
-  dispatch_dtype<void>(p.dtype, [&](auto tag) {
+  dispatch_dtype<void>(p.a.dtype, [&](auto tag) {
     fwd_launch<decltype(tag)>(p, static_cast<cudaStream_t>(stream));
   });
 }
 
 void affine_coupling_bwd(const AffineCouplingBwdParams& p, void* stream) {
-  check_common(p.B, p.N, p.scale, p.clamp, p.num_sms);
-  if (p.B == 0 || p.N == 0) return;
+  if (!check_args(p.a)) return;
   check(p.dy && p.dlogdet && p.x && p.h && p.dx && p.dh, "dy, dlogdet, x, h, dx and dh are required");
-  dispatch_dtype<void>(p.dtype, [&](auto tag) {
+  dispatch_dtype<void>(p.a.dtype, [&](auto tag) {
     bwd_launch<decltype(tag)>(p, static_cast<cudaStream_t>(stream));
   });
 }

@@ -23,15 +23,10 @@ enum class CouplingScale { kExp, kSigmoid, kSoftclamp };
 // Columns of one row each block handles: one partial log-det per chunk.
 constexpr int64_t kAffineCouplingChunk = 2048;
 
-struct AffineCouplingFwdParams {
-  // pointers
-  const void* x;   // (B, N), row stride stride_xb, unit column stride
-  const void* h;   // (B, 2N), row stride stride_hb, unit column stride
-  void* y;         // (B, N) contiguous
-  float* partial;  // (B, cdiv(N, kAffineCouplingChunk)) contiguous
-  // sizes and strides (elements)
+// What the forward and backward share: sizes, row strides of x and h (elements; unit column
+// strides) and the variant.
+struct AffineCouplingArgs {
   int64_t B, N, stride_xb, stride_hb;
-  // meta
   CouplingScale scale;
   float clamp;     // softclamp only
   bool reverse;
@@ -39,22 +34,23 @@ struct AffineCouplingFwdParams {
   int num_sms;
 };
 
+struct AffineCouplingFwdParams {
+  const void* x;   // (B, N)
+  const void* h;   // (B, 2N)
+  void* y;         // (B, N) contiguous
+  float* partial;  // (B, cdiv(N, kAffineCouplingChunk)) contiguous
+  AffineCouplingArgs a;
+};
+
 struct AffineCouplingBwdParams {
-  // pointers
   const void* dy;        // (B, N), row stride stride_dyb
   const float* dlogdet;  // (B,)
-  const void* x;         // (B, N), row stride stride_xb
-  const void* h;         // (B, 2N), row stride stride_hb
+  const void* x;         // (B, N)
+  const void* h;         // (B, 2N)
   void* dx;              // (B, N) contiguous
   void* dh;              // (B, 2N) contiguous
-  // sizes and strides (elements)
-  int64_t B, N, stride_dyb, stride_xb, stride_hb;
-  // meta
-  CouplingScale scale;
-  float clamp;
-  bool reverse;
-  DType dtype;
-  int num_sms;
+  int64_t stride_dyb;
+  AffineCouplingArgs a;
 };
 
 // Launch on `stream` (a cudaStream_t); nothing is launched when B == 0 or N == 0. Throw on
