@@ -138,6 +138,8 @@ def test_multiscale_flow_on_kernels_matches_the_reference(backend):
 def test_bad_module_arguments():
     with pytest.raises(ValueError, match="mask must be one of"):
         dlkern.nn.AffineCoupling(4, nn.Identity(), mask="stripes")
+    with pytest.raises(ValueError, match="x must have 4 channels"):
+        dlkern.nn.AffineCoupling(4, nn.Identity())(torch.randn(2, 3))
     with pytest.raises(ValueError, match="Squeeze"):
         dlkern.nn.Squeeze()(torch.randn(1, 2, 3, 4))
     with pytest.raises(RuntimeError, match="input shape"):

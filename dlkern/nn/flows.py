@@ -49,6 +49,8 @@ class AffineCoupling(nn.Module):
         self.scale, self.clamp = scale, clamp
 
     def _couple(self, x: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
+        if x.dim() < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"x must have {self.channels} channels (dim 1); got shape {list(x.shape)}")
         kw = {"reverse": reverse, "scale": self.scale, "clamp": self.clamp}
         if self.mask == "channel":
             split = self.channels // 2
