@@ -121,6 +121,7 @@ def _samples(device, dtype):
     z = r(2, 6, 9, 7)
     yield Sample("channel_slice_rev", (z[:, 2:], r(4), 0.3 * r(4)), {"reverse": True}, (0, 1, 2))
     yield Sample("many_rows", (r(1100, 3), r(3), 0.3 * r(3)), {}, (0, 1, 2))
+    yield Sample("long_planes_rev", (r(2, 2, 33, 35), r(2), 0.3 * r(2)), {"reverse": True}, (0, 1, 2))
 
 
 def _bench_cases(device, dtype, quick):
