@@ -14,3 +14,6 @@ from .optim import (multi_tensor_adabound, multi_tensor_adagrad, multi_tensor_ad
                     multi_tensor_rmsprop, multi_tensor_sgd)
 from .row_norm import layer_norm_bwd, layer_norm_fwd, rms_norm_bwd, rms_norm_fwd  # noqa: E402
 from .weight_norm import weight_norm_bwd, weight_norm_fwd  # noqa: E402
+from .affine_coupling import affine_coupling_bwd, affine_coupling_fwd  # noqa: E402
+from .act_norm import act_norm_bwd, act_norm_fwd  # noqa: E402
+from .inv_conv1x1 import inv_conv1x1_bwd, inv_conv1x1_fwd  # noqa: E402

@@ -13,6 +13,7 @@ import tempfile
 
 MODULES = ["dlkern.kernels.row_norm", "dlkern.kernels.channel_norm", "dlkern.kernels.weight_norm",
            "dlkern.kernels.optim", "dlkern.kernels.attention"]
+MODULES += ["dlkern.kernels.affine_coupling", "dlkern.kernels.act_norm", "dlkern.kernels.inv_conv1x1"]
 
 
 # Kernels allowed to spill, with the reason (the test still reports their spills).
@@ -42,7 +43,8 @@ def cases():
     """(arch, spec name): every configuration on sm_90; the heaviest ones on sm_80 as well."""
     names = [s[0] for s in specs()]
     heaviest = ("n8192", "looped", "channel_norm.", "weight_norm.", "optim.", "attention.fwd_bf16_d128",
-                "attention.dkdv_bf16_d128", "attention.dq_bf16_d128")
+                "attention.dkdv_bf16_d128", "attention.dq_bf16_d128", "affine_coupling.", "act_norm.",
+                "inv_conv1x1.")
     return [(90, n) for n in names] + [(80, n) for n in names if any(h in n for h in heaviest)]
 
 

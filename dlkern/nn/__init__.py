@@ -8,3 +8,6 @@ from dlkern.nn.normalization import (BatchNorm1d, BatchNorm2d, BatchNorm3d, Grou
 __all__ = ["functional", "utils", "LayerNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
            "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "GroupNorm",
            "MultiheadAttention", "patch_sdpa"]
+
+from dlkern.nn.flows import ActNorm, AffineCoupling, FlowSequential, InvConv1x1, Split, Squeeze  # noqa: E402
+__all__ += ["AffineCoupling", "ActNorm", "InvConv1x1", "Squeeze", "Split", "FlowSequential"]

@@ -10,3 +10,8 @@ from dlkern.ops.weight_norm import weight_norm
 
 __all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "batch_norm", "instance_norm",
            "group_norm", "group_norm_act", "weight_norm", "scaled_dot_product_attention"]
+
+from dlkern.ops.act_norm import act_norm  # noqa: E402
+from dlkern.ops.affine_coupling import affine_coupling  # noqa: E402
+from dlkern.ops.inv_conv1x1 import inv_conv1x1  # noqa: E402
+__all__ += ["affine_coupling", "act_norm", "inv_conv1x1"]
