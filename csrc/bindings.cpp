@@ -22,7 +22,11 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
+#include "conv/causal_conv1d.h"
+#include "conv/depthwise_conv2d.h"
+#include "conv/dilated_conv1d.h"
 #include "norm/channel_norm.h"
 #include "norm/row_norm.h"
 #include "norm/weight_norm.h"
@@ -664,6 +668,324 @@ std::tuple<at::Tensor, at::Tensor> weight_norm_bwd(const at::Tensor& dw_in, cons
   return {dv, dg.to(g_in.scalar_type())};
 }
 
+// ---- convolutions -----------------------------------------------------------------------------
+// Kernels take element strides, so inputs are never copied; outputs keep the input's dense layout.
+
+// A new tensor with t's sizes and (dense) layout, NaN-filled in debug mode.
+at::Tensor new_buffer_same_layout(const at::Tensor& t) {
+  at::Tensor out = at::empty_like(t);
+  if (g_debug_nan_fill.load()) out.fill_(std::numeric_limits<double>::quiet_NaN());
+  return out;
+}
+
+template <size_t N>
+void copy_strides(const at::Tensor& t, int64_t (&s)[N]) {
+  for (size_t i = 0; i < N; ++i) s[i] = t.stride(int64_t(i));
+}
+
+// The input every other operand is checked against: `dims`-D, on the kernel device, a kernel dtype.
+void check_conv_x(const at::Tensor& x, const char* name, int64_t dims, const char* shape) {
+  TORCH_CHECK(x.defined(), name, " must be a tensor, got None");
+  TORCH_CHECK(on_kernel_device(x), name, " must be ", kDeviceKind, ", got a tensor on ", x.device());
+  TORCH_CHECK(x.dim() == dims, name, " must have shape ", shape, ", got ", x.sizes());
+  kernel_dtype(x);
+}
+
+// An operand of exactly `sizes` with x's device and dtype, any strides.
+void check_conv_operand(const at::Tensor& t, const char* name, const at::Tensor& x,
+                        at::IntArrayRef sizes) {
+  TORCH_CHECK(t.defined(), name, " must be a tensor, got None");
+  check_like_x(t, name, x);
+  TORCH_CHECK(t.sizes() == sizes, name, " must have shape ", sizes, ", got ", t.sizes());
+}
+
+// bias (C,) like x, or undefined.
+at::Tensor conv_bias(const OptTensor& bias, const at::Tensor& x, int64_t channels) {
+  if (!present(bias)) return at::Tensor();
+  check_conv_operand(*bias, "bias", x, {channels});
+  return bias->contiguous();
+}
+
+// weight (D, W) like x, 1 <= W <= 8, made contiguous.
+at::Tensor causal_conv1d_weight(const at::Tensor& weight, const at::Tensor& x, int64_t D) {
+  TORCH_CHECK(weight.defined() && weight.dim() == 2 && weight.size(0) == D &&
+                  weight.size(1) >= 1 && weight.size(1) <= dlk::kCausalConvMaxWidth,
+              "weight must have shape (D, W) = (", D, ", W) with 1 <= W <= 8, got ",
+              weight.defined() ? weight.sizes() : at::IntArrayRef{});
+  check_like_x(weight, "weight", x);
+  return weight.contiguous();
+}
+
+at::Tensor causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight_in,
+                             const OptTensor& bias_in, bool silu) {
+  check_conv_x(x, "x", 3, "(B, D, L)");
+  const at::Tensor weight = causal_conv1d_weight(weight_in, x, x.size(1));
+  const at::Tensor bias = conv_bias(bias_in, x, x.size(1));
+  LaunchContext ctx(x);
+  at::Tensor y = new_buffer_same_layout(x);  // (B, D, L)
+  dlk::CausalConv1dFwdParams p{};
+  p.x = x.data_ptr();
+  p.weight = weight.data_ptr();
+  p.bias = ptr_or_null<const void>(bias);
+  p.y = y.data_ptr();
+  p.B = x.size(0);
+  p.D = x.size(1);
+  p.L = x.size(2);
+  p.width = int(weight.size(1));
+  copy_strides(x, p.x_stride);
+  copy_strides(y, p.y_stride);
+  p.silu = silu;
+  p.dtype = kernel_dtype(x);
+  p.num_sms = ctx.num_sms();
+  dlk::causal_conv1d_fwd(p, ctx.stream());
+  return y;
+}
+
+// (dx like x, dweight (D, W) in weight's dtype, dbias (D,) in bias's dtype or None)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight_in,
+    const OptTensor& bias_in, bool silu) {
+  check_conv_x(x, "x", 3, "(B, D, L)");
+  check_conv_operand(dy, "dy", x, x.sizes());
+  const at::Tensor weight = causal_conv1d_weight(weight_in, x, x.size(1));
+  const at::Tensor bias = conv_bias(bias_in, x, x.size(1));
+  const int64_t D = x.size(1);
+  LaunchContext ctx(x);
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor dx = new_buffer_same_layout(x);                            // (B, D, L)
+  at::Tensor dweight = new_buffer({D, weight.size(1)}, f32);           // (D, W)
+  at::Tensor dbias = bias.defined() ? new_buffer({D}, f32) : at::Tensor();  // (D,)
+  dlk::CausalConv1dBwdParams p{};
+  p.dy = dy.data_ptr();
+  p.x = x.data_ptr();
+  p.weight = weight.data_ptr();
+  p.bias = ptr_or_null<const void>(bias);
+  p.dx = dx.data_ptr();
+  p.dweight = dweight.data_ptr<float>();
+  p.dbias = ptr_or_null<float>(dbias);
+  p.B = x.size(0);
+  p.D = D;
+  p.L = x.size(2);
+  p.width = int(weight.size(1));
+  copy_strides(dy, p.dy_stride);
+  copy_strides(x, p.x_stride);
+  copy_strides(dx, p.dx_stride);
+  p.silu = silu;
+  p.dtype = kernel_dtype(x);
+  p.num_sms = ctx.num_sms();
+  dlk::causal_conv1d_bwd(p, ctx.stream());
+  return {dx, dweight.to(weight.scalar_type()),
+          bias.defined() ? dbias.to(bias.scalar_type()) : at::Tensor()};
+}
+
+// y (B, D); conv_state (B, D, W - 1) is updated in place (never copied).
+at::Tensor causal_conv1d_update(const at::Tensor& x, const at::Tensor& conv_state,
+                                const at::Tensor& weight_in, const OptTensor& bias_in, bool silu) {
+  check_conv_x(x, "x", 2, "(B, D)");
+  const at::Tensor weight = causal_conv1d_weight(weight_in, x, x.size(1));
+  const at::Tensor bias = conv_bias(bias_in, x, x.size(1));
+  check_conv_operand(conv_state, "conv_state", x, {x.size(0), x.size(1), weight.size(1) - 1});
+  LaunchContext ctx(x);
+  at::Tensor y = new_buffer({x.size(0), x.size(1)}, x.options());  // (B, D)
+  dlk::CausalConv1dUpdateParams p{};
+  p.x = x.data_ptr();
+  p.state = conv_state.data_ptr();
+  p.weight = weight.data_ptr();
+  p.bias = ptr_or_null<const void>(bias);
+  p.y = y.data_ptr();
+  p.B = x.size(0);
+  p.D = x.size(1);
+  p.width = int(weight.size(1));
+  copy_strides(x, p.x_stride);
+  copy_strides(conv_state, p.state_stride);
+  copy_strides(y, p.y_stride);
+  p.silu = silu;
+  p.dtype = kernel_dtype(x);
+  p.num_sms = ctx.num_sms();
+  dlk::causal_conv1d_update(p, ctx.stream());
+  return y;
+}
+
+// depthwise conv2d
+// A new (N, C, h, w) tensor like x: channels_last when x has unit channel stride (C > 1), else
+// contiguous (the rule the Triton launchers and the fake kernels follow too).
+at::Tensor new_image_buffer(const at::Tensor& x, int64_t h, int64_t w) {
+  const int64_t N = x.size(0), C = x.size(1);
+  const bool cl = x.stride(1) == 1 && C > 1;
+  at::Tensor t = cl ? at::empty({N, h, w, C}, x.options()).permute({0, 3, 1, 2})
+                    : at::empty({N, C, h, w}, x.options());
+  if (g_debug_nan_fill.load()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+void int_pair(const std::vector<int64_t>& v, const char* name, int64_t minimum, int (&out)[2]) {
+  TORCH_CHECK(v.size() == 2 && v[0] >= minimum && v[1] >= minimum &&
+                  v[0] <= std::numeric_limits<int>::max() && v[1] <= std::numeric_limits<int>::max(),
+              name, " must be two ints >= ", minimum, ", got ", at::IntArrayRef(v));
+  out[0] = int(v[0]);
+  out[1] = int(v[1]);
+}
+
+// weight (C, KH, KW) like x, made contiguous; fills the geometry but the output size.
+at::Tensor depthwise_geometry(const at::Tensor& x, const at::Tensor& weight,
+                              const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                              const std::vector<int64_t>& dilation, dlk::DepthwiseConv2dGeometry& g) {
+  check_conv_x(x, "x", 4, "(N, C, H, W)");
+  TORCH_CHECK(weight.defined() && weight.dim() == 3 && weight.size(0) == x.size(1) &&
+                  weight.size(1) >= 1 && weight.size(1) <= 31 && weight.size(2) >= 1 && weight.size(2) <= 31,
+              "weight must have shape (C, KH, KW) = (", x.size(1), ", KH, KW) with 1 <= KH, KW <= 31, got ",
+              weight.defined() ? weight.sizes() : at::IntArrayRef{});
+  check_like_x(weight, "weight", x);
+  g.N = x.size(0);
+  g.C = x.size(1);
+  g.H = x.size(2);
+  g.W = x.size(3);
+  g.KH = int(weight.size(1));
+  g.KW = int(weight.size(2));
+  int_pair(stride, "stride", 1, g.stride);
+  int_pair(padding, "padding", 0, g.pad);
+  int_pair(dilation, "dilation", 1, g.dilation);
+  return weight.contiguous();
+}
+
+at::Tensor depthwise_conv2d_fwd(const at::Tensor& x, const at::Tensor& weight_in,
+                                const OptTensor& bias_in, const std::vector<int64_t>& stride,
+                                const std::vector<int64_t>& padding,
+                                const std::vector<int64_t>& dilation,
+                                const std::vector<int64_t>& out_hw) {
+  dlk::DepthwiseConv2dFwdParams p{};
+  const at::Tensor weight = depthwise_geometry(x, weight_in, stride, padding, dilation, p.g);
+  const at::Tensor bias = conv_bias(bias_in, x, x.size(1));
+  TORCH_CHECK(out_hw.size() == 2 && out_hw[0] >= 0 && out_hw[1] >= 0,
+              "out_hw must be two sizes >= 0, got ", at::IntArrayRef(out_hw));
+  p.g.OH = out_hw[0];
+  p.g.OW = out_hw[1];
+  LaunchContext ctx(x);
+  at::Tensor y = new_image_buffer(x, p.g.OH, p.g.OW);  // (N, C, OH, OW)
+  p.x = x.data_ptr();
+  p.weight = weight.data_ptr();
+  p.bias = ptr_or_null<const void>(bias);
+  p.y = y.data_ptr();
+  copy_strides(x, p.x_stride);
+  copy_strides(y, p.y_stride);
+  p.dtype = kernel_dtype(x);
+  p.num_sms = ctx.num_sms();
+  dlk::depthwise_conv2d_fwd(p, ctx.stream());
+  return y;
+}
+
+// (dx like x, dweight (C, KH, KW) in weight's dtype, dbias (C,) in x's dtype or None)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_bwd(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight_in, bool has_bias,
+    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+    const std::vector<int64_t>& dilation) {
+  dlk::DepthwiseConv2dBwdParams p{};
+  const at::Tensor weight = depthwise_geometry(x, weight_in, stride, padding, dilation, p.g);
+  TORCH_CHECK(dy.defined() && dy.dim() == 4 && dy.size(0) == x.size(0) && dy.size(1) == x.size(1),
+              "dy must have shape (N, C, OH, OW) with x's N and C, got ",
+              dy.defined() ? dy.sizes() : at::IntArrayRef{});
+  check_like_x(dy, "dy", x);
+  p.g.OH = dy.size(2);
+  p.g.OW = dy.size(3);
+  const int64_t C = x.size(1);
+  LaunchContext ctx(x);
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor dx = new_image_buffer(x, x.size(2), x.size(3));                  // (N, C, H, W)
+  at::Tensor dweight = new_buffer({C, weight.size(1), weight.size(2)}, f32);  // (C, KH, KW)
+  at::Tensor dbias = has_bias ? new_buffer({C}, f32) : at::Tensor();          // (C,)
+  p.dy = dy.data_ptr();
+  p.x = x.data_ptr();
+  p.weight = weight.data_ptr();
+  p.dx = dx.data_ptr();
+  p.dweight = dweight.data_ptr<float>();
+  p.dbias = ptr_or_null<float>(dbias);
+  copy_strides(dy, p.dy_stride);
+  copy_strides(x, p.x_stride);
+  copy_strides(dx, p.dx_stride);
+  p.dtype = kernel_dtype(x);
+  p.num_sms = ctx.num_sms();
+  dlk::depthwise_conv2d_bwd(p, ctx.stream());
+  return {dx, dweight.to(weight.scalar_type()), has_bias ? dbias.to(x.scalar_type()) : at::Tensor()};
+}
+
+// dilated conv1d: weight (Cout, Cin, K) like x, made contiguous.
+at::Tensor dilated_conv1d_weight(const at::Tensor& weight, const at::Tensor& x, int64_t dilation,
+                                 int64_t left) {
+  TORCH_CHECK(weight.defined() && weight.dim() == 3 && weight.size(1) == x.size(1) && weight.size(2) >= 1,
+              "weight must have shape (Cout, Cin, K) = (Cout, ", x.size(1), ", K), got ",
+              weight.defined() ? weight.sizes() : at::IntArrayRef{});
+  check_like_x(weight, "weight", x);
+  TORCH_CHECK(dilation >= 1 && dilation <= std::numeric_limits<int>::max(),
+              "dilation must be an int >= 1, got ", dilation);
+  TORCH_CHECK(left >= 0 && left <= (weight.size(2) - 1) * dilation,
+              "left must be in [0, (K - 1) * dilation], got ", left);
+  return weight.contiguous();
+}
+
+at::Tensor dilated_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight_in,
+                              const OptTensor& bias_in, int64_t dilation, int64_t left) {
+  check_conv_x(x, "x", 3, "(B, Cin, L)");
+  const at::Tensor weight = dilated_conv1d_weight(weight_in, x, dilation, left);
+  const int64_t Cout = weight.size(0);
+  const at::Tensor bias = conv_bias(bias_in, x, Cout);
+  LaunchContext ctx(x);
+  at::Tensor y = new_buffer({x.size(0), Cout, x.size(2)}, x.options());  // (B, Cout, L)
+  dlk::DilatedConv1dFwdParams p{};
+  p.x = x.data_ptr();
+  p.weight = weight.data_ptr();
+  p.bias = ptr_or_null<const void>(bias);
+  p.y = y.data_ptr();
+  p.B = x.size(0);
+  p.Cin = x.size(1);
+  p.Cout = Cout;
+  p.L = x.size(2);
+  p.K = int(weight.size(2));
+  p.dilation = int(dilation);
+  p.left = int(left);
+  copy_strides(x, p.x_stride);
+  copy_strides(y, p.y_stride);
+  p.dtype = kernel_dtype(x);
+  p.num_sms = ctx.num_sms();
+  dlk::dilated_conv1d_fwd(p, ctx.stream());
+  return y;
+}
+
+// (dx (B, Cin, L), dweight (Cout, Cin, K) in weight's dtype, dbias (Cout,) in x's dtype or None)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv1d_bwd(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight_in, bool has_bias,
+    int64_t dilation, int64_t left) {
+  check_conv_x(x, "x", 3, "(B, Cin, L)");
+  const at::Tensor weight = dilated_conv1d_weight(weight_in, x, dilation, left);
+  const int64_t Cout = weight.size(0);
+  check_conv_operand(dy, "dy", x, {x.size(0), Cout, x.size(2)});
+  LaunchContext ctx(x);
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor dx = new_buffer(x.sizes(), x.options());                       // (B, Cin, L)
+  at::Tensor dweight = new_buffer(weight.sizes(), f32);                     // (Cout, Cin, K)
+  at::Tensor dbias = has_bias ? new_buffer({Cout}, f32) : at::Tensor();     // (Cout,)
+  dlk::DilatedConv1dBwdParams p{};
+  p.dy = dy.data_ptr();
+  p.x = x.data_ptr();
+  p.weight = weight.data_ptr();
+  p.dx = dx.data_ptr();
+  p.dweight = dweight.data_ptr<float>();
+  p.dbias = ptr_or_null<float>(dbias);
+  p.B = x.size(0);
+  p.Cin = x.size(1);
+  p.Cout = Cout;
+  p.L = x.size(2);
+  p.K = int(weight.size(2));
+  p.dilation = int(dilation);
+  p.left = int(left);
+  copy_strides(dy, p.dy_stride);
+  copy_strides(x, p.x_stride);
+  copy_strides(dx, p.dx_stride);
+  p.dtype = kernel_dtype(x);
+  p.num_sms = ctx.num_sms();
+  dlk::dilated_conv1d_bwd(p, ctx.stream());
+  return {dx, dweight.to(weight.scalar_type()), has_bias ? dbias.to(x.scalar_type()) : at::Tensor()};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -719,6 +1041,37 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weight_norm_bwd", &weight_norm_bwd,
         "Weight normalization backward.\nReturns (dv (D, K) in v's dtype, dg (D,) in g's dtype).",
         py::arg("dw2"), py::arg("v2"), py::arg("g1"), py::arg("norm"));
+  m.def("causal_conv1d_fwd", &causal_conv1d_fwd,
+        "Causal depthwise conv1d of x (B, D, L) (any strides) with weight (D, W), W <= 8, bias (D,)"
+        " or None, SiLU fused when silu.\nReturns y (B, D, L) in x's layout.",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("silu"));
+  m.def("causal_conv1d_bwd", &causal_conv1d_bwd,
+        "Causal depthwise conv1d backward.\nReturns (dx like x, dweight (D, W), dbias (D,) or None);"
+        " dweight/dbias are deterministic.",
+        py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("silu"));
+  m.def("causal_conv1d_update", &causal_conv1d_update,
+        "One decode step: x (B, D), conv_state (B, D, W - 1) updated in place.\nReturns y (B, D).",
+        py::arg("x"), py::arg("conv_state"), py::arg("weight"), py::arg("bias"), py::arg("silu"));
+  m.def("depthwise_conv2d_fwd", &depthwise_conv2d_fwd,
+        "Depthwise conv2d of x (N, C, H, W) (any strides) with weight (C, KH, KW), bias (C,) or"
+        " None; stride, padding (top, left), dilation and out_hw (OH, OW) are pairs.\nReturns y"
+        " (N, C, OH, OW), channels_last when x has unit channel stride.",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("out_hw"));
+  m.def("depthwise_conv2d_bwd", &depthwise_conv2d_bwd,
+        "Depthwise conv2d backward.\nReturns (dx like x, dweight (C, KH, KW), dbias (C,) or None);"
+        " dweight/dbias are deterministic.",
+        py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("has_bias"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"));
+  m.def("dilated_conv1d_fwd", &dilated_conv1d_fwd,
+        "Dilated conv1d of x (B, Cin, L) (any strides) with weight (Cout, Cin, K), bias (Cout,) or"
+        " None; output l sees x[l - left + k * dilation].\nReturns y (B, Cout, L).",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("dilation"), py::arg("left"));
+  m.def("dilated_conv1d_bwd", &dilated_conv1d_bwd,
+        "Dilated conv1d backward.\nReturns (dx (B, Cin, L), dweight (Cout, Cin, K), dbias (Cout,) or"
+        " None); dweight/dbias are deterministic.",
+        py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("has_bias"), py::arg("dilation"),
+        py::arg("left"));
   m.def("set_debug_nan_fill", &set_debug_nan_fill,
         "When enabled, every output and partial buffer is filled with NaN before its kernel runs.",
         py::arg("enabled"));

@@ -13,3 +13,6 @@ from .optim import (multi_tensor_adabound, multi_tensor_adagrad, multi_tensor_ad
                     multi_tensor_rmsprop, multi_tensor_sgd)
 from .row_norm import layer_norm_bwd, layer_norm_fwd, rms_norm_bwd, rms_norm_fwd  # noqa: E402
 from .weight_norm import weight_norm_bwd, weight_norm_fwd  # noqa: E402
+from .causal_conv1d import causal_conv1d_bwd, causal_conv1d_fwd, causal_conv1d_update  # noqa: E402
+from .depthwise_conv2d import depthwise_conv2d_bwd, depthwise_conv2d_fwd  # noqa: E402
+from .dilated_conv1d import dilated_conv1d_bwd, dilated_conv1d_fwd  # noqa: E402

@@ -6,6 +6,11 @@ from dlkern.ops.instance_norm import instance_norm
 from dlkern.ops.layer_norm import add_layer_norm, layer_norm
 from dlkern.ops.rms_norm import add_rms_norm, rms_norm
 from dlkern.ops.weight_norm import weight_norm
+# convolutions
+from dlkern.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
+from dlkern.ops.depthwise_conv2d import conv2d, depthwise_conv2d
+from dlkern.ops.dilated_conv1d import dilated_conv1d
 
 __all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "batch_norm", "instance_norm",
-           "group_norm", "group_norm_act", "weight_norm"]
+           "group_norm", "group_norm_act", "weight_norm",
+           "causal_conv1d", "causal_conv1d_update", "depthwise_conv2d", "conv2d", "dilated_conv1d"]

@@ -1,6 +1,7 @@
 """``dlkern.patch(model)``: swap supported torch modules for their dlkern subclasses in place."""
 import torch
 
+from dlkern.nn import conv as C
 from dlkern.nn import normalization as N
 
 # torch module type -> dlkern subclass. Only exact types are swapped: a user's subclass may
@@ -15,6 +16,7 @@ PATCHABLE = {
     torch.nn.InstanceNorm2d: N.InstanceNorm2d,
     torch.nn.InstanceNorm3d: N.InstanceNorm3d,
     torch.nn.GroupNorm: N.GroupNorm,
+    torch.nn.Conv2d: C.Conv2d,
 }
 
 
