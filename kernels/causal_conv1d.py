@@ -130,9 +130,15 @@ def _causal_conv1d_update_kernel(
     tl.store(Y + b * syb + d64 * syd, acc.to(Y.dtype.element_ty), mask=m)
 
 
-def _tiles(stride_d, stride_l):
-    """(BLOCK_D, BLOCK_L): the contiguous dim gets the long side of the tile."""
-    return (64, 16) if stride_d == 1 and stride_l != 1 else (4, 128)
+def _channel_last(x):
+    return x.stride(1) == 1 and x.stride(2) != 1
+
+
+def _tiles(channel_last, backward=False):
+    """(BLOCK_D, BLOCK_L): the contiguous dim gets the long side of the tile. The backward holds
+    W shifted dz tiles (and recomputes z for each under SiLU): a smaller tile keeps it in registers."""
+    bd, bl = (64, 16) if channel_last else (4, 128)
+    return (bd // 4, bl) if backward and bd > 4 else (bd, bl // 2) if backward else (bd, bl)
 
 
 def _grid(B, D, L, bd, bl):
@@ -144,7 +150,7 @@ def causal_conv1d_fwd(x, weight, bias, silu):
     B, D, L = x.shape
     width = weight.shape[1]
     y = new_empty_like(x)
-    bd, bl = _tiles(x.stride(1), x.stride(2))
+    bd, bl = _tiles(_channel_last(x))
     _causal_conv1d_fwd_kernel[_grid(B, D, L, bd, bl)](
         x, weight, bias if bias is not None else weight, y, D, L, *x.stride(), *y.stride(),
         WIDTH=width, HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_D=bd, BLOCK_L=bl, num_warps=4)
@@ -156,7 +162,7 @@ def causal_conv1d_bwd(dy, x, weight, bias, silu):
     B, D, L = x.shape
     width = weight.shape[1]
     dx = new_empty_like(x)
-    bd, bl = _tiles(x.stride(1), x.stride(2))
+    bd, bl = _tiles(_channel_last(x), backward=True)
     grid = _grid(B, D, L, bd, bl)
     parts = B * grid[2]
     dwp = new_empty(parts, D, width, dtype=torch.float32, device=x.device)
@@ -187,8 +193,11 @@ def compile_specs():
     for dtype, ptr in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16")):
         t = str(dtype)[6:]
         for width in (4, MAX_WIDTH):
-            for bd, bl in ((4, 128), (64, 16)):
+            for cl in (False, True):
+                bd, bl = _tiles(cl)
                 meta = {"WIDTH": width, "HAS_BIAS": True, "SILU": True, "BLOCK_D": bd, "BLOCK_L": bl}
+                bd_b, bl_b = _tiles(cl, backward=True)
+                meta_b = {**meta, "BLOCK_D": bd_b, "BLOCK_L": bl_b}
                 fwd = {"X": ptr, "Wt": ptr, "Bias": ptr, "Y": ptr, "D": "i32", "L": "i32",
                        **{s: "i64" for s in ("sxb", "sxd", "sxl", "syb", "syd", "syl")},
                        **{k: "constexpr" for k in meta}}
@@ -197,7 +206,7 @@ def compile_specs():
                        **{s: "i64" for s in ("sdyb", "sdyd", "sdyl", "sxb", "sxd", "sxl", "sdxb", "sdxd", "sdxl")},
                        **{k: "constexpr" for k in meta}}
                 yield (f"fwd_{t}_w{width}_d{bd}", _causal_conv1d_fwd_kernel, fwd, meta, 4)
-                yield (f"bwd_{t}_w{width}_d{bd}", _causal_conv1d_bwd_kernel, bwd, meta, 4)
+                yield (f"bwd_{t}_w{width}_d{bd_b}", _causal_conv1d_bwd_kernel, bwd, meta_b, 4)
             upd_meta = {"WIDTH": width, "HAS_BIAS": True, "SILU": True, "BLOCK_D": 256}
             upd = {"X": ptr, "S": ptr, "Wt": ptr, "Bias": ptr, "Y": ptr, "D": "i32",
                    **{s: "i64" for s in ("sxb", "sxd", "ssb", "ssd", "ssw", "syb", "syd")},

@@ -13,6 +13,8 @@ import triton.language as tl
 
 from dlkern.debug import new_empty
 
+NUM_WARPS = 8  # 64 x 64 fp32 tiles with IEEE fp32 products spill at 4 warps
+
 
 @triton.jit
 def _dconv_fwd_kernel(
@@ -99,6 +101,11 @@ def _dconv_dweight_kernel(
             tl.store(DB + co, accb, mask=co < COUT)
 
 
+def _dweight_ci(dtype):
+    """Cin tile of the dweight kernel: fp32 (IEEE products) spills at 64 x 64."""
+    return 32 if dtype == torch.float32 else 64
+
+
 def _block(n, lo=16, hi=64):
     return max(lo, min(hi, triton.next_power_of_2(n)))
 
@@ -113,7 +120,7 @@ def dilated_conv1d_fwd(x, weight, bias, dilation, left):
     grid = (B, triton.cdiv(COUT, bco), triton.cdiv(L, bl))
     _dconv_fwd_kernel[grid](x, weight, bias if bias is not None else weight, y, CIN, COUT, L, K, dilation, left,
                             *x.stride(), *y.stride(), HAS_BIAS=bias is not None,
-                            BLOCK_CO=bco, BLOCK_CI=bci, BLOCK_L=bl, num_warps=4)
+                            BLOCK_CO=bco, BLOCK_CI=bci, BLOCK_L=bl, num_warps=NUM_WARPS)
     return y
 
 
@@ -126,13 +133,13 @@ def dilated_conv1d_bwd(dy, x, weight, has_bias, dilation, left):
     bci, bco, bl = _block(CIN), _block(COUT, hi=32), _block(L, hi=64)
     _dconv_dx_kernel[(B, triton.cdiv(CIN, bci), triton.cdiv(L, bl))](
         dy, weight, dx, CIN, COUT, L, K, dilation, left, *dy.stride(), *dx.stride(),
-        BLOCK_CI=bci, BLOCK_CO=bco, BLOCK_L=bl, num_warps=4)
+        BLOCK_CI=bci, BLOCK_CO=bco, BLOCK_L=bl, num_warps=NUM_WARPS)
     dw = new_empty(COUT, CIN, K, dtype=torch.float32, device=x.device)
     db = new_empty(COUT, dtype=torch.float32, device=x.device) if has_bias else dw
-    bco, bci = _block(COUT), _block(CIN)
+    bco, bci = _block(COUT), _block(CIN, hi=_dweight_ci(x.dtype))
     _dconv_dweight_kernel[(triton.cdiv(COUT, bco), triton.cdiv(CIN, bci), K)](
         dy, x, dw, db, B, CIN, COUT, L, K, dilation, left, *dy.stride(), *x.stride(),
-        HAS_BIAS=has_bias, BLOCK_CO=bco, BLOCK_CI=bci, BLOCK_L=_block(L, hi=64), num_warps=4)
+        HAS_BIAS=has_bias, BLOCK_CO=bco, BLOCK_CI=bci, BLOCK_L=_block(L, hi=32), num_warps=NUM_WARPS)
     return dx, dw.to(weight.dtype), db.to(x.dtype) if has_bias else None
 
 
@@ -150,6 +157,6 @@ def compile_specs():
         dwk = {"DY": ptr, "X": ptr, "DW": "*fp32", "DB": "*fp32", "B": "i32", **sizes,
                **{s: "i64" for s in ("sdyb", "sdyc", "sdyl", "sxb", "sxc", "sxl")},
                "HAS_BIAS": "constexpr", "BLOCK_CO": "constexpr", "BLOCK_CI": "constexpr", "BLOCK_L": "constexpr"}
-        yield (f"fwd_{t}", _dconv_fwd_kernel, fwd, {"HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": 32, "BLOCK_L": 64}, 4)
-        yield (f"dx_{t}", _dconv_dx_kernel, dx, {"BLOCK_CI": 64, "BLOCK_CO": 32, "BLOCK_L": 64}, 4)
-        yield (f"dweight_{t}", _dconv_dweight_kernel, dwk, {"HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": 64, "BLOCK_L": 64}, 4)
+        yield (f"fwd_{t}", _dconv_fwd_kernel, fwd, {"HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": 32, "BLOCK_L": 64}, NUM_WARPS)
+        yield (f"dx_{t}", _dconv_dx_kernel, dx, {"BLOCK_CI": 64, "BLOCK_CO": 32, "BLOCK_L": 64}, NUM_WARPS)
+        yield (f"dweight_{t}", _dconv_dweight_kernel, dwk, {"HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": _dweight_ci(dtype), "BLOCK_L": 32}, NUM_WARPS)
