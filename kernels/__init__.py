@@ -16,3 +16,4 @@ from .weight_norm import weight_norm_bwd, weight_norm_fwd  # noqa: E402
 from .causal_conv1d import causal_conv1d_bwd, causal_conv1d_fwd, causal_conv1d_update  # noqa: E402
 from .depthwise_conv2d import depthwise_conv2d_bwd, depthwise_conv2d_fwd  # noqa: E402
 from .dilated_conv1d import dilated_conv1d_bwd, dilated_conv1d_fwd  # noqa: E402
+from .wavenet import wavenet_layer_bwd, wavenet_layer_fwd  # noqa: E402

@@ -9,3 +9,4 @@ from dlkern.ops.weight_norm import weight_norm  # noqa: F401
 from dlkern.ops.causal_conv1d import causal_conv1d, causal_conv1d_update  # noqa: F401
 from dlkern.ops.depthwise_conv2d import depthwise_conv2d  # noqa: F401
 from dlkern.ops.dilated_conv1d import dilated_conv1d  # noqa: F401
+from dlkern.ops.wavenet import wavenet_layer  # noqa: F401
