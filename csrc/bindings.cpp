@@ -27,6 +27,7 @@
 #include "conv/causal_conv1d.h"
 #include "conv/depthwise_conv2d.h"
 #include "conv/dilated_conv1d.h"
+#include "conv/wavenet.h"
 #include "norm/channel_norm.h"
 #include "norm/row_norm.h"
 #include "norm/weight_norm.h"
@@ -986,6 +987,141 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv1d_bwd(
   return {dx, dweight.to(weight.scalar_type()), has_bias ? dbias.to(x.scalar_type()) : at::Tensor()};
 }
 
+// WaveNet layer
+// sum_b dy (B, O, L) @ z (B, C, L)^T: the dilated conv1d weight gradient with K = 1 (no dx).
+std::tuple<at::Tensor, at::Tensor> wavenet_projection_grad(const at::Tensor& dy, const at::Tensor& z,
+                                                           const at::Tensor& w, bool has_bias,
+                                                           const LaunchContext& ctx) {
+  const auto f32 = z.options().dtype(at::kFloat);
+  const int64_t O = w.size(0), C = w.size(1);
+  at::Tensor dw = new_buffer({O, C}, f32);                              // (O, C)
+  at::Tensor db = has_bias ? new_buffer({O}, f32) : at::Tensor();       // (O,)
+  dlk::DilatedConv1dBwdParams p{};
+  p.dy = dy.data_ptr();
+  p.x = z.data_ptr();
+  p.weight = w.data_ptr();
+  p.dweight = dw.data_ptr<float>();
+  p.dbias = ptr_or_null<float>(db);
+  p.B = z.size(0);
+  p.Cin = C;
+  p.Cout = O;
+  p.L = z.size(2);
+  p.K = 1;
+  p.dilation = 1;
+  p.left = 0;
+  copy_strides(dy, p.dy_stride);
+  copy_strides(z, p.x_stride);
+  p.dtype = kernel_dtype(z);
+  p.num_sms = ctx.num_sms();
+  dlk::dilated_conv1d_bwd(p, ctx.stream());
+  return {dw.to(w.scalar_type()), has_bias ? db.to(w.scalar_type()) : at::Tensor()};
+}
+
+// weights of the layer: w_dil (2C, C, K), w_res (C, C), w_skip (S, C), like x, made contiguous.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> wavenet_weights(const at::Tensor& x,
+                                                               const at::Tensor& w_dil,
+                                                               const at::Tensor& w_res,
+                                                               const at::Tensor& w_skip) {
+  check_conv_x(x, "x", 3, "(B, C, L)");
+  const int64_t C = x.size(1);
+  TORCH_CHECK(C <= dlk::kWavenetMaxChannels, "x must have at most ", dlk::kWavenetMaxChannels,
+              " channels, got ", C);
+  TORCH_CHECK(w_dil.defined() && w_dil.dim() == 3 && w_dil.size(0) == 2 * C && w_dil.size(1) == C,
+              "w_dil must have shape (2C, C, K) = (", 2 * C, ", ", C, ", K), got ",
+              w_dil.defined() ? w_dil.sizes() : at::IntArrayRef{});
+  check_like_x(w_dil, "w_dil", x);
+  check_conv_operand(w_res, "w_res", x, {C, C});
+  TORCH_CHECK(w_skip.defined() && w_skip.dim() == 2 && w_skip.size(1) == C,
+              "w_skip must have shape (S, C) = (S, ", C, "), got ",
+              w_skip.defined() ? w_skip.sizes() : at::IntArrayRef{});
+  check_like_x(w_skip, "w_skip", x);
+  return {w_dil.contiguous(), w_res.contiguous(), w_skip.contiguous()};
+}
+
+// (out (B, C, L), skip (B, S, L), h (B, 2C, L))
+std::tuple<at::Tensor, at::Tensor, at::Tensor> wavenet_layer_fwd(
+    const at::Tensor& x, const at::Tensor& w_dil_in, const OptTensor& b_dil_in,
+    const OptTensor& cond, const at::Tensor& w_res_in, const OptTensor& b_res_in,
+    const at::Tensor& w_skip_in, const OptTensor& b_skip_in, int64_t dilation) {
+  const auto [w_dil, w_res, w_skip] = wavenet_weights(x, w_dil_in, w_res_in, w_skip_in);
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2), S = w_skip.size(0);
+  TORCH_CHECK(dilation >= 1 && dilation <= std::numeric_limits<int>::max(),
+              "dilation must be an int >= 1, got ", dilation);
+  const at::Tensor b_dil = conv_bias(b_dil_in, x, 2 * C);
+  const at::Tensor b_res = conv_bias(b_res_in, x, C);
+  const at::Tensor b_skip = conv_bias(b_skip_in, x, S);
+  if (present(cond)) check_conv_operand(*cond, "cond", x, {B, 2 * C, L});
+  LaunchContext ctx(x);
+  at::Tensor out = new_buffer({B, C, L}, x.options());      // (B, C, L)
+  at::Tensor skip = new_buffer({B, S, L}, x.options());     // (B, S, L)
+  at::Tensor h = new_buffer({B, 2 * C, L}, x.options());    // (B, 2C, L)
+  dlk::WavenetFwdParams p{};
+  p.x = x.data_ptr();
+  p.w_dil = w_dil.data_ptr();
+  p.b_dil = ptr_or_null<const void>(b_dil);
+  p.cond = present(cond) ? cond->data_ptr() : nullptr;
+  p.w_res = w_res.data_ptr();
+  p.b_res = ptr_or_null<const void>(b_res);
+  p.w_skip = w_skip.data_ptr();
+  p.b_skip = ptr_or_null<const void>(b_skip);
+  p.out = out.data_ptr();
+  p.skip = skip.data_ptr();
+  p.h = h.data_ptr();
+  p.B = B;
+  p.C = C;
+  p.S = S;
+  p.L = L;
+  p.K = int(w_dil.size(2));
+  p.dilation = int(dilation);
+  copy_strides(x, p.x_stride);
+  if (present(cond)) copy_strides(*cond, p.cond_stride);
+  p.dtype = kernel_dtype(x);
+  p.num_sms = ctx.num_sms();
+  dlk::wavenet_layer_fwd(p, ctx.stream());
+  return {out, skip, h};
+}
+
+// (dx, dw_dil, db_dil | None, dh (= dcond), dw_res, db_res | None, dw_skip, db_skip | None)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+wavenet_layer_bwd(const at::Tensor& dout, const at::Tensor& dskip, const at::Tensor& x,
+                  const at::Tensor& h, const at::Tensor& w_dil_in, const at::Tensor& w_res_in,
+                  const at::Tensor& w_skip_in, bool has_b_dil, bool has_b_res, bool has_b_skip,
+                  int64_t dilation) {
+  const auto [w_dil, w_res, w_skip] = wavenet_weights(x, w_dil_in, w_res_in, w_skip_in);
+  const int64_t B = x.size(0), C = x.size(1), L = x.size(2), S = w_skip.size(0);
+  check_conv_operand(dout, "dout", x, {B, C, L});
+  check_conv_operand(dskip, "dskip", x, {B, S, L});
+  check_conv_operand(h, "h", x, {B, 2 * C, L});
+  const at::Tensor hc = h.contiguous();
+  LaunchContext ctx(x);
+  at::Tensor dh = new_buffer({B, 2 * C, L}, x.options());   // (B, 2C, L)
+  at::Tensor z = new_buffer({B, C, L}, x.options());        // (B, C, L)
+  dlk::WavenetGateBwdParams p{};
+  p.dout = dout.data_ptr();
+  p.dskip = dskip.data_ptr();
+  p.h = hc.data_ptr();
+  p.w_res = w_res.data_ptr();
+  p.w_skip = w_skip.data_ptr();
+  p.dh = dh.data_ptr();
+  p.z = z.data_ptr();
+  p.B = B;
+  p.C = C;
+  p.S = S;
+  p.L = L;
+  copy_strides(dout, p.dout_stride);
+  copy_strides(dskip, p.dskip_stride);
+  p.dtype = kernel_dtype(x);
+  p.num_sms = ctx.num_sms();
+  dlk::wavenet_gate_bwd(p, ctx.stream());
+  auto [dx, dw_dil, db_dil] =
+      dilated_conv1d_bwd(dh, x, w_dil, has_b_dil, dilation, (w_dil.size(2) - 1) * dilation);
+  dx.add_(dout);  // the residual connection
+  auto [dw_res, db_res] = wavenet_projection_grad(dout, z, w_res, has_b_res, ctx);
+  auto [dw_skip, db_skip] = wavenet_projection_grad(dskip, z, w_skip, has_b_skip, ctx);
+  return {dx, dw_dil, db_dil, dh, dw_res, db_res, dw_skip, db_skip};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1072,6 +1208,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         " None); dweight/dbias are deterministic.",
         py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("has_bias"), py::arg("dilation"),
         py::arg("left"));
+  m.def("wavenet_layer_fwd", &wavenet_layer_fwd,
+        "Fused WaveNet layer: h = causal dilated conv(x; w_dil (2C, C, K)) + b_dil (+ cond),"
+        " z = tanh(h_a) * sigmoid(h_b), out = x + w_res @ z + b_res, skip = w_skip @ z + b_skip.\n"
+        "Returns (out (B, C, L), skip (B, S, L), h (B, 2C, L)).",
+        py::arg("x"), py::arg("w_dil"), py::arg("b_dil"), py::arg("cond"), py::arg("w_res"),
+        py::arg("b_res"), py::arg("w_skip"), py::arg("b_skip"), py::arg("dilation"));
+  m.def("wavenet_layer_bwd", &wavenet_layer_bwd,
+        "WaveNet layer backward.\nReturns (dx, dw_dil, db_dil or None, dh (= dcond), dw_res, db_res"
+        " or None, dw_skip, db_skip or None); deterministic.",
+        py::arg("dout"), py::arg("dskip"), py::arg("x"), py::arg("h"), py::arg("w_dil"),
+        py::arg("w_res"), py::arg("w_skip"), py::arg("has_b_dil"), py::arg("has_b_res"),
+        py::arg("has_b_skip"), py::arg("dilation"));
   m.def("set_debug_nan_fill", &set_debug_nan_fill,
         "When enabled, every output and partial buffer is filled with NaN before its kernel runs.",
         py::arg("enabled"));

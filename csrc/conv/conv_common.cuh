@@ -23,7 +23,7 @@ __device__ __forceinline__ float silu_grad(float z) {
   return s * (1.f + z * (1.f - s));
 }
 
-inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline void check(bool ok, const char* op, const char* what) {
   if (!ok) throw std::invalid_argument(std::string("dlkern ") + op + ": " + what);

@@ -110,12 +110,14 @@ void fwd_launch(const DilatedConv1dFwdParams& p, cudaStream_t stream) {
 template <typename T>
 void bwd_launch(const DilatedConv1dBwdParams& p, cudaStream_t stream) {
   const T* dy = static_cast<const T*>(p.dy);
-  auto dx_kern = dilated_conv1d_kernel<T, true>;
-  DLK_LAUNCH(dx_kern, conv::elementwise_grid(dx_kern, p.B * p.Cin * p.L, p.num_sms), kThreads, 0,
-             stream, dy, static_cast<const T*>(p.weight), static_cast<const T*>(nullptr),
-             static_cast<T*>(p.dx), p.B, p.Cout, p.Cin, p.L, p.K, p.dilation, p.left,
-             strides3(p.dy_stride), strides3(p.dx_stride));
-  check_launch("dilated_conv1d_kernel (dx)");
+  if (p.dx != nullptr) {
+    auto dx_kern = dilated_conv1d_kernel<T, true>;
+    DLK_LAUNCH(dx_kern, conv::elementwise_grid(dx_kern, p.B * p.Cin * p.L, p.num_sms), kThreads,
+               0, stream, dy, static_cast<const T*>(p.weight), static_cast<const T*>(nullptr),
+               static_cast<T*>(p.dx), p.B, p.Cout, p.Cin, p.L, p.K, p.dilation, p.left,
+               strides3(p.dy_stride), strides3(p.dx_stride));
+    check_launch("dilated_conv1d_kernel (dx)");
+  }
   auto kern = dilated_conv1d_dweight_kernel<T>;
   const int threads = int(std::clamp<int64_t>((p.B * p.L + 31) / 32 * 32, 32, kThreads));
   const int64_t items = p.Cout * p.Cin * p.K + (p.dbias != nullptr ? p.Cout : 0);
@@ -140,8 +142,7 @@ void dilated_conv1d_fwd(const DilatedConv1dFwdParams& p, void* stream) {
 
 void dilated_conv1d_bwd(const DilatedConv1dBwdParams& p, void* stream) {
   check_sizes(p.B, p.Cin, p.Cout, p.L, p.K, p.dilation, p.left, p.num_sms);
-  conv::check(p.dy && p.x && p.weight && p.dx && p.dweight, kOp,
-              "dy, x, weight, dx and dweight are required");
+  conv::check(p.dy && p.x && p.weight && p.dweight, kOp, "dy, x, weight and dweight are required");
   dispatch_dtype<void>(p.dtype, [&](auto tag) {
     bwd_launch<decltype(tag)>(p, static_cast<cudaStream_t>(stream));
   });

@@ -34,7 +34,7 @@ struct DilatedConv1dBwdParams {
   const void* dy;      // (B, Cout, L) strided (stride 0 allowed)
   const void* x;       // (B, Cin, L) strided
   const void* weight;  // (Cout, Cin, K) contiguous
-  void* dx;            // (B, Cin, L) strided
+  void* dx;            // (B, Cin, L) strided, or nullptr: only the weight (and bias) gradients
   float* dweight;      // (Cout, Cin, K)
   float* dbias;        // (Cout,) or nullptr
   // sizes and strides (elements)

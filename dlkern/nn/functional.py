@@ -10,7 +10,9 @@ from dlkern.ops.weight_norm import weight_norm
 from dlkern.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from dlkern.ops.depthwise_conv2d import conv2d, depthwise_conv2d
 from dlkern.ops.dilated_conv1d import dilated_conv1d
+from dlkern.ops.wavenet import wavenet_layer
 
 __all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "batch_norm", "instance_norm",
            "group_norm", "group_norm_act", "weight_norm",
-           "causal_conv1d", "causal_conv1d_update", "depthwise_conv2d", "conv2d", "dilated_conv1d"]
+           "causal_conv1d", "causal_conv1d_update", "depthwise_conv2d", "conv2d", "dilated_conv1d",
+           "wavenet_layer"]

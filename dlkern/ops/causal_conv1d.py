@@ -10,9 +10,9 @@ from torch import Tensor
 
 from dlkern import backend as _backend
 from dlkern.backend import choose
+from dlkern.ops.conv_common import dtype_reasons
 from dlkern.registry import Cost, OpSpec, Sample, register_op
 
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ACTIVATIONS = (None, "silu")
 MAX_WIDTH = 8
 
@@ -154,10 +154,7 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
 # Registry
 # ---------------------------------------------------------------------------------------------
 def _supports(backend, x, *rest):
-    tensors = [x] + [t for t in rest if isinstance(t, Tensor)]
-    if any(t.dtype not in KERNEL_DTYPES for t in tensors):
-        return ["tensors must be float32, float16 or bfloat16"]
-    return []
+    return dtype_reasons(x, *rest)
 
 
 def _randn(gen, device, dtype, *shape, scale=1.0):

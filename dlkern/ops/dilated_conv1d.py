@@ -10,9 +10,9 @@ from torch import Tensor
 
 from dlkern import backend as _backend
 from dlkern.backend import choose
+from dlkern.ops.conv_common import dtype_reasons
 from dlkern.registry import Cost, OpSpec, Sample, register_op
 
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,12 +110,7 @@ def dilated_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, dilati
 # Registry
 # ---------------------------------------------------------------------------------------------
 def _supports(backend, x, w, b=None, *rest):
-    tensors = [t for t in (x, w, b) if isinstance(t, Tensor)]
-    if any(t.dtype not in KERNEL_DTYPES for t in tensors):
-        return ["tensors must be float32, float16 or bfloat16"]
-    if len({t.dtype for t in tensors}) > 1:
-        return ["x, weight and bias must share one dtype"]
-    return []
+    return dtype_reasons(x, w, b)
 
 
 def _samples(device, dtype):

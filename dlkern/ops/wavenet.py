@@ -10,15 +10,16 @@ from torch import Tensor
 
 from dlkern import backend as _backend
 from dlkern.backend import choose
+from dlkern.ops.conv_common import dtype_reasons
 from dlkern.ops.dilated_conv1d import dilated_conv1d_ref
 from dlkern.registry import Cost, OpSpec, Sample, register_op
 
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_C, MAX_S = 128, 256   # channels the fused Triton kernel holds on chip
+MAX_C, MAX_S = 128, 256   # channels the fused Triton kernel holds on chip (the CUDA kernel: C <= 1024)
 
 
 # ---------------------------------------------------------------------------------------------
-# Custom ops (``backend`` is "triton"); the forward also returns h (the gate's input) for the backward
+# Custom ops (``backend`` is "triton" or "cuda"); the forward also returns h (the gate's input) for
+# the backward
 # ---------------------------------------------------------------------------------------------
 @torch.library.custom_op("dlkern::wavenet_layer_fwd", mutates_args=())
 def wavenet_layer_fwd_op(x: Tensor, w_dil: Tensor, b_dil: Optional[Tensor], cond: Optional[Tensor], w_res: Tensor,
@@ -123,7 +124,8 @@ def wavenet_layer(x: Tensor, dil_weight: Tensor, dil_bias: Tensor | None, res_we
                   cond: Tensor | None = None, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
     """One WaveNet residual layer: h = causal dilated conv (x) (+ cond), z = tanh(h_a) *
     sigmoid(h_b), returns (x + res(z), skip(z)); see :func:`wavenet_layer_ref` for shapes. The
-    kernel backend fuses conv, gate and both projections in one pass (C <= 128, S <= 256)."""
+    kernel backends fuse conv, gate and both projections in one pass (Triton: C <= 128, S <= 256;
+    CUDA: C <= 1024)."""
     _check(x, dil_weight, dil_bias, res_weight, res_bias, skip_weight, skip_bias, dilation, cond)
     args = (x, dil_weight, dil_bias, res_weight, res_bias, skip_weight, skip_bias, dilation, cond)
     chosen = choose(WAVENET_LAYER, args, {}, backend)
@@ -139,14 +141,12 @@ def wavenet_layer(x: Tensor, dil_weight: Tensor, dil_bias: Tensor | None, res_we
 # Registry
 # ---------------------------------------------------------------------------------------------
 def _supports(backend, x, dil_weight, dil_bias, res_weight, res_bias, skip_weight, skip_bias, dilation=1, cond=None):
-    tensors = [t for t in (x, dil_weight, dil_bias, res_weight, res_bias, skip_weight, skip_bias, cond)
-               if isinstance(t, Tensor)]
-    reasons = []
-    if any(t.dtype not in KERNEL_DTYPES for t in tensors) or len({t.dtype for t in tensors}) > 1:
-        reasons.append("all tensors must share one dtype: float32, float16 or bfloat16")
-    if x.shape[1] > MAX_C or skip_weight.shape[0] > MAX_S:
-        reasons.append(f"the fused kernel holds at most {MAX_C} residual and {MAX_S} skip channels; got "
+    reasons = dtype_reasons(x, dil_weight, dil_bias, res_weight, res_bias, skip_weight, skip_bias, cond)
+    if backend == "triton" and (x.shape[1] > MAX_C or skip_weight.shape[0] > MAX_S):
+        reasons.append(f"the fused Triton kernel holds at most {MAX_C} residual and {MAX_S} skip channels; got "
                        f"{x.shape[1]} and {skip_weight.shape[0]}")
+    if backend == "cuda" and x.shape[1] > 1024:
+        reasons.append(f"the CUDA kernel holds at most 1024 residual channels; got {x.shape[1]}")
     return reasons
 
 
@@ -191,6 +191,6 @@ def _cost(sample):
 
 WAVENET_LAYER = register_op(OpSpec(
     name="wavenet_layer", family="conv", fn=wavenet_layer, reference=wavenet_layer_ref, supports=_supports,
-    backends=("triton",), auto_order=("triton",), samples=_samples, bench_cases=_bench_cases, cost=_cost,
+    samples=_samples, bench_cases=_bench_cases, cost=_cost,
     torch_equivalent=wavenet_layer_ref, launchers=("wavenet_layer_fwd", "wavenet_layer_bwd"), triton_dot=True,
 ))

@@ -149,3 +149,31 @@ def test_dilated_conv1d_bad_arguments():
         dlkern.nn.functional.dilated_conv1d(x, _randn(2, 4, 3))
     with pytest.raises(ValueError, match="dilation must be an int >= 1"):
         dlkern.nn.functional.dilated_conv1d(x, _randn(2, 3, 3), None, 0)
+
+
+# ---- WaveNet layer ----------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wavenet_layer_module_matches_the_eager_composition(backend):
+    _need(backend)
+    torch.manual_seed(0)
+    layer = dlkern.nn.WaveNetLayer(4, 6, kernel_size=2, dilation=3, cond_channels=5).to(DEVICE)
+    x, cond = _randn(2, 4, 11, seed=1).requires_grad_(), _randn(2, 5, 11, seed=2)
+    with dlkern.use_backend(backend):
+        out, skip = layer(x, cond)
+    (out.square().sum() + skip.sum()).backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    h = F.conv1d(F.pad(x, (3, 0)), layer.dilated.weight, layer.dilated.bias, dilation=3) + layer.cond(cond)
+    z = torch.tanh(h[:, :4]) * torch.sigmoid(h[:, 4:])
+    ref_out, ref_skip = x + layer.res(z), layer.skip(z)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(skip, ref_skip, rtol=1e-5, atol=1e-5)
+    layer.zero_grad()
+    (ref_out.square().sum() + ref_skip.sum()).backward()
+    for g, p in zip(grads, layer.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_wavenet_layer_cond_must_match_the_module():
+    layer = dlkern.nn.WaveNetLayer(4, 6).to(DEVICE)
+    with pytest.raises(ValueError, match="cond must be given exactly"):
+        layer(_randn(1, 4, 5), _randn(1, 3, 5))
