@@ -5,9 +5,10 @@
     out = x + w_res @ z + b_res,   skip = w_skip @ z + b_skip           (B, C, L), (B, S, L)
 
 Forward: one program per (batch, L tile) holds every channel of its tile: the two halves of h
-(tl.dot over taps and Cin tiles), the gate, and both 1x1 projections (tl.dot with z as operand), so
-h and z never go to memory except h, saved for the backward. Channels are padded to powers of two
-(C <= 128, S <= 256 — WaveNet's 64/128 residual and 256 skip channels).
+(tl.dot over taps and Cin tiles), the gate, and both 1x1 projections (tl.dot with z as operand, BLOCK_O
+output rows at a time), so z never goes to memory and h only once, saved for the backward. The
+residual channels are padded to a power of two (C <= 128: WaveNet uses 64 or 128); the skip
+channels are unlimited.
 
 Backward: one program per (batch, L tile) computes dz = w_res^T dout + w_skip^T dskip and the gate
 derivative, writing dh (B, 2C, L) (which is also dcond) and z; then the dilated-conv kernels give
@@ -21,7 +22,8 @@ import triton.language as tl
 from dlkern.debug import new_empty
 from .dilated_conv1d import _dconv_dweight_kernel, _dweight_ci, dilated_conv1d_bwd
 
-MAX_C, MAX_S = 128, 256
+MAX_C = 128       # residual channels: the program keeps its (C, BLOCK_L) tiles of h and z in registers
+BLOCK_O = 32      # output rows of the projections per tl.dot (any number of skip channels)
 NUM_WARPS = 8
 
 
@@ -36,7 +38,7 @@ def _wavenet_fwd_kernel(
     C, S, L, K, dil,                                # sizes; causal: left padding (K - 1) * dil
     sxb, sxc, sxl, scb, scc, scl,                   # strides of x and cond; out, skip, h are contiguous
     HAS_BD: tl.constexpr, HAS_COND: tl.constexpr, HAS_BR: tl.constexpr, HAS_BS: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -70,22 +72,26 @@ def _wavenet_fwd_kernel(
     tl.store(hrow + (c[:, None] + C) * L, acc_g.to(H.dtype.element_ty), mask=m2)
     z = (_tanh(acc_a) * tl.sigmoid(acc_g)).to(X.dtype.element_ty)   # z rounded as the composition rounds it
     z = tl.where(m2, z, 0.0)
-    # residual: out = x + w_res @ z + b_res
-    wr = tl.load(WR + c[:, None] * C + c[None, :], mask=cmask[:, None] & cmask[None, :], other=0.0)
-    res = tl.dot(wr, z, input_precision="ieee")
-    if HAS_BR:
-        res += tl.load(BR + c, mask=cmask, other=0.0).to(tl.float32)[:, None]
-    xv = tl.load(X + b * sxb + c[:, None].to(tl.int64) * sxc + l[None, :].to(tl.int64) * sxl, mask=m2, other=0.0)
-    res = res.to(X.dtype.element_ty).to(tl.float32) + xv.to(tl.float32)
-    tl.store(OUT + b * (C * L) + c[:, None] * L + l[None, :], res.to(OUT.dtype.element_ty), mask=m2)
-    # skip = w_skip @ z + b_skip
-    s = tl.arange(0, BLOCK_S)
-    ws = tl.load(WS + s[:, None] * C + c[None, :], mask=(s[:, None] < S) & cmask[None, :], other=0.0)
-    sk = tl.dot(ws, z, input_precision="ieee")
-    if HAS_BS:
-        sk += tl.load(BS + s, mask=s < S, other=0.0).to(tl.float32)[:, None]
-    tl.store(SKIP + b * (S * L) + s[:, None] * L + l[None, :], sk.to(SKIP.dtype.element_ty),
-             mask=(s[:, None] < S) & lmask[None, :])
+    # out = x + (w_res @ z + b_res), then skip = w_skip @ z + b_skip: BLOCK_O output rows at a time
+    for o0 in range(0, C + S, BLOCK_O):
+        o = o0 + tl.arange(0, BLOCK_O)
+        is_res = o < C
+        row = tl.where(is_res, o, o - C)                            # row of w_res or of w_skip
+        omask = o < C + S
+        w = tl.load(tl.where(is_res, WR, WS)[:, None] + row[:, None] * C + c[None, :],
+                    mask=omask[:, None] & cmask[None, :], other=0.0)     # (BO, BC)
+        acc = tl.dot(w, z, input_precision="ieee")                  # (BO, BL)
+        if HAS_BR:
+            acc += tl.load(BR + row, mask=is_res, other=0.0).to(tl.float32)[:, None]
+        if HAS_BS:
+            acc += tl.load(BS + row, mask=omask & ~is_res, other=0.0).to(tl.float32)[:, None]
+        rmask = is_res[:, None] & lmask[None, :]
+        xv = tl.load(X + b * sxb + row[:, None].to(tl.int64) * sxc + l[None, :].to(tl.int64) * sxl,
+                     mask=rmask, other=0.0)
+        res = acc.to(X.dtype.element_ty).to(tl.float32) + xv.to(tl.float32)   # the projection rounded first
+        tl.store(OUT + b * (C * L) + row[:, None] * L + l[None, :], res.to(OUT.dtype.element_ty), mask=rmask)
+        tl.store(SKIP + b * (S * L) + row[:, None] * L + l[None, :], acc.to(SKIP.dtype.element_ty),
+                 mask=(omask & ~is_res)[:, None] & lmask[None, :])
 
 
 @triton.jit
@@ -93,23 +99,28 @@ def _wavenet_gate_bwd_kernel(
     DOUT, DSKIP, H, WR, WS, DH, Z,                  # dh (B, 2C, L), z (B, C, L): contiguous outputs
     C, S, L,
     sob, soc, sol, ssb, ssc, ssl,                   # strides of dout and dskip (stride 0 allowed)
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     c = tl.arange(0, BLOCK_C)
-    s = tl.arange(0, BLOCK_S)
     lmask = l < L
     cmask = c < C
     m2 = cmask[:, None] & lmask[None, :]
-    dout = tl.load(DOUT + b * sob + c[:, None].to(tl.int64) * soc + l[None, :].to(tl.int64) * sol, mask=m2, other=0.0)
-    dsk = tl.load(DSKIP + b * ssb + s[:, None].to(tl.int64) * ssc + l[None, :].to(tl.int64) * ssl,
-                  mask=(s[:, None] < S) & lmask[None, :], other=0.0)
-    # dz = w_res^T @ dout + w_skip^T @ dskip   (transposed loads of the weights)
-    wrt = tl.load(WR + c[None, :] * C + c[:, None], mask=cmask[:, None] & cmask[None, :], other=0.0)   # (C, C)^T
-    wst = tl.load(WS + s[None, :] * C + c[:, None], mask=cmask[:, None] & (s[None, :] < S), other=0.0)  # (C, S)
-    dz = tl.dot(wrt, dout.to(wrt.dtype), input_precision="ieee")
-    dz = tl.dot(wst, dsk.to(wst.dtype), dz, input_precision="ieee")
+    # dz = w_res^T @ dout + w_skip^T @ dskip, BLOCK_O rows of [dout; dskip] at a time
+    dz = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
+    for o0 in range(0, C + S, BLOCK_O):
+        o = o0 + tl.arange(0, BLOCK_O)
+        is_res = o < C
+        row = tl.where(is_res, o, o - C)
+        omask = o < C + S
+        wt = tl.load(tl.where(is_res, WR, WS)[None, :] + row[None, :] * C + c[:, None],
+                     mask=cmask[:, None] & omask[None, :], other=0.0)                        # (BC, BO)
+        g = tl.load(tl.where(is_res, DOUT + b * sob, DSKIP + b * ssb)[:, None]
+                    + row[:, None].to(tl.int64) * tl.where(is_res, soc, ssc)[:, None]
+                    + l[None, :].to(tl.int64) * tl.where(is_res, sol, ssl)[:, None],
+                    mask=omask[:, None] & lmask[None, :], other=0.0)                        # (BO, BL)
+        dz = tl.dot(wt, g.to(wt.dtype), dz, input_precision="ieee")
     hrow = H + b * (2 * C * L) + l[None, :]
     a = tl.load(hrow + c[:, None] * L, mask=m2, other=0.0).to(tl.float32)
     g = tl.load(hrow + (c[:, None] + C) * L, mask=m2, other=0.0).to(tl.float32)
@@ -123,11 +134,13 @@ def _wavenet_gate_bwd_kernel(
     tl.store(Z + b * (C * L) + c[:, None] * L + l[None, :], (ta * sg).to(Z.dtype.element_ty), mask=m2)
 
 
-def _blocks(C, S, L):
+def _blocks(C, L, dtype):
+    """(BLOCK_C, BLOCK_CI, BLOCK_L): every residual channel of an L tile; smaller Cin and L tiles
+    for wide layers (fp32 operands of tl.dot take twice the registers)."""
     bc = max(16, triton.next_power_of_2(C))
-    bs = max(16, triton.next_power_of_2(S))
-    bl = 32 if bs * bc > 64 * 64 else 64
-    return bc, bs, max(16, min(bl, triton.next_power_of_2(L)))
+    wide_fp32 = bc > 64 and dtype == torch.float32
+    bl = 64 if bc <= 64 else 16 if wide_fp32 else 32
+    return bc, 16 if wide_fp32 else min(bc, 32), max(16, min(bl, triton.next_power_of_2(L)))
 
 
 def wavenet_layer_fwd(x, w_dil, b_dil, cond, w_res, b_res, w_skip, b_skip, dilation):
@@ -138,14 +151,14 @@ def wavenet_layer_fwd(x, w_dil, b_dil, cond, w_res, b_res, w_skip, b_skip, dilat
     out = new_empty(B, C, L, dtype=x.dtype, device=x.device)
     skip = new_empty(B, S, L, dtype=x.dtype, device=x.device)
     h = new_empty(B, 2 * C, L, dtype=x.dtype, device=x.device)
-    bc, bs, bl = _blocks(C, S, L)
+    bc, bci, bl = _blocks(C, L, x.dtype)
     dummy = w_res
     _wavenet_fwd_kernel[(B, triton.cdiv(L, bl))](
         x, w_dil, b_dil if b_dil is not None else dummy, cond if cond is not None else x, w_res,
         b_res if b_res is not None else dummy, w_skip, b_skip if b_skip is not None else dummy,
         out, skip, h, C, S, L, K, dilation, *x.stride(), *(cond.stride() if cond is not None else (0, 0, 0)),
         HAS_BD=b_dil is not None, HAS_COND=cond is not None, HAS_BR=b_res is not None, HAS_BS=b_skip is not None,
-        BLOCK_C=bc, BLOCK_S=bs, BLOCK_CI=min(bc, 32), BLOCK_L=bl, num_warps=NUM_WARPS)
+        BLOCK_C=bc, BLOCK_O=BLOCK_O, BLOCK_CI=bci, BLOCK_L=bl, num_warps=NUM_WARPS)
     return out, skip, h
 
 
@@ -171,10 +184,10 @@ def wavenet_layer_bwd(dout, dskip, x, h, w_dil, w_res, w_skip, has_b_dil, has_b_
     S, K = w_skip.shape[0], w_dil.shape[2]
     dh = new_empty(B, 2 * C, L, dtype=x.dtype, device=x.device)
     z = new_empty(B, C, L, dtype=x.dtype, device=x.device)
-    bc, bs, bl = _blocks(C, S, L)
+    bc, _, bl = _blocks(C, L, x.dtype)
     _wavenet_gate_bwd_kernel[(B, triton.cdiv(L, bl))](
         dout, dskip, h, w_res, w_skip, dh, z, C, S, L, *dout.stride(), *dskip.stride(),
-        BLOCK_C=bc, BLOCK_S=bs, BLOCK_L=bl, num_warps=NUM_WARPS)
+        BLOCK_C=bc, BLOCK_O=BLOCK_O, BLOCK_L=bl, num_warps=NUM_WARPS)
     dx, dw_dil, db_dil = dilated_conv1d_bwd(dh, x, w_dil, has_b_dil, dilation, (K - 1) * dilation)
     dx += dout
     dw_res, db_res = _weight_grad_1x1(dout, z, has_b_res)
@@ -184,22 +197,22 @@ def wavenet_layer_bwd(dout, dskip, x, h, w_dil, w_res, w_skip, has_b_dil, has_b_
 
 
 def compile_specs():
-    """WaveNet's widest layer: C = 128 residual, S = 256 skip channels; fp16 and bf16 (tensor
-    cores) and fp32 (IEEE products)."""
+    """The widest layer (C = 128 residual channels; the skip count is a loop bound); fp16 and bf16
+    (tensor cores) and fp32 (IEEE products)."""
     for dtype, ptr in ((torch.float32, "*fp32"), (torch.float16, "*fp16"), (torch.bfloat16, "*bf16")):
         t = str(dtype)[6:]
-        bc, bs, bl = _blocks(MAX_C, MAX_S, 1 << 14)
+        bc, bci, bl = _blocks(MAX_C, 1 << 14, dtype)
         fwd = {"X": ptr, "WD": ptr, "BD": ptr, "COND": ptr, "WR": ptr, "BR": ptr, "WS": ptr, "BS": ptr,
                "OUT": ptr, "SKIP": ptr, "H": ptr, "C": "i32", "S": "i32", "L": "i32", "K": "i32", "dil": "i32",
                **{s: "i64" for s in ("sxb", "sxc", "sxl", "scb", "scc", "scl")},
-               **{k: "constexpr" for k in ("HAS_BD", "HAS_COND", "HAS_BR", "HAS_BS", "BLOCK_C", "BLOCK_S",
+               **{k: "constexpr" for k in ("HAS_BD", "HAS_COND", "HAS_BR", "HAS_BS", "BLOCK_C", "BLOCK_O",
                                            "BLOCK_CI", "BLOCK_L")}}
         meta = {"HAS_BD": True, "HAS_COND": True, "HAS_BR": True, "HAS_BS": True,
-                "BLOCK_C": bc, "BLOCK_S": bs, "BLOCK_CI": 32, "BLOCK_L": bl}
-        yield (f"fwd_{t}_c{bc}_s{bs}", _wavenet_fwd_kernel, fwd, meta, NUM_WARPS)
+                "BLOCK_C": bc, "BLOCK_O": BLOCK_O, "BLOCK_CI": bci, "BLOCK_L": bl}
+        yield (f"fwd_{t}_c{bc}", _wavenet_fwd_kernel, fwd, meta, NUM_WARPS)
         bwd = {"DOUT": ptr, "DSKIP": ptr, "H": ptr, "WR": ptr, "WS": ptr, "DH": ptr, "Z": ptr,
                "C": "i32", "S": "i32", "L": "i32",
                **{s: "i64" for s in ("sob", "soc", "sol", "ssb", "ssc", "ssl")},
-               "BLOCK_C": "constexpr", "BLOCK_S": "constexpr", "BLOCK_L": "constexpr"}
-        yield (f"gate_bwd_{t}_c{bc}_s{bs}", _wavenet_gate_bwd_kernel, bwd,
-               {"BLOCK_C": bc, "BLOCK_S": bs, "BLOCK_L": bl}, NUM_WARPS)
+               "BLOCK_C": "constexpr", "BLOCK_O": "constexpr", "BLOCK_L": "constexpr"}
+        yield (f"gate_bwd_{t}_c{bc}", _wavenet_gate_bwd_kernel, bwd,
+               {"BLOCK_C": bc, "BLOCK_O": BLOCK_O, "BLOCK_L": bl}, NUM_WARPS)

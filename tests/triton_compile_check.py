@@ -13,7 +13,8 @@ import tempfile
 
 MODULES = ["dlkern.kernels.row_norm", "dlkern.kernels.channel_norm", "dlkern.kernels.weight_norm",
            "dlkern.kernels.optim",
-           "dlkern.kernels.causal_conv1d", "dlkern.kernels.depthwise_conv2d", "dlkern.kernels.dilated_conv1d"]
+           "dlkern.kernels.causal_conv1d", "dlkern.kernels.depthwise_conv2d", "dlkern.kernels.dilated_conv1d",
+           "dlkern.kernels.wavenet"]
 
 
 def specs():
@@ -28,7 +29,7 @@ def cases():
     """(arch, spec name): every configuration on sm_90; the heaviest ones on sm_80 as well."""
     names = [s[0] for s in specs()]
     heaviest = ("n8192", "looped", "channel_norm.", "weight_norm.", "optim.",
-                "causal_conv1d.bwd_bfloat16_w8", "depthwise_conv2d.dweight_bfloat16", "dilated_conv1d.")
+                "causal_conv1d.bwd_bfloat16_w8", "depthwise_conv2d.dweight_bfloat16", "dilated_conv1d.", "wavenet.")
     return [(90, n) for n in names] + [(80, n) for n in names if any(h in n for h in heaviest)]
 
 
