@@ -18,7 +18,7 @@ NUM_WARPS = 8  # 64 x 64 fp32 tiles with IEEE fp32 products spill at 4 warps
 
 @triton.jit
 def _dconv_fwd_kernel(
-    X, Wt, Bias, Y,                       # x (B, Cin, L), weight (Cout, Cin, K) contiguous, bias (Cout,), y (B, Cout, L)
+    X, Wt, Bias, Y,                       # x (B, Cin, L), weight (Cout, Cin, K), bias (Cout,), y (B, Cout, L)
     CIN, COUT, L, K, dil, left,           # sizes, dilation, left padding
     sxb, sxc, sxl, syb, syc, syl,         # strides
     HAS_BIAS: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -157,6 +157,8 @@ def compile_specs():
         dwk = {"DY": ptr, "X": ptr, "DW": "*fp32", "DB": "*fp32", "B": "i32", **sizes,
                **{s: "i64" for s in ("sdyb", "sdyc", "sdyl", "sxb", "sxc", "sxl")},
                "HAS_BIAS": "constexpr", "BLOCK_CO": "constexpr", "BLOCK_CI": "constexpr", "BLOCK_L": "constexpr"}
-        yield (f"fwd_{t}", _dconv_fwd_kernel, fwd, {"HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": 32, "BLOCK_L": 64}, NUM_WARPS)
+        yield (f"fwd_{t}", _dconv_fwd_kernel, fwd,
+               {"HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": 32, "BLOCK_L": 64}, NUM_WARPS)
         yield (f"dx_{t}", _dconv_dx_kernel, dx, {"BLOCK_CI": 64, "BLOCK_CO": 32, "BLOCK_L": 64}, NUM_WARPS)
-        yield (f"dweight_{t}", _dconv_dweight_kernel, dwk, {"HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": _dweight_ci(dtype), "BLOCK_L": 32}, NUM_WARPS)
+        yield (f"dweight_{t}", _dconv_dweight_kernel, dwk,
+               {"HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": _dweight_ci(dtype), "BLOCK_L": 32}, NUM_WARPS)

@@ -105,7 +105,8 @@ def _check(x, weight, bias, activation, x_dims=(3,), x_shape="(B, D, L)"):
         raise ValueError(f"x must have shape {x_shape}; got {list(x.shape)}")
     d = x.shape[1]
     if weight.dim() != 2 or weight.shape[0] != d or not 1 <= weight.shape[1] <= MAX_WIDTH:
-        raise ValueError(f"weight must have shape (D, W) = ({d}, W) with 1 <= W <= {MAX_WIDTH}; got {list(weight.shape)}")
+        raise ValueError(f"weight must have shape (D, W) = ({d}, W) with 1 <= W <= {MAX_WIDTH}; "
+                         f"got {list(weight.shape)}")
     if bias is not None and (not isinstance(bias, Tensor) or list(bias.shape) != [d]):
         raise ValueError(f"bias must be None or a tensor of shape ({d},); got "
                          f"{list(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__}")
@@ -139,8 +140,8 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
         raise ValueError(f"x must have shape (B, D) or (B, D, 1); got {list(x.shape)}")
     expected = [x.shape[0], x.shape[1], weight.shape[1] - 1]
     if not isinstance(conv_state, Tensor) or list(conv_state.shape) != expected or conv_state.dtype != x.dtype:
-        raise ValueError(f"conv_state must be a {x.dtype} tensor of shape (B, D, W - 1) = {expected}; got "
-                         f"{(conv_state.dtype, list(conv_state.shape)) if isinstance(conv_state, Tensor) else conv_state!r}")
+        got = (conv_state.dtype, list(conv_state.shape)) if isinstance(conv_state, Tensor) else conv_state
+        raise ValueError(f"conv_state must be a {x.dtype} tensor of shape (B, D, W - 1) = {expected}; got {got!r}")
     with torch.no_grad():
         chosen = choose(CAUSAL_CONV1D_UPDATE, (x, conv_state, weight, bias, activation), {}, backend)
         if chosen == "reference":
@@ -211,7 +212,8 @@ def _cost(sample):
 def _update_cost(sample):
     x, state = sample.args[0], sample.args[1]
     s = x.element_size()
-    return Cost(fwd_bytes=(2 * x.numel() + 2 * state.numel()) * s, bwd_bytes=0, fwd_flops=2 * x.numel() * (state.shape[-1] + 1))
+    return Cost(fwd_bytes=(2 * x.numel() + 2 * state.numel()) * s, bwd_bytes=0,
+                fwd_flops=2 * x.numel() * (state.shape[-1] + 1))
 
 
 CAUSAL_CONV1D = register_op(OpSpec(

@@ -178,7 +178,8 @@ def _bench_cases(device, dtype, quick):
 
 def _cost(sample):
     x, w = sample.args[:2]
-    stride_, _, _, (oh, ow) = conv_geometry(x, w, *(list(sample.args[3:]) + [1, 0, 1][len(sample.args) - 3:]))
+    stride, padding, dilation = (list(sample.args[3:]) + [1, 0, 1][len(sample.args) - 3:])[:3]  # defaults filled
+    _, _, _, (oh, ow) = conv_geometry(x, w, stride, padding, dilation)
     s, k2 = x.element_size(), w.shape[2] * w.shape[3]
     e_in, e_out = x.numel(), x.shape[0] * x.shape[1] * oh * ow
     return Cost(fwd_bytes=(e_in + e_out + w.numel()) * s, bwd_bytes=(2 * e_in + 2 * e_out + 2 * w.numel()) * s,

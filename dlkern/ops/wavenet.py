@@ -132,8 +132,9 @@ def wavenet_layer(x: Tensor, dil_weight: Tensor, dil_bias: Tensor | None, res_we
     if chosen == "reference":
         return wavenet_layer_ref(*args)
     c, s = x.shape[1], skip_weight.shape[0]
-    out, skip, _ = wavenet_layer_fwd_op(x, dil_weight.contiguous(), dil_bias, cond, res_weight.reshape(c, c).contiguous(),
-                                        res_bias, skip_weight.reshape(s, c).contiguous(), skip_bias, dilation, chosen)
+    out, skip, _ = wavenet_layer_fwd_op(x, dil_weight.contiguous(), dil_bias, cond,
+                                        res_weight.reshape(c, c).contiguous(), res_bias,
+                                        skip_weight.reshape(s, c).contiguous(), skip_bias, dilation, chosen)
     return out, skip
 
 
@@ -173,8 +174,8 @@ def _bench_cases(device, dtype, quick):
     gen = torch.Generator().manual_seed(0)
     b, length = (8, 16000) if device.type == "cuda" else (1, 4000)
     for c in (64,) if quick else (64, 128):
-        yield Sample(f"wavenet_{b}x{c}x{length}_skip256_d512", _layer(gen, device, dtype, b, c, 256, length, 2) + (512,),
-                     {}, (0, 1, 2, 3, 4, 5, 6))
+        layer = _layer(gen, device, dtype, b, c, 256, length, 2)
+        yield Sample(f"wavenet_{b}x{c}x{length}_skip256_d512", layer + (512,), {}, (0, 1, 2, 3, 4, 5, 6))
 
 
 def _cost(sample):
