@@ -177,3 +177,24 @@ def test_wavenet_layer_cond_must_match_the_module():
     layer = dlkern.nn.WaveNetLayer(4, 6).to(DEVICE)
     with pytest.raises(ValueError, match="cond must be given exactly"):
         layer(_randn(1, 4, 5), _randn(1, 3, 5))
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_compile_fullgraph_conv_ops(backend):
+    """The custom ops trace without graph breaks (fake kernels match the real output layouts)."""
+    _need(backend)
+
+    def block(x, w_dw, w_causal):
+        y = dlkern.nn.functional.depthwise_conv2d(x, w_dw, None, 1, "same")          # (N, C, H, W)
+        seq = y.flatten(2)                                                             # (N, C, H*W)
+        return dlkern.nn.functional.causal_conv1d(seq, w_causal, None, "silu").square().sum()
+
+    x = _randn(1, 4, 5, 5, seed=1).to(memory_format=torch.channels_last).requires_grad_()
+    w_dw, w_causal = _randn(4, 1, 3, 3, seed=2).requires_grad_(), _randn(4, 3, seed=3).requires_grad_()
+    with dlkern.use_backend(backend):
+        eager = torch.autograd.grad(block(x, w_dw, w_causal), (x, w_dw, w_causal))
+        torch._dynamo.reset()
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+        got = torch.autograd.grad(compiled(x, w_dw, w_causal), (x, w_dw, w_causal))
+    for g, e in zip(got, eager):
+        torch.testing.assert_close(g, e)
