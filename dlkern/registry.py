@@ -49,7 +49,8 @@ class OpSpec:
     dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16)
     launchers: tuple = ()              # names every kernel backend module must expose
     family: str = ""                   # "norm", "attention", ... (README grouping)
-    triton_dot: bool = False           # Triton kernels use tl.dot (no bf16 in Triton's interpreter)
+    # The Triton kernels use tl.dot, which Triton's CPU interpreter gets wrong for bf16 operands.
+    uses_tl_dot: bool = False
 
     def __repr__(self):
         return f"OpSpec({self.name!r}, backends={self.backends})"

@@ -150,5 +150,5 @@ def _cost(sample):
 DILATED_CONV1D = register_op(OpSpec(
     name="dilated_conv1d", family="conv", fn=dilated_conv1d, reference=dilated_conv1d_ref, supports=_supports,
     samples=_samples, bench_cases=_bench_cases, cost=_cost, torch_equivalent=dilated_conv1d_ref,
-    launchers=("dilated_conv1d_fwd", "dilated_conv1d_bwd"), triton_dot=True,
+    launchers=("dilated_conv1d_fwd", "dilated_conv1d_bwd"), uses_tl_dot=True,
 ))

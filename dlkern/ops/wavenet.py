@@ -192,5 +192,5 @@ def _cost(sample):
 WAVENET_LAYER = register_op(OpSpec(
     name="wavenet_layer", family="conv", fn=wavenet_layer, reference=wavenet_layer_ref, supports=_supports,
     samples=_samples, bench_cases=_bench_cases, cost=_cost,
-    torch_equivalent=wavenet_layer_ref, launchers=("wavenet_layer_fwd", "wavenet_layer_bwd"), triton_dot=True,
+    torch_equivalent=wavenet_layer_ref, launchers=("wavenet_layer_fwd", "wavenet_layer_bwd"), uses_tl_dot=True,
 ))
