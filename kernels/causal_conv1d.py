@@ -47,9 +47,9 @@ def _causal_conv1d_fwd_kernel(
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]
-    l = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)[None, :]
+    b = tl.program_id(1).to(tl.int64)
+    d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]
+    l = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)[None, :]
     z = _conv_at(X, Wt, Bias, b * sxb + d.to(tl.int64) * sxd, d, l, D, L, sxl, WIDTH, HAS_BIAS)
     if SILU:
         z = z * tl.sigmoid(z)
@@ -78,9 +78,9 @@ def _causal_conv1d_bwd_kernel(
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    lt = tl.program_id(2)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]
+    b = tl.program_id(1).to(tl.int64)
+    lt = tl.program_id(0)
+    d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]
     l = lt * BLOCK_L + tl.arange(0, BLOCK_L)[None, :]
     d64 = d.to(tl.int64)
     xrow = b * sxb + d64 * sxd
@@ -93,8 +93,8 @@ def _causal_conv1d_bwd_kernel(
         dx += dz * tl.load(Wt + d * WIDTH + (WIDTH - 1 - j), mask=dmask, other=0.0).to(tl.float32)
     tl.store(DX + b * sdxb + d64 * sdxd + l.to(tl.int64) * sdxl, dx.to(DX.dtype.element_ty),
              mask=dmask & (l < L))
-    part = b * tl.num_programs(2) + lt
-    dvec = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    part = b * tl.num_programs(0) + lt
+    dvec = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     for k in tl.static_range(WIDTH):
         src = l - (WIDTH - 1) + k
         xv = tl.load(X + xrow + src.to(tl.int64) * sxl, mask=dmask & (src >= 0) & (src < L),
@@ -142,7 +142,8 @@ def _tiles(channel_last, backward=False):
 
 
 def _grid(B, D, L, bd, bl):
-    return (B, triton.cdiv(D, bd), triton.cdiv(L, bl))
+    """(L tiles, B, D tiles): the L tiles, the only count that can pass 65535, on grid axis 0."""
+    return (triton.cdiv(L, bl), B, triton.cdiv(D, bd))
 
 
 def causal_conv1d_fwd(x, weight, bias, silu):
@@ -164,7 +165,7 @@ def causal_conv1d_bwd(dy, x, weight, bias, silu):
     dx = new_empty_like(x)
     bd, bl = _tiles(_channel_last(x), backward=True)
     grid = _grid(B, D, L, bd, bl)
-    parts = B * grid[2]
+    parts = B * grid[0]
     dwp = new_empty(parts, D, width, dtype=torch.float32, device=x.device)
     dbp = new_empty(parts, D, dtype=torch.float32, device=x.device)
     _causal_conv1d_bwd_kernel[grid](

@@ -30,8 +30,8 @@ def _dw_fwd_kernel(
     sxn, sxc, sxh, sxw, syn, syc, syh, syw,
     HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    n = tl.program_id(0).to(tl.int64)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]
+    n = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     oh, ow = p // OW, p % OW
     cmask = c < C
@@ -61,8 +61,8 @@ def _dw_dx_kernel(
     sdyn, sdyc, sdyh, sdyw, sdxn, sdxc, sdxh, sdxw,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    n = tl.program_id(0).to(tl.int64)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]
+    n = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     ih, iw = p // W, p % W
     cmask = c < C
@@ -154,7 +154,7 @@ def depthwise_conv2d_fwd(x, weight, bias, stride, padding, dilation, out_hw):
     OH, OW = out_hw
     y = new_image(x, OH, OW)
     bp, bc = _tiles(x)
-    grid = (N, triton.cdiv(OH * OW, bp), triton.cdiv(C, bc))
+    grid = (triton.cdiv(OH * OW, bp), N, triton.cdiv(C, bc))  # pixel tiles (may pass 65535) on axis 0
     _dw_fwd_kernel[grid](x, weight, bias if bias is not None else weight, y, C, H, W, OH, OW, KH, KW,
                          *_args((stride, padding, dilation)), *x.stride(), *y.stride(),
                          HAS_BIAS=bias is not None, BLOCK_P=bp, BLOCK_C=bc, num_warps=4)
@@ -169,7 +169,7 @@ def depthwise_conv2d_bwd(dy, x, weight, has_bias, stride, padding, dilation):
     conv = _args((stride, padding, dilation))
     dx = new_image(x, H, W)
     bp, bc = _tiles(x)
-    _dw_dx_kernel[(N, triton.cdiv(H * W, bp), triton.cdiv(C, bc))](
+    _dw_dx_kernel[(triton.cdiv(H * W, bp), N, triton.cdiv(C, bc))](
         dy, weight, dx, C, H, W, OH, OW, KH, KW, *conv, *dy.stride(), *dx.stride(),
         BLOCK_P=bp, BLOCK_C=bc, num_warps=4)
     pixels = N * OH * OW
