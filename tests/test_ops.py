@@ -60,7 +60,10 @@ def test_matches_reference(op, backend, dtype, sample_name):
 @pytest.mark.parametrize("op", dlkern.all_ops(), ids=lambda op: op.name)
 def test_reference_gradcheck(op):
     """The reference itself is differentiable and its analytic gradients are right (fp64)."""
-    small = [s for s in op.samples(_CPU, torch.float64) if s.args[0].numel() <= 400]
+    samples = list(op.samples(_CPU, torch.float64))
+    if not any(s.grad_inputs for s in samples):
+        pytest.skip(f"{op.name} is not differentiable (its samples check no gradient)")
+    small = [s for s in samples if s.grad_inputs and s.args[0].numel() <= 400]
     assert small, f"{op.name} has no sample small enough for gradcheck"
     for sample in small[:2]:  # two are enough to check the formula; each costs seconds
         args = clone_inputs(to_double(sample.args), sample.grad_inputs)

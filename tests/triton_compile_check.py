@@ -12,8 +12,9 @@ import sys
 import tempfile
 
 MODULES = ["dlkern.kernels.row_norm", "dlkern.kernels.channel_norm", "dlkern.kernels.weight_norm",
-           "dlkern.kernels.optim", "dlkern.kernels.attention"]
-MODULES += ["dlkern.kernels.affine_coupling", "dlkern.kernels.act_norm", "dlkern.kernels.inv_conv1x1"]
+           "dlkern.kernels.optim", "dlkern.kernels.attention", "dlkern.kernels.affine_coupling",
+           "dlkern.kernels.act_norm", "dlkern.kernels.inv_conv1x1", "dlkern.kernels.causal_conv1d",
+           "dlkern.kernels.depthwise_conv2d", "dlkern.kernels.dilated_conv1d", "dlkern.kernels.wavenet"]
 
 
 # Kernels allowed to spill, with the reason (the test still reports their spills).
@@ -44,7 +45,8 @@ def cases():
     names = [s[0] for s in specs()]
     heaviest = ("n8192", "looped", "channel_norm.", "weight_norm.", "optim.", "attention.fwd_bf16_d128",
                 "attention.dkdv_bf16_d128", "attention.dq_bf16_d128", "affine_coupling.", "act_norm.",
-                "inv_conv1x1.")
+                "inv_conv1x1.", "causal_conv1d.bwd_bfloat16_w8", "depthwise_conv2d.dweight_bfloat16",
+                "dilated_conv1d.", "wavenet.")
     return [(90, n) for n in names] + [(80, n) for n in names if any(h in n for h in heaviest)]
 
 

@@ -1,17 +1,25 @@
 """Mirrors ``torch.nn.functional`` for the ops dlkern implements; each accepts a keyword-only
 ``backend=`` ("auto", "reference", "triton", "cuda")."""
-from dlkern.ops.attention import scaled_dot_product_attention
+# normalization
 from dlkern.ops.batch_norm import batch_norm
 from dlkern.ops.group_norm import group_norm, group_norm_act
 from dlkern.ops.instance_norm import instance_norm
 from dlkern.ops.layer_norm import add_layer_norm, layer_norm
 from dlkern.ops.rms_norm import add_rms_norm, rms_norm
 from dlkern.ops.weight_norm import weight_norm
+# attention
+from dlkern.ops.attention import scaled_dot_product_attention
+# convolutions
+from dlkern.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
+from dlkern.ops.depthwise_conv2d import conv2d, depthwise_conv2d
+from dlkern.ops.dilated_conv1d import dilated_conv1d
+from dlkern.ops.wavenet import wavenet_layer
+# normalizing flows
+from dlkern.ops.act_norm import act_norm
+from dlkern.ops.affine_coupling import affine_coupling
+from dlkern.ops.inv_conv1x1 import inv_conv1x1
 
 __all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "batch_norm", "instance_norm",
-           "group_norm", "group_norm_act", "weight_norm", "scaled_dot_product_attention"]
-
-from dlkern.ops.act_norm import act_norm  # noqa: E402
-from dlkern.ops.affine_coupling import affine_coupling  # noqa: E402
-from dlkern.ops.inv_conv1x1 import inv_conv1x1  # noqa: E402
-__all__ += ["affine_coupling", "act_norm", "inv_conv1x1"]
+           "group_norm", "group_norm_act", "weight_norm", "scaled_dot_product_attention",
+           "causal_conv1d", "causal_conv1d_update", "depthwise_conv2d", "conv2d", "dilated_conv1d",
+           "wavenet_layer", "affine_coupling", "act_norm", "inv_conv1x1"]

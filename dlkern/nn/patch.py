@@ -1,6 +1,7 @@
 """``dlkern.patch(model)``: swap supported torch modules for their dlkern subclasses in place."""
 import torch
 
+from dlkern.nn import conv as C
 from dlkern.nn import normalization as N
 from dlkern.nn.attention import MultiheadAttention
 
@@ -17,6 +18,7 @@ PATCHABLE = {
     torch.nn.InstanceNorm3d: N.InstanceNorm3d,
     torch.nn.GroupNorm: N.GroupNorm,
     torch.nn.MultiheadAttention: MultiheadAttention,
+    torch.nn.Conv2d: C.Conv2d,
 }
 
 

@@ -10,3 +10,7 @@ from dlkern.ops.attention import scaled_dot_product_attention  # noqa: F401
 from dlkern.ops.affine_coupling import affine_coupling  # noqa: F401
 from dlkern.ops.act_norm import act_norm  # noqa: F401
 from dlkern.ops.inv_conv1x1 import inv_conv1x1  # noqa: F401
+from dlkern.ops.causal_conv1d import causal_conv1d, causal_conv1d_update  # noqa: F401
+from dlkern.ops.depthwise_conv2d import depthwise_conv2d  # noqa: F401
+from dlkern.ops.dilated_conv1d import dilated_conv1d  # noqa: F401
+from dlkern.ops.wavenet import wavenet_layer  # noqa: F401

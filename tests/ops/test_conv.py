@@ -1,0 +1,200 @@
+"""What the generic registry tests do not cover for the convolutions: decoding with
+causal_conv1d_update, layouts of the outputs, conv2d routing and the Conv2d module, causality,
+argument errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkern
+from dlkern.backend import BackendError, availability
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+BACKENDS = ["reference", "triton", "cuda"]
+
+
+def _need(backend):
+    if backend != "reference" and availability(backend, DEVICE):
+        pytest.skip("; ".join(availability(backend, DEVICE)))
+
+
+def _randn(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
+
+
+# ---- causal_conv1d ---------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("width,activation", [(4, "silu"), (1, None), (3, None)])
+def test_decode_steps_equal_full_sequence(backend, width, activation):
+    _need(backend)
+    B, D, L = 2, 5, 9
+    x, w, b = _randn(B, D, L, seed=1), _randn(D, width, seed=2), _randn(D, seed=3)
+    full = dlkern.nn.functional.causal_conv1d(x, w, b, activation, backend="reference")
+    state = torch.zeros(B, D, width - 1, device=DEVICE)
+    steps = []
+    for t in range(L):
+        token = x[:, :, t:t + 1] if t % 2 else x[:, :, t]  # both (B, D, 1) and (B, D)
+        y = dlkern.nn.functional.causal_conv1d_update(token, state, w, b, activation, backend=backend)
+        assert y.shape == token.shape
+        steps.append(y.reshape(B, D))
+    torch.testing.assert_close(torch.stack(steps, -1), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, x[:, :, L - (width - 1):])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decode_step_is_not_differentiable(backend):
+    _need(backend)
+    x, w = _randn(2, 3, seed=1).requires_grad_(), _randn(3, 4, seed=2).requires_grad_()
+    y = dlkern.nn.functional.causal_conv1d_update(x, torch.zeros(2, 3, 3, device=DEVICE), w, backend=backend)
+    assert not y.requires_grad
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_causal_conv1d_keeps_channel_last_and_takes_expanded_grads(backend):
+    _need(backend)
+    x = _randn(2, 11, 6, seed=1).transpose(1, 2).requires_grad_()   # (B, D, L), channel-last
+    w = _randn(6, 4, seed=2).requires_grad_()
+    y = dlkern.nn.functional.causal_conv1d(x, w, None, "silu", backend=backend)
+    assert y.stride() == x.stride()
+    y.sum().backward()  # the cotangent is an expanded, stride-0 tensor
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    dlkern.nn.functional.causal_conv1d(xr, wr, None, "silu", backend="reference").sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.grad, wr.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_conv1d_bad_arguments():
+    x = _randn(2, 3, 5)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        dlkern.nn.functional.causal_conv1d(x, _randn(3, 9))
+    with pytest.raises(ValueError, match="activation must be None or 'silu'"):
+        dlkern.nn.functional.causal_conv1d(x, _randn(3, 4), activation="relu")
+    with pytest.raises(ValueError, match="conv_state must be"):
+        dlkern.nn.functional.causal_conv1d_update(x[:, :, 0], torch.zeros(2, 3, 2, device=DEVICE), _randn(3, 4))
+
+
+# ---- depthwise_conv2d, conv2d, Conv2d ---------------------------------------------------------
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_depthwise_keeps_channels_last(backend):
+    _need(backend)
+    x = _randn(1, 4, 6, 5, seed=1).to(memory_format=torch.channels_last)
+    y = dlkern.nn.functional.depthwise_conv2d(x, _randn(4, 1, 3, 3, seed=2), None, 2, 1, backend=backend)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, F.conv2d(x, _randn(4, 1, 3, 3, seed=2), None, 2, 1, groups=4))
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_conv2d_routes_depthwise_to_the_kernel_and_the_rest_to_torch(backend):
+    _need(backend)
+    x = _randn(2, 4, 7, 7, seed=1)
+    w_dw, w_full = _randn(4, 1, 3, 3, seed=2), _randn(6, 4, 3, 3, seed=3)
+    y = dlkern.nn.functional.conv2d(x, w_dw, None, 1, "same", 1, 4, backend=backend)
+    torch.testing.assert_close(y, F.conv2d(x, w_dw, None, 1, "same", 1, 4))
+    with pytest.raises(BackendError, match="only serves depthwise"):
+        dlkern.nn.functional.conv2d(x, w_full, backend=backend)
+    with dlkern.use_backend(backend):  # a backend in force (not named per call) leaves the rest to torch
+        torch.testing.assert_close(dlkern.nn.functional.conv2d(x, w_full, padding=1), F.conv2d(x, w_full, padding=1))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_patch_swaps_conv2d_modules(backend):
+    _need(backend)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 7, padding=3, groups=4),
+                                torch.nn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode="reflect"),
+                                torch.nn.Conv2d(4, 8, 1)).to(DEVICE)
+    x = _randn(1, 4, 6, 6, seed=1)
+    expected = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    dlkern.patch(model)
+    assert all(type(m) is dlkern.nn.Conv2d for m in model)
+    assert model.state_dict().keys() == state.keys()
+    with dlkern.use_backend(backend):
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_bad_arguments():
+    x = _randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        dlkern.nn.functional.depthwise_conv2d(x, _randn(3, 2, 3, 3))
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        dlkern.nn.functional.depthwise_conv2d(x, _randn(3, 1, 3, 3), None, 2, "same")
+    with pytest.raises(ValueError, match="padding must be"):
+        dlkern.nn.functional.depthwise_conv2d(x, _randn(3, 1, 3, 3), None, 1, "full")
+    with pytest.raises(ValueError, match="stride must be"):
+        dlkern.nn.functional.depthwise_conv2d(x, _randn(3, 1, 3, 3), None, 0)
+
+
+# ---- dilated_conv1d ---------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dilated_conv1d_causal_sees_no_future(backend):
+    _need(backend)
+    x, w = _randn(1, 3, 12, seed=1), _randn(4, 3, 2, seed=2)
+    y = dlkern.nn.functional.dilated_conv1d(x, w, None, 4, True, backend=backend)
+    x2 = x.clone()
+    x2[:, :, 7:] += 1.0
+    y2 = dlkern.nn.functional.dilated_conv1d(x2, w, None, 4, True, backend=backend)
+    torch.testing.assert_close(y[:, :, :7], y2[:, :, :7])
+    assert not torch.allclose(y[:, :, 7:], y2[:, :, 7:])
+
+
+def test_dilated_conv1d_centered_matches_symmetric_padding():
+    x, w = _randn(2, 3, 10, seed=1), _randn(4, 3, 3, seed=2)
+    y = dlkern.nn.functional.dilated_conv1d(x, w, None, 2, False)
+    torch.testing.assert_close(y, F.conv1d(x, w, None, padding=2, dilation=2))
+
+
+def test_dilated_conv1d_bad_arguments():
+    x = _randn(1, 3, 5)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        dlkern.nn.functional.dilated_conv1d(x, _randn(2, 4, 3))
+    with pytest.raises(ValueError, match="dilation must be an int >= 1"):
+        dlkern.nn.functional.dilated_conv1d(x, _randn(2, 3, 3), None, 0)
+
+
+# ---- WaveNet layer ----------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wavenet_layer_module_matches_the_eager_composition(backend):
+    _need(backend)
+    torch.manual_seed(0)
+    layer = dlkern.nn.WaveNetLayer(4, 6, kernel_size=2, dilation=3, cond_channels=5).to(DEVICE)
+    x, cond = _randn(2, 4, 11, seed=1).requires_grad_(), _randn(2, 5, 11, seed=2)
+    with dlkern.use_backend(backend):
+        out, skip = layer(x, cond)
+    (out.square().sum() + skip.sum()).backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    h = F.conv1d(F.pad(x, (3, 0)), layer.dilated.weight, layer.dilated.bias, dilation=3) + layer.cond(cond)
+    z = torch.tanh(h[:, :4]) * torch.sigmoid(h[:, 4:])
+    ref_out, ref_skip = x + layer.res(z), layer.skip(z)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(skip, ref_skip, rtol=1e-5, atol=1e-5)
+    layer.zero_grad()
+    (ref_out.square().sum() + ref_skip.sum()).backward()
+    for g, p in zip(grads, layer.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_wavenet_layer_cond_must_match_the_module():
+    layer = dlkern.nn.WaveNetLayer(4, 6).to(DEVICE)
+    with pytest.raises(ValueError, match="cond must be given exactly"):
+        layer(_randn(1, 4, 5), _randn(1, 3, 5))
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_compile_fullgraph_conv_ops(backend):
+    """The custom ops trace without graph breaks (fake kernels match the real output layouts)."""
+    _need(backend)
+
+    def block(x, w_dw, w_causal):
+        y = dlkern.nn.functional.depthwise_conv2d(x, w_dw, None, 1, "same")          # (N, C, H, W)
+        seq = y.flatten(2)                                                             # (N, C, H*W)
+        return dlkern.nn.functional.causal_conv1d(seq, w_causal, None, "silu").square().sum()
+
+    x = _randn(1, 4, 5, 5, seed=1).to(memory_format=torch.channels_last).requires_grad_()
+    w_dw, w_causal = _randn(4, 1, 3, 3, seed=2).requires_grad_(), _randn(4, 3, seed=3).requires_grad_()
+    with dlkern.use_backend(backend):
+        eager = torch.autograd.grad(block(x, w_dw, w_causal), (x, w_dw, w_causal))
+        torch._dynamo.reset()
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+        got = torch.autograd.grad(compiled(x, w_dw, w_causal), (x, w_dw, w_causal))
+    for g, e in zip(got, eager):
+        torch.testing.assert_close(g, e)
