@@ -931,6 +931,8 @@ void multi_tensor_adabound(const TensorList& params, const TensorList& grads,
   p.dtype = dtype;
   p.amsbound = amsbound;
   dlk::multi_tensor_adabound(p, ctx.stream());
+}
+
 // ---- normalizing flows ------------------------------------------------------------------------
 dlk::CouplingScale coupling_scale(const std::string& scale) {
   if (scale == "exp") return dlk::CouplingScale::kExp;
@@ -1140,6 +1142,8 @@ std::tuple<at::Tensor, at::Tensor> inv_conv1x1_bwd(const at::Tensor& dy_in, cons
   p.dtype = kernel_dtype(x);
   dlk::inv_conv1x1_dw(p, ctx.stream());
   return {dx, partial.sum(0)};  // fixed-order sum of the per-block partials
+}
+
 // ---- convolutions -----------------------------------------------------------------------------
 // Kernels take element strides, so inputs are never copied; outputs keep the input's dense layout.
 
