@@ -43,7 +43,12 @@ __device__ __forceinline__ float lse2_or_inf(const float* lse, int i, int Lq) {
   return v == -INFINITY ? INFINITY : v * kLog2e;
 }
 
-template <typename T, int kD>
+// kOut: kDV | kDK, the outputs of this launch. Head dims above 128 compute dV and dK in two
+// launches (Sᵀ computed twice) so that one (16, kD) fp32 accumulator, not two, is live per warp:
+// two do not fit in 255 registers.
+constexpr int kDV = 1, kDK = 2;
+
+template <typename T, int kD, int kOut>
 __global__ void __launch_bounds__(bwd_tiles<T, kD>().main * 2)
 attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const bool q_vec,
                           const bool k_vec, const bool v_vec, const bool do_vec) {
@@ -66,8 +71,8 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
   const int key0 = k0 + warp * 16;  // the warp's keys; this thread's: key0 + g, key0 + g + 8
 
   load_tile<T, kD, BK>(k_s, k, p.k_strides.l, k0, sh.Lk, sh.D, k_vec);
-  load_tile<T, kD, BK>(v_s, v, p.v_strides.l, k0, sh.Lk, sh.D, v_vec);
-  Acc<kD / 8> dk, dv;
+  if constexpr (kOut & kDK) load_tile<T, kD, BK>(v_s, v, p.v_strides.l, k0, sh.Lk, sh.D, v_vec);
+  Acc<kD / 8> dk, dv;  // the one this launch does not compute is dead code
   dk.zero();
   dv.zero();
 
@@ -90,7 +95,7 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
       pt.zero();
       dpt.zero();
       mma_abt<T, kD, BQ / 8>(pt, k_s + warp * 16 * LD, q_s, LD);
-      mma_abt<T, kD, BQ / 8>(dpt, v_s + warp * 16 * LD, do_s, LD);
+      if constexpr (kOut & kDK) mma_abt<T, kD, BQ / 8>(dpt, v_s + warp * 16 * LD, do_s, LD);
 #pragma unroll
       for (int n = 0; n < BQ / 8; ++n)
 #pragma unroll
@@ -107,14 +112,14 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
             dpe = prob * (dpe * z[e] - delta_s[c + e]) * score.scale;  // scale·dSᵀ for dK
           }
         }
-      mma_pb<T, BQ, kD / 8>(dv, pt, do_s, LD);
-      mma_pb<T, BQ, kD / 8>(dk, dpt, q_s, LD);
+      if constexpr (kOut & kDV) mma_pb<T, BQ, kD / 8>(dv, pt, do_s, LD);
+      if constexpr (kOut & kDK) mma_pb<T, BQ, kD / 8>(dk, dpt, q_s, LD);
     }
   }
   const float one[2] = {1.f, 1.f};
   const int64_t out = (int64_t(b) * sh.Hkv + hk) * sh.Lk * sh.D;
-  store_rows<T>(static_cast<T*>(p.dk) + out, dk, key0, sh.Lk, sh.D, one);
-  store_rows<T>(static_cast<T*>(p.dv) + out, dv, key0, sh.Lk, sh.D, one);
+  if constexpr (kOut & kDK) store_rows<T>(static_cast<T*>(p.dk) + out, dk, key0, sh.Lk, sh.D, one);
+  if constexpr (kOut & kDV) store_rows<T>(static_cast<T*>(p.dv) + out, dv, key0, sh.Lk, sh.D, one);
 }
 
 template <typename T, int kD>
@@ -207,12 +212,19 @@ void bwd_launch(const AttentionBwdParams& p, cudaStream_t stream) {
   const bool do_vec = vec_ok<T>(p.dout, p.dout_strides.l, D);
   const size_t tiles = size_t(2 * (kT.main + kT.streamed)) * kLd<T, kD> * sizeof(T);
 
-  auto dkdv = attention_bwd_dkdv_kernel<T, kD>;
   const size_t dkdv_smem = tiles + 2 * kT.streamed * sizeof(float);
-  allow_smem(dkdv, dkdv_smem, "attention_bwd_dkdv_kernel");
   const dim3 dkdv_grid(cdiv(p.shape.Lk, kT.main), unsigned(p.shape.Hkv), unsigned(p.shape.B));
-  DLK_LAUNCH(dkdv, dkdv_grid, kT.main * 2, dkdv_smem, stream, p, drop, q_vec, k_vec, v_vec, do_vec);
-  check_launch("attention_bwd_dkdv_kernel");
+  auto launch_dkdv = [&](auto dkdv) {
+    allow_smem(dkdv, dkdv_smem, "attention_bwd_dkdv_kernel");
+    DLK_LAUNCH(dkdv, dkdv_grid, kT.main * 2, dkdv_smem, stream, p, drop, q_vec, k_vec, v_vec, do_vec);
+    check_launch("attention_bwd_dkdv_kernel");
+  };
+  if constexpr (kD > 128) {
+    launch_dkdv(attention_bwd_dkdv_kernel<T, kD, kDV>);
+    launch_dkdv(attention_bwd_dkdv_kernel<T, kD, kDK>);
+  } else {
+    launch_dkdv(attention_bwd_dkdv_kernel<T, kD, kDV | kDK>);
+  }
 
   auto dq = attention_bwd_dq_kernel<T, kD>;
   allow_smem(dq, tiles, "attention_bwd_dq_kernel");

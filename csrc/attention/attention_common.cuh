@@ -37,7 +37,7 @@ struct Tiles {
 template <typename T, int kD>
 __host__ __device__ constexpr Tiles fwd_tiles() {
   if constexpr (sizeof(T) == 2) return {64, kD <= 128 ? 64 : 32};
-  return {kD <= 128 ? 64 : 32, kD <= 64 ? 64 : 32};
+  return {kD <= 128 ? 64 : 32, kD <= 64 ? 64 : kD <= 128 ? 32 : 16};
 }
 
 // Backward (dK/dV: main = keys, streamed = queries; dQ: main = queries, streamed = keys).
