@@ -749,6 +749,20 @@ AttentionInputs check_attention_inputs(const at::Tensor& q_in, const at::Tensor&
   return in;
 }
 
+// The fields AttentionFwdParams and AttentionBwdParams share.
+template <typename Params>
+void fill_attention_inputs(Params& p, const AttentionInputs& in) {
+  p.q = in.q.data_ptr();
+  p.k = in.k.data_ptr();
+  p.v = in.v.data_ptr();
+  p.q_strides = seq_strides(in.q);
+  p.k_strides = seq_strides(in.k);
+  p.v_strides = seq_strides(in.v);
+  p.shape = in.shape;
+  p.mask = in.mask;
+  p.dtype = kernel_dtype(in.q);
+}
+
 // (o (B, Hq, Lq, D) in q's dtype, lse (B, Hq, Lq) float32), both contiguous.
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& k_in,
                                                  const at::Tensor& v_in, const OptTensor& bias,
@@ -762,17 +776,9 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_in, const a
   at::Tensor lse = new_buffer({s.B, s.Hq, s.Lq}, in.q.options().dtype(at::kFloat));  // (B, Hq, Lq)
   if (o.numel() == 0) return {o, lse};
   dlk::AttentionFwdParams p{};
-  p.q = in.q.data_ptr();
-  p.k = in.k.data_ptr();
-  p.v = in.v.data_ptr();
+  fill_attention_inputs(p, in);
   p.o = o.data_ptr();
   p.lse = lse.data_ptr<float>();
-  p.q_strides = seq_strides(in.q);
-  p.k_strides = seq_strides(in.k);
-  p.v_strides = seq_strides(in.v);
-  p.shape = s;
-  p.mask = in.mask;
-  p.dtype = kernel_dtype(in.q);
   dlk::attention_fwd(p, ctx.stream());
   return {o, lse};
 }
@@ -813,10 +819,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, OptTensor> attention_bwd(
   }
   at::Tensor delta = new_buffer({s.B, s.Hq, s.Lq}, f32);                // (B, Hq, Lq) workspace
   dlk::AttentionBwdParams p{};
+  fill_attention_inputs(p, in);
   p.dout = dout.data_ptr();
-  p.q = in.q.data_ptr();
-  p.k = in.k.data_ptr();
-  p.v = in.v.data_ptr();
+  p.dout_strides = seq_strides(dout);
   p.o = o.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.dq = dq.data_ptr();
@@ -824,13 +829,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, OptTensor> attention_bwd(
   p.dv = dv.data_ptr();
   p.dscores = bias_grad ? dscores->data_ptr<float>() : nullptr;
   p.delta = delta.data_ptr<float>();
-  p.dout_strides = seq_strides(dout);
-  p.q_strides = seq_strides(in.q);
-  p.k_strides = seq_strides(in.k);
-  p.v_strides = seq_strides(in.v);
-  p.shape = s;
-  p.mask = in.mask;
-  p.dtype = kernel_dtype(in.q);
   dlk::attention_bwd(p, ctx.stream());
   return {dq, dk, dv, dscores};
 }

@@ -3,7 +3,8 @@
 // 2. dK, dV: one block per (tile of keys, kv head, batch); each warp owns 16 keys and keeps their
 //    dK, dV accumulators in registers while the block loops over the group's query heads and the
 //    query tiles that see its keys (causal limit): Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ on tensor cores, P
-//    recomputed from the saved lse, then dV += (P∘Z)ᵀ·dO and dK += scale·dSᵀ·Q.
+//    recomputed from the saved lse, then dV += (P∘Z)ᵀ·dO and dK += scale·dSᵀ·Q (above head dim
+//    128: dV and dK in two launches, see kOut).
 // 3. dQ: one block per (tile of queries, query head, batch): S = Q·Kᵀ, dP = dO·Vᵀ, dS, dQ += scale·
 //    dS·K; writes dS to dscores when the bias needs its gradient (zeros beyond the causal limit).
 // The recomputed P of a masked (or out-of-range) pair is exactly 0; a fully masked row's lse is
@@ -27,7 +28,7 @@ attention_bwd_delta_kernel(const AttentionBwdParams p) {
        row += int64_t(gridDim.x) * (kDeltaThreads / 32)) {
     const int64_t bh = row / sh.Lq;
     const int i = int(row % sh.Lq), b = int(bh / sh.Hq), h = int(bh % sh.Hq);
-    const T* dout = static_cast<const T*>(p.dout) + b * p.dout_strides.b + h * p.dout_strides.h +
+    const T* dout = head_ptr<T>(p.dout, p.dout_strides, b, h) +
                     i * p.dout_strides.l;
     const T* o = static_cast<const T*>(p.o) + row * sh.D;
     float acc = 0.f;
@@ -65,8 +66,8 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
   const AttentionShape& sh = p.shape;
   const int k0 = blockIdx.x * BK, hk = blockIdx.y, b = blockIdx.z;
   const int group = sh.Hq / sh.Hkv;
-  const T* k = static_cast<const T*>(p.k) + b * p.k_strides.b + hk * p.k_strides.h;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_strides.b + hk * p.v_strides.h;
+  const T* k = head_ptr<T>(p.k, p.k_strides, b, hk);
+  const T* v = head_ptr<T>(p.v, p.v_strides, b, hk);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int key0 = k0 + warp * 16;  // the warp's keys; this thread's: key0 + g, key0 + g + 8
 
@@ -78,8 +79,8 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
 
   for (int h = hk * group; h < (hk + 1) * group; ++h) {
     const int64_t bh = int64_t(b) * sh.Hq + h;
-    const T* q = static_cast<const T*>(p.q) + b * p.q_strides.b + h * p.q_strides.h;
-    const T* dout = static_cast<const T*>(p.dout) + b * p.dout_strides.b + h * p.dout_strides.h;
+    const T* q = head_ptr<T>(p.q, p.q_strides, b, h);
+    const T* dout = head_ptr<T>(p.dout, p.dout_strides, b, h);
     const Scorer score = Scorer::make<T>(p.mask, b, h, sh.Lq, sh.Lk);
     for (int q0 = score.query_begin(k0) / BQ * BQ; q0 < sh.Lq; q0 += BQ) {
       __syncthreads();  // the previous Q, dO tiles are consumed (and K, V are loaded)
@@ -138,10 +139,10 @@ attention_bwd_dq_kernel(const AttentionBwdParams p, const Dropout drop, const bo
   const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
   const int hk = h / (sh.Hq / sh.Hkv);
   const int64_t bh = int64_t(b) * sh.Hq + h;
-  const T* q = static_cast<const T*>(p.q) + b * p.q_strides.b + h * p.q_strides.h;
-  const T* dout = static_cast<const T*>(p.dout) + b * p.dout_strides.b + h * p.dout_strides.h;
-  const T* k = static_cast<const T*>(p.k) + b * p.k_strides.b + hk * p.k_strides.h;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_strides.b + hk * p.v_strides.h;
+  const T* q = head_ptr<T>(p.q, p.q_strides, b, h);
+  const T* dout = head_ptr<T>(p.dout, p.dout_strides, b, h);
+  const T* k = head_ptr<T>(p.k, p.k_strides, b, hk);
+  const T* v = head_ptr<T>(p.v, p.v_strides, b, hk);
   const Scorer score = Scorer::make<T>(p.mask, b, h, sh.Lq, sh.Lk);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int row0 = q0 + warp * 16;  // the warp's queries; this thread's: row0 + g, row0 + g + 8

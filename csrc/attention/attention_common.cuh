@@ -86,6 +86,12 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t stride, int 
   }
 }
 
+// The (L, D) matrix of batch b, head h of a (B, H, L, D) operand.
+template <typename T>
+__device__ __forceinline__ const T* head_ptr(const void* base, const AttentionStrides& s, int b, int h) {
+  return static_cast<const T*>(base) + b * s.b + h * s.h;
+}
+
 // A (16, 8) fp32 accumulator tile per entry of n-tiles.
 template <int N>
 struct Acc {

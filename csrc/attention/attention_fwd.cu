@@ -27,9 +27,9 @@ attention_fwd_kernel(const AttentionFwdParams p, const Dropout drop, const bool 
   const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
   const int hk = h / (sh.Hq / sh.Hkv);
   const int64_t bh = int64_t(b) * sh.Hq + h;
-  const T* q = static_cast<const T*>(p.q) + b * p.q_strides.b + h * p.q_strides.h;
-  const T* k = static_cast<const T*>(p.k) + b * p.k_strides.b + hk * p.k_strides.h;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_strides.b + hk * p.v_strides.h;
+  const T* q = head_ptr<T>(p.q, p.q_strides, b, h);
+  const T* k = head_ptr<T>(p.k, p.k_strides, b, hk);
+  const T* v = head_ptr<T>(p.v, p.v_strides, b, hk);
   const Scorer score = Scorer::make<T>(p.mask, b, h, sh.Lq, sh.Lk);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int row0 = q0 + warp * 16;  // the warp's queries; this thread's: row0 + g, row0 + g + 8
