@@ -208,9 +208,9 @@ void bwd_launch(const AttentionBwdParams& p, cudaStream_t stream) {
                 "tile shapes");
   const Dropout drop = Dropout::make(p.mask);
   const int D = p.shape.D;
-  const bool q_vec = vec_ok<T>(p.q, p.q_strides.l, D), k_vec = vec_ok<T>(p.k, p.k_strides.l, D);
-  const bool v_vec = vec_ok<T>(p.v, p.v_strides.l, D);
-  const bool do_vec = vec_ok<T>(p.dout, p.dout_strides.l, D);
+  const bool q_vec = vec_ok<T>(p.q, p.q_strides, D), k_vec = vec_ok<T>(p.k, p.k_strides, D);
+  const bool v_vec = vec_ok<T>(p.v, p.v_strides, D);
+  const bool do_vec = vec_ok<T>(p.dout, p.dout_strides, D);
   const size_t tiles = size_t(2 * (kT.main + kT.streamed)) * kLd<T, kD> * sizeof(T);
 
   const size_t dkdv_smem = tiles + 2 * kT.streamed * sizeof(float);

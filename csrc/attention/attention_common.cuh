@@ -260,10 +260,12 @@ struct Dropout {
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// 16-byte tile loads are possible for a (.., L, D) operand with this sequence stride.
+// 16-byte tile loads are possible for a (B, H, L, D) operand: every row of every head starts on a
+// 16-byte boundary and D is a multiple of 16 bytes.
 template <typename T>
-bool vec_ok(const void* p, int64_t seq_stride, int D) {
-  return aligned16(p) && seq_stride % kVec<T> == 0 && D % kVec<T> == 0;
+bool vec_ok(const void* p, const AttentionStrides& s, int D) {
+  constexpr int V = kVec<T>;
+  return aligned16(p) && s.b % V == 0 && s.h % V == 0 && s.l % V == 0 && D % V == 0;
 }
 
 // Opt in to more than 48 KiB of dynamic shared memory when a tile configuration needs it.

@@ -118,8 +118,8 @@ void fwd_launch(const AttentionFwdParams& p, cudaStream_t stream) {
   allow_smem(kern, smem, "attention_fwd_kernel");
   const dim3 grid(cdiv(p.shape.Lq, kT.main), unsigned(p.shape.Hq), unsigned(p.shape.B));
   DLK_LAUNCH(kern, grid, kT.main * 2, smem, stream, p, Dropout::make(p.mask),
-             vec_ok<T>(p.q, p.q_strides.l, p.shape.D), vec_ok<T>(p.k, p.k_strides.l, p.shape.D),
-             vec_ok<T>(p.v, p.v_strides.l, p.shape.D));
+             vec_ok<T>(p.q, p.q_strides, p.shape.D), vec_ok<T>(p.k, p.k_strides, p.shape.D),
+             vec_ok<T>(p.v, p.v_strides, p.shape.D));
   check_launch("attention_fwd_kernel");
 }
 

@@ -159,14 +159,26 @@ def test_bias_gradient_beyond_the_causal_limit_is_zero(kern):
 def test_per_head_scale_strided_q_and_expanded_do(kern):
     B, Hq, Lq, Lk, D = 2, 3, 13, 18, 48
     gen = torch.Generator().manual_seed(5)
-    q = torch.randn(B, Lq, Hq, D, generator=gen).transpose(1, 2)  # (B, Hq, Lq, D) view, (L, H) swapped
-    do = torch.randn(1, 1, 1, D, generator=gen).expand(B, Hq, Lq, D)  # stride 0 but along D
+    # in the test dtype already: .to(dtype) would copy them into the contiguous layout
+    q = torch.randn(B, Lq, Hq, D, generator=gen).half().transpose(1, 2)  # (B, Hq, Lq, D), (L, H) swapped
+    do = torch.randn(1, 1, 1, D, generator=gen).half().expand(B, Hq, Lq, D)  # stride 0 but along D
+    assert do.stride() == (0, 0, 0, 1) and q.stride(2) == Hq * D
     run_case(kern, torch.float16, B, Hq, 3, Lq, Lk, D, q=q, do=do, scale=torch.tensor([0.05, 0.2, 0.4]))
+
+
+def test_head_stride_not_a_multiple_of_16_bytes(kern):
+    # rows 16-byte aligned within a head but heads 3 elements apart: no 16-byte loads across heads
+    B, H, L, D = 1, 2, 5, 32
+    q = torch.randn(B, H, L * D + 3, generator=torch.Generator().manual_seed(6)).half()
+    q = q[..., :L * D].view(B, H, L, D)
+    assert q.stride(1) == L * D + 3
+    run_case(kern, torch.float16, B, H, H, L, 7, D, q=q)
 
 
 def test_fully_expanded_do(kern):
     # the gradient of o.sum(): stride 0 along every dimension, D included (the launcher copies it)
-    run_case(kern, torch.bfloat16, 1, 2, 2, 10, 12, 32, do=torch.ones(()).expand(1, 2, 10, 32))
+    do = torch.ones((), dtype=torch.bfloat16).expand(1, 2, 10, 32)
+    run_case(kern, torch.bfloat16, 1, 2, 2, 10, 12, 32, do=do)
 
 
 # --------------------------------------------------------------------------- dropout
