@@ -50,7 +50,7 @@ __device__ __forceinline__ float lse2_or_inf(const float* lse, int i, int Lq) {
 constexpr int kDV = 1, kDK = 2;
 
 template <typename T, int kD, int kOut>
-__global__ void __launch_bounds__(bwd_tiles<T, kD>().main * 2)
+__global__ void __launch_bounds__(bwd_tiles<T, kD>().main * 2, 1)
 attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const bool q_vec,
                           const bool k_vec, const bool v_vec, const bool do_vec) {
   constexpr int BK = bwd_tiles<T, kD>().main, BQ = bwd_tiles<T, kD>().streamed;
@@ -124,7 +124,7 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
 }
 
 template <typename T, int kD>
-__global__ void __launch_bounds__(bwd_tiles<T, kD>().main * 2)
+__global__ void __launch_bounds__(bwd_tiles<T, kD>().main * 2, 1)
 attention_bwd_dq_kernel(const AttentionBwdParams p, const Dropout drop, const bool q_vec,
                         const bool k_vec, const bool v_vec, const bool do_vec) {
   constexpr int BQ = bwd_tiles<T, kD>().main, BK = bwd_tiles<T, kD>().streamed;

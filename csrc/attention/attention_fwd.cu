@@ -14,7 +14,7 @@ namespace {
 using namespace attn;
 
 template <typename T, int kD>
-__global__ void __launch_bounds__(fwd_tiles<T, kD>().main * 2)
+__global__ void __launch_bounds__(fwd_tiles<T, kD>().main * 2, 1)
 attention_fwd_kernel(const AttentionFwdParams p, const Dropout drop, const bool q_vec,
                      const bool k_vec, const bool v_vec) {
   constexpr int BQ = fwd_tiles<T, kD>().main, BK = fwd_tiles<T, kD>().streamed;
