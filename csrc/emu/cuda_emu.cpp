@@ -45,6 +45,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -496,6 +497,22 @@ bool valid_config(dim3 grid, dim3 block) {
 }
 
 constexpr std::size_t kMaxDynamicSmem = 48 * 1024;  // without a cudaFuncSetAttribute opt-in
+// The opt-in maximum of the emulated device: 99 KiB, the smallest of the sm_80+ GPUs (sm_86/89;
+// sm_80 allows 163 KiB, sm_90 227 KiB), so a kernel that runs here fits on every one of them.
+constexpr std::size_t kMaxDynamicSmemOptin = 99 * 1024;
+
+// cudaFuncAttributeMaxDynamicSharedMemorySize per kernel address (set by cudaFuncSetAttribute).
+std::mutex g_attr_mutex;
+std::map<const void*, std::size_t>& smem_optin() {
+  static std::map<const void*, std::size_t> m;
+  return m;
+}
+
+std::size_t max_dynamic_smem(const void* kernel) {
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  const auto it = smem_optin().find(kernel);
+  return it == smem_optin().end() ? kMaxDynamicSmem : std::max(kMaxDynamicSmem, it->second);
+}
 
 // The source lane of a shfl.sync for lane `j` (PTX semantics: a source outside the lane's
 // segment of `width` lanes, or past the clamp, yields the lane's own value).
@@ -585,7 +602,7 @@ void launch(const KernelCall& call, dim3 grid, dim3 block, std::size_t smem, cud
     t_last_error = cudaErrorInvalidConfiguration;
     return;
   }
-  if (smem > kMaxDynamicSmem) {
+  if (smem > max_dynamic_smem(call.kernel)) {
     t_last_error = cudaErrorInvalidValue;
     return;
   }
@@ -722,6 +739,16 @@ void trap(const char* file, int line) {
   Launch& L = *me.pool->launch;
   fail(L, "thread " + std::to_string(me.index) + " called __trap() at " + file + ":" + std::to_string(line));
   throw Abort{};
+}
+
+cudaError_t set_max_dynamic_smem(const void* kernel, int bytes) {
+  if (kernel == nullptr || bytes < 0 || std::size_t(bytes) > kMaxDynamicSmemOptin) {
+    t_last_error = cudaErrorInvalidValue;
+    return cudaErrorInvalidValue;
+  }
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  smem_optin()[kernel] = std::size_t(bytes);
+  return cudaSuccess;
 }
 
 cudaError_t get_last_error(bool clear) {

@@ -89,6 +89,7 @@ constexpr int warpSize = 32;
 
 // ---- runtime API subset -----------------------------------------------------------------------
 typedef struct CUstream_st* cudaStream_t;
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaError {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
@@ -123,6 +124,8 @@ struct KernelCall {
 void launch(const KernelCall& call, dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream);
 
 cudaError_t get_last_error(bool clear);
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes).
+cudaError_t set_max_dynamic_smem(const void* kernel, int bytes);
 const char* error_string(cudaError_t err);
 int occupancy(int threads, std::size_t smem);
 
@@ -188,6 +191,14 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* num_blocks, Kerne
   if (num_blocks == nullptr) return cudaErrorInvalidValue;
   *num_blocks = dlk_emu::occupancy(block_size, dynamic_smem);
   return cudaSuccess;
+}
+
+// Only the dynamic shared memory opt-in (up to 99 KiB on the emulated device); other attributes
+// are cudaErrorInvalidValue.
+template <typename Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  return dlk_emu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), value);
 }
 
 // ---- synchronization, warp shuffles and votes -------------------------------------------------

@@ -84,6 +84,35 @@ def test_invalid_launch_configuration_is_a_launch_error(planted, block):
     assert (out == 0).all(), "nothing ran"
 
 
+@pytest.mark.parametrize("optin,ok", [(0, False), (64 * 1024, True), (100 * 1024, False)])
+def test_dynamic_shared_memory_above_48k_needs_the_opt_in(planted, optin, ok):
+    out = torch.zeros(1, dtype=torch.int32)
+    bytes_ = 64 * 1024
+    if ok:
+        planted.big_smem(out.data_ptr(), bytes_, optin)
+        assert out.item() == (bytes_ // 4) * (bytes_ // 4 - 1) // 2
+    else:  # no opt-in: the launch fails; an opt-in above the device's 99 KiB: the attribute call
+        with pytest.raises(RuntimeError, match="invalid argument"):
+            planted.big_smem(out.data_ptr(), bytes_, optin)
+        assert out.item() == 0
+
+
+# --------------------------------------------------------------------------- tensor cores (mma.cuh)
+@pytest.mark.parametrize("dtype,code", [(torch.float32, 0), (torch.float16, 1), (torch.bfloat16, 2)])
+def test_mma_fragments_match_matmul(planted, dtype, code):
+    """Small integers: every product and sum is exact in fp32, so any misplaced fragment element
+    (layouts of load_a / load_b / load_b_rows / a_from_c) changes the result."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(-4, 5, (16, 16), generator=gen).to(dtype) for _ in range(2))
+    v = torch.randint(-4, 5, (16, 8), generator=gen).to(dtype)
+    s = torch.full((16, 16), float("nan"))
+    o = torch.full((16, 8), float("nan"))
+    planted.mma_chain(code, a.data_ptr(), b.data_ptr(), v.data_ptr(), s.data_ptr(), o.data_ptr())
+    s_ref = a.double() @ b.double().T
+    assert torch.equal(s.double(), s_ref)
+    assert torch.equal(o.double(), s_ref.to(dtype).double() @ v.double())  # s rounded to dtype
+
+
 # --------------------------------------------------------------------------- unsupported features
 SUPPORTED_BODY = "float v = __shfl_xor_sync(0xffffffffu, 1.0f, 1); __syncthreads(); (void)v;"
 

@@ -43,6 +43,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("reverse", [](std::uintptr_t x, std::uintptr_t out, int blocks, int threads) {
     planted::reverse(ptr<const float>(x), ptr<float>(out), blocks, threads);
   });
+  m.def("mma_chain", [](int dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t v, std::uintptr_t s,
+                        std::uintptr_t o) {
+    planted::mma_chain(dtype, ptr<const void>(a), ptr<const void>(b), ptr<const void>(v), ptr<float>(s),
+                       ptr<float>(o));
+  });
+  m.def("big_smem", [](std::uintptr_t out, int bytes, int optin_bytes) {
+    planted::big_smem(ptr<int>(out), bytes, optin_bytes);
+  });
   // The emulator's conversions, element-wise over n values (raw 16-bit patterns as int16).
   m.def("float_to_half", [](std::uintptr_t x, std::uintptr_t out, std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) ptr<__half>(out)[i] = __float2half_rn(ptr<const float>(x)[i]);

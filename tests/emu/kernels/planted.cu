@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "common/dlk_cuda.cuh"
+#include "common/mma.cuh"
 #include "planted.h"
 
 namespace planted {
@@ -109,7 +110,62 @@ __global__ void reverse_kernel(const float* x, float* out) {
   out[blockIdx.x * n + t] = buf[n - 1 - t];
 }
 
+// The tensor-core wrapper (common/mma.cuh) on one warp: s = a · bᵀ (a (16, 16), b (16, 16):
+// two 16x8 tiles through load_a / load_b), then o = s · v (s rounded to T through a_from_c, v
+// (16, 8) through load_b_rows); s and o (16, 16) and (16, 8) fp32, row-major.
+template <typename T>
+__global__ void mma_chain_kernel(const T* a, const T* b, const T* v, float* s, float* o) {
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  dlk::FragA<T> fa;
+  dlk::load_a(fa, a, 16);
+  float c[2][4] = {}, d[4] = {};
+  for (int n = 0; n < 2; ++n) {
+    dlk::FragB<T> fb;
+    dlk::load_b(fb, b + n * 8 * 16, 16);
+    dlk::mma_m16n8k16(c[n], fa, fb);
+    for (int i = 0; i < 4; ++i) s[(g + 8 * (i / 2)) * 16 + n * 8 + 2 * t + i % 2] = c[n][i];
+  }
+  dlk::FragB<T> fv;
+  dlk::load_b_rows(fv, v, 8);
+  dlk::mma_m16n8k16(d, dlk::a_from_c<T>(c[0], c[1]), fv);
+  for (int i = 0; i < 4; ++i) o[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = d[i];
+}
+
+// Fills and reads back `bytes` of dynamic shared memory (more than 48 KiB needs the opt-in).
+__global__ void big_smem_kernel(int* out, int n) {
+  DLK_DYNAMIC_SHARED(int, buf);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] = i;
+  __syncthreads();
+  int sum = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) sum += buf[n - 1 - i];
+  atomicAdd(out, sum);
+}
+
 }  // namespace
+
+template <typename T>
+void mma_chain_launch(const void* a, const void* b, const void* v, float* s, float* o) {
+  auto kern = mma_chain_kernel<T>;
+  DLK_LAUNCH(kern, 1, 32, 0, nullptr, static_cast<const T*>(a), static_cast<const T*>(b),
+             static_cast<const T*>(v), s, o);
+  dlk::check_launch("mma_chain_kernel");
+}
+
+void mma_chain(int dtype, const void* a, const void* b, const void* v, float* s, float* o) {
+  if (dtype == 0) return mma_chain_launch<float>(a, b, v, s, o);
+  if (dtype == 1) return mma_chain_launch<__half>(a, b, v, s, o);
+  return mma_chain_launch<__nv_bfloat16>(a, b, v, s, o);
+}
+
+void big_smem(int* out, int bytes, int optin_bytes) {
+  if (optin_bytes > 0 &&
+      cudaFuncSetAttribute(big_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           optin_bytes) != cudaSuccess) {
+    dlk::check_launch("cudaFuncSetAttribute");
+  }
+  DLK_LAUNCH(big_smem_kernel, 1, 128, size_t(bytes), nullptr, out, bytes / 4);
+  dlk::check_launch("big_smem_kernel");
+}
 
 void block_sum(const float* x, float* out, int blocks, bool missing_sync) {
   auto kern = missing_sync ? block_sum_kernel<true> : block_sum_kernel<false>;

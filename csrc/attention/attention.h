@@ -1,0 +1,82 @@
+// Fused scaled-dot-product attention, FlashAttention-2 style: the interface between the torch
+// binding and the kernels in attention_fwd.cu / attention_bwd.cu. Plain C++. The contract (shapes,
+// masking, dropout) is the one of the Triton launchers in dlkern/kernels/attention.py.
+//
+// q (B, Hq, Lq, D); k, v (B, Hkv, Lk, D); query head h reads kv head h / (Hq / Hkv).
+//   s_ij = scale[h] * (q_i . k_j) + bias_ij, -inf where causally masked (key j > i + offset,
+//          offset = Lk - Lq when bottom_right, else 0),
+//   lse_i = log sum_j exp(s_ij) (-inf for a fully masked row), P_ij = exp(s_ij - lse_i),
+//   Z_ij = keep_ij / (1 - p) with keep_ij ~ Bernoulli(1 - p) from Philox(seed; b, h, i, j),
+//   o_i = sum_j P_ij Z_ij v_j (0 for a fully masked row).
+// Backward: dP_ij = Z_ij (do_i . v_j), delta_i = do_i . o_i, dS_ij = P_ij (dP_ij - delta_i),
+//   dq_i = scale[h] sum_j dS_ij k_j, dk_j = sum_{h of j's group} scale[h] sum_i dS_ij q_i,
+//   dv_j = sum_{h of j's group} sum_i P_ij Z_ij do_i.
+// All math in fp32. q, k, v, do are read through (batch, head, seq) strides with unit stride along
+// D; bias through 4 strides (0 on broadcast dims); o, lse, dq, dk, dv, dscores, delta are
+// contiguous.
+#pragma once
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace dlk {
+
+// (batch, head, sequence) strides in elements; the head dimension has stride 1.
+struct AttentionStrides {
+  int64_t b, h, l;
+};
+
+struct AttentionShape {
+  int B, Hq, Hkv, Lq, Lk, D;
+};
+
+// Masking, scaling and dropout, shared by forward and backward.
+struct AttentionMask {
+  const void* bias;    // (B, Hq, Lq, Lk) via bias_strides, float32 or `dtype`; null: no bias
+  int64_t bias_strides[4];
+  bool bias_is_f32;
+  const float* scale;  // (Hq,) per-head softmax scale
+  bool is_causal, bottom_right;
+  float dropout_p;     // in [0, 1); 0: no dropout
+  uint64_t seed;       // Philox key
+};
+
+struct AttentionFwdParams {
+  // pointers
+  const void* q;  // (B, Hq, Lq, D)
+  const void* k;  // (B, Hkv, Lk, D)
+  const void* v;  // (B, Hkv, Lk, D)
+  void* o;        // (B, Hq, Lq, D) contiguous
+  float* lse;     // (B, Hq, Lq) contiguous
+  AttentionStrides q_strides, k_strides, v_strides;
+  AttentionShape shape;
+  AttentionMask mask;
+  DType dtype;
+};
+
+struct AttentionBwdParams {
+  // pointers
+  const void* dout;  // (B, Hq, Lq, D) any (batch, head, seq) strides, e.g. 0 when expanded
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* o;     // (B, Hq, Lq, D) contiguous
+  const float* lse;  // (B, Hq, Lq)
+  void* dq;          // (B, Hq, Lq, D) contiguous
+  void* dk;          // (B, Hkv, Lk, D) contiguous
+  void* dv;          // (B, Hkv, Lk, D) contiguous
+  float* dscores;    // (B, Hq, Lq, Lk) contiguous dS, or null
+  float* delta;      // (B, Hq, Lq) workspace: rowsum(do * o)
+  AttentionStrides dout_strides, q_strides, k_strides, v_strides;
+  AttentionShape shape;
+  AttentionMask mask;
+  DType dtype;
+};
+
+// Launch on `stream` (a cudaStream_t). Requires B, Hq, Hkv, Lq, Lk >= 1, 1 <= D <= 256,
+// Hq % Hkv == 0. Throw on invalid parameters or a failed launch. Never synchronize.
+void attention_fwd(const AttentionFwdParams& params, void* stream);
+void attention_bwd(const AttentionBwdParams& params, void* stream);
+
+}  // namespace dlk
