@@ -13,3 +13,4 @@ from .optim import (multi_tensor_adabound, multi_tensor_adagrad, multi_tensor_ad
                     multi_tensor_rmsprop, multi_tensor_sgd)
 from .row_norm import layer_norm_bwd, layer_norm_fwd, rms_norm_bwd, rms_norm_fwd  # noqa: E402
 from .weight_norm import weight_norm_bwd, weight_norm_fwd  # noqa: E402
+from .selective_scan import selective_scan_bwd, selective_scan_fwd  # noqa: E402

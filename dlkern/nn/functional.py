@@ -6,6 +6,8 @@ from dlkern.ops.instance_norm import instance_norm
 from dlkern.ops.layer_norm import add_layer_norm, layer_norm
 from dlkern.ops.rms_norm import add_rms_norm, rms_norm
 from dlkern.ops.weight_norm import weight_norm
+from dlkern.ops.selective_scan import selective_scan, selective_state_update
 
 __all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "batch_norm", "instance_norm",
-           "group_norm", "group_norm_act", "weight_norm"]
+           "group_norm", "group_norm_act", "weight_norm",
+           "selective_scan", "selective_state_update"]

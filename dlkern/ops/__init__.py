@@ -6,3 +6,4 @@ from dlkern.ops.batch_norm import batch_norm  # noqa: F401
 from dlkern.ops.group_norm import group_norm, group_norm_act  # noqa: F401
 from dlkern.ops.instance_norm import instance_norm  # noqa: F401
 from dlkern.ops.weight_norm import weight_norm  # noqa: F401
+from dlkern.ops.selective_scan import selective_scan, selective_state_update  # noqa: F401

@@ -1,4 +1,4 @@
-"""Peer libraries the benchmark compares against, when installed (Liger-Kernel, apex).
+"""Peer libraries the benchmark compares against, when installed (Liger-Kernel, apex, mamba_ssm).
 
 Each factory returns a callable with the dlkern op's positional signature, or None when the peer
 is not importable; nothing here is imported at dlkern import time.
@@ -53,3 +53,8 @@ def apex_rms_norm():
     def run(x, normalized_shape, weight, eps=None):
         return mod.fused_rms_norm_affine(x, weight, tuple(normalized_shape), 1e-6 if eps is None else eps)
     return run
+
+
+def mamba_ssm_selective_scan():
+    mod = _try_import("mamba_ssm.ops.selective_scan_interface")
+    return None if mod is None else mod.selective_scan_fn  # same signature as dlkern's
