@@ -17,7 +17,10 @@ import triton.language as tl
 from dlkern.debug import new_empty
 
 CHUNK = 64      # must equal dlkern.ops.selective_scan.CHUNK (the size of ``states``)
-NUM_WARPS = 4
+
+
+def _num_warps(block_n):
+    return 4 if block_n <= 16 else 8   # the (64, 32) tiles of the backward spill with 4 warps
 
 
 @triton.jit
@@ -220,7 +223,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         _selective_scan_fwd_kernel[(s["batch"], s["dim"])](
             u, delta, A, B, C, D, z, bias, out, states,
             s["dim"], s["L"], s["N"], s["dim"] // s["groups"], s["n_chunks"],
-            **_meta(s, D, z, bias, delta_softplus), num_warps=NUM_WARPS)
+            **_meta(s, D, z, bias, delta_softplus), num_warps=_num_warps(triton.next_power_of_2(s["N"])))
     return out, states
 
 
@@ -246,7 +249,8 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus
             u, delta, A, B, C, D, z, bias, states.contiguous(), dout, dlast,
             du, ddelta, dz, dA, dB, dC, dD, dbias,
             dim, L, N, dim // s["groups"], s["n_chunks"],
-            **_meta(s, D, z, bias, delta_softplus), HAS_DLAST=dlast is not None, num_warps=NUM_WARPS)
+            **_meta(s, D, z, bias, delta_softplus), HAS_DLAST=dlast is not None,
+            num_warps=_num_warps(triton.next_power_of_2(N)))
     else:
         for t in (dA, dB, dC, dD, dbias):
             if t is not None:
@@ -257,18 +261,20 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus
 
 
 def compile_specs():
-    """Both kernels, fp32 and bf16, with every option on (the heaviest variant) and N = 16."""
-    for dtype, ptr in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16")):
-        t = str(dtype)[6:]
+    """Both kernels, fp32 and bf16, with every option on (the heaviest variant), N = 16 (Mamba's)
+    and N = 32 (the largest the op sends here)."""
+    for (dtype, ptr), block_n in ((d, n) for d in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16"))
+                                  for n in (16, 32)):
+        t = f"{str(dtype)[6:]}_n{block_n}"
         meta = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, VAR_B=True, VAR_C=True,
-                    BLOCK_N=16, CHUNK_T=CHUNK)
+                    BLOCK_N=block_n, CHUNK_T=CHUNK)
         sizes = {"dim": "i32", "L": "i32", "N": "i32", "dim_per_group": "i32", "n_chunks": "i32"}
         fwd = {"U": ptr, "DELTA": ptr, "A": "*fp32", "B": ptr, "C": ptr, "D": "*fp32", "Z": ptr,
                "BIAS": "*fp32", "OUT": ptr, "STATES": "*fp32", **sizes, **{k: "constexpr" for k in meta}}
-        yield (f"fwd_{t}_n16", _selective_scan_fwd_kernel, fwd, meta, NUM_WARPS)
+        yield (f"fwd_{t}", _selective_scan_fwd_kernel, fwd, meta, _num_warps(block_n))
         bmeta = dict(meta, HAS_DLAST=True)
         bwd = {"U": ptr, "DELTA": ptr, "A": "*fp32", "B": ptr, "C": ptr, "D": "*fp32", "Z": ptr,
                "BIAS": "*fp32", "STATES": "*fp32", "DOUT": ptr, "DLAST": "*fp32", "DU": ptr,
                "DDELTA": ptr, "DZ": ptr, "DA": "*fp32", "DB": "*fp32", "DC": "*fp32", "DD": "*fp32",
                "DBIAS": "*fp32", **sizes, **{k: "constexpr" for k in bmeta}}
-        yield (f"bwd_{t}_n16", _selective_scan_bwd_kernel, bwd, bmeta, NUM_WARPS)
+        yield (f"bwd_{t}", _selective_scan_bwd_kernel, bwd, bmeta, _num_warps(block_n))

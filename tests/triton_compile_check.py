@@ -12,7 +12,8 @@ import sys
 import tempfile
 
 MODULES = ["dlkern.kernels.row_norm", "dlkern.kernels.channel_norm", "dlkern.kernels.weight_norm",
-           "dlkern.kernels.optim"]
+           "dlkern.kernels.optim",
+           "dlkern.kernels.selective_scan"]
 
 
 def specs():
@@ -26,7 +27,8 @@ def specs():
 def cases():
     """(arch, spec name): every configuration on sm_90; the heaviest ones on sm_80 as well."""
     names = [s[0] for s in specs()]
-    heaviest = ("n8192", "looped", "channel_norm.", "weight_norm.", "optim.")
+    heaviest = ("n8192", "looped", "channel_norm.", "weight_norm.", "optim.",
+                "selective_scan.")
     return [(90, n) for n in names] + [(80, n) for n in names if any(h in n for h in heaviest)]
 
 

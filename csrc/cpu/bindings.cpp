@@ -9,11 +9,13 @@
 #include <optional>
 #include <tuple>
 
+#include "scan/scan_inputs.h"
 #include "scan/selective_scan.h"
 
 namespace {
 
-using OptTensor = std::optional<at::Tensor>;
+using dlk_scan::OptTensor;
+using dlk_scan::present;
 
 std::atomic<bool> g_debug_nan_fill{false};
 
@@ -25,99 +27,27 @@ at::Tensor new_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return t;
 }
 
-bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
-
 // ATen's intra-op pool behind the kernels' plain-function parallel_for.
 void aten_parallel_for(int64_t n, void* ctx, void (*fn)(void*, int64_t, int64_t)) {
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) { fn(ctx, begin, end); });
 }
 
 // ---- selective scan ---------------------------------------------------------------------------
-at::Tensor f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+using dlk_scan::ScanInputs;
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.defined(), name, " must be a tensor, got None");
-  TORCH_CHECK(t.is_cpu(), name, " must be a CPU tensor, got a tensor on ", t.device());
-  TORCH_CHECK(t.is_floating_point(), name, " must be floating point, got ", t.scalar_type());
-}
-
-// The fp32 inputs and the params struct pointing into them (the struct does not own them).
-struct ScanInputs {
-  at::Tensor u, delta, A, B, C, D, z, delta_bias;
-  dlk::SelectiveScanFwdParams p{};
-
-  ScanInputs(const at::Tensor& u_in, const at::Tensor& delta_in, const at::Tensor& A_in,
-             const at::Tensor& B_in, const at::Tensor& C_in, const OptTensor& D_in,
-             const OptTensor& z_in, const OptTensor& bias_in, bool delta_softplus) {
-    for (auto [t, name] : {std::pair{&u_in, "u"}, {&delta_in, "delta"}, {&A_in, "A"}, {&B_in, "B"}, {&C_in, "C"}})
-      check_cpu(*t, name);
-    TORCH_CHECK(u_in.dim() == 3, "u must be (batch, dim, L), got shape ", u_in.sizes());
-    TORCH_CHECK(delta_in.sizes() == u_in.sizes(), "delta must have u's shape ", u_in.sizes(), ", got ",
-                delta_in.sizes());
-    const int64_t batch = u_in.size(0), dim = u_in.size(1), L = u_in.size(2);
-    TORCH_CHECK(A_in.dim() == 2 && A_in.size(0) == dim, "A must be (dim, N), got shape ", A_in.sizes());
-    const int64_t N = A_in.size(1);
-    TORCH_CHECK(N >= 1 && N <= dlk::kScanMaxState, "N must be in [1, 256], got ", N);
-    u = f32(u_in);
-    delta = f32(delta_in);
-    A = f32(A_in);
-    int64_t groups = 1;
-    auto bc = [&](const at::Tensor& t, const char* name, bool& variable) {
-      variable = t.dim() == 4;
-      if (variable) {
-        TORCH_CHECK(t.size(0) == batch && t.size(2) == N && t.size(3) == L && dim % t.size(1) == 0,
-                    name, " must be (batch, G, N, L) with G dividing dim, or (dim, N); got shape ", t.sizes());
-        groups = t.size(1);
-        return f32(t.transpose(2, 3));  // (batch, G, L, N): time-major, n contiguous
-      }
-      TORCH_CHECK(t.dim() == 2 && t.size(0) == dim && t.size(1) == N,
-                  name, " must be (batch, G, N, L) or (dim, N), got shape ", t.sizes());
-      return f32(t);
-    };
-    B = bc(B_in, "B", p.variable_B);
-    C = bc(C_in, "C", p.variable_C);
-    TORCH_CHECK(!(p.variable_B && p.variable_C) || B_in.size(1) == C_in.size(1),
-                "B and C must have the same number of groups, got ", B_in.size(1), " and ", C_in.size(1));
-    if (present(D_in)) D = f32(*D_in);
-    if (present(z_in)) {
-      TORCH_CHECK(z_in->sizes() == u_in.sizes(), "z must have u's shape ", u_in.sizes(), ", got ", z_in->sizes());
-      z = f32(*z_in);
-    }
-    if (present(bias_in)) delta_bias = f32(*bias_in);
-    for (auto [t, name] : {std::pair{&D, "D"}, {&delta_bias, "delta_bias"}})
-      TORCH_CHECK(!t->defined() || t->numel() == dim, name, " must be (dim,), got shape ", t->sizes());
-    p.u = u.data_ptr();
-    p.delta = delta.data_ptr();
-    p.A = A.data_ptr<float>();
-    p.B = B.data_ptr();
-    p.C = C.data_ptr();
-    p.D = D.defined() ? D.data_ptr<float>() : nullptr;
-    p.z = z.defined() ? z.data_ptr() : nullptr;
-    p.delta_bias = delta_bias.defined() ? delta_bias.data_ptr<float>() : nullptr;
-    p.batch = batch;
-    p.dim = dim;
-    p.L = L;
-    p.N = N;
-    p.groups = groups;
-    p.bc_stride_l = N;
-    p.bc_stride_n = 1;
-    p.delta_softplus = delta_softplus;
-    p.dtype = dlk::DType::F32;
-    p.num_sms = 1;
-  }
-
-  int64_t n_chunks() const { return (p.L + dlk::kScanChunk - 1) / dlk::kScanChunk; }
-};
+bool is_cpu(const at::Tensor& t) { return t.is_cpu(); }
+const dlk_scan::Layout kCpuLayout{is_cpu, "a CPU tensor", /*fp32_time_major=*/true};
 
 // (out (batch, dim, L) in u's dtype, states (batch, dim, n_chunks, N) fp32)
 std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const OptTensor& D, const OptTensor& z, const OptTensor& delta_bias,
     bool delta_softplus) {
-  ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+  ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, kCpuLayout);
   const auto opts = in.u.options();
   at::Tensor out = new_buffer({in.p.batch, in.p.dim, in.p.L}, opts);
   at::Tensor states = new_buffer({in.p.batch, in.p.dim, in.n_chunks(), in.p.N}, opts);
+  in.p.num_sms = 1;
   in.p.out = out.data_ptr();
   in.p.states = states.data_ptr<float>();
   if (in.p.batch > 0) dlk::selective_scan_fwd_cpu(in.p, aten_parallel_for);
@@ -131,24 +61,17 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
                    const at::Tensor& A, const at::Tensor& B, const at::Tensor& C, const OptTensor& D,
                    const OptTensor& z, const OptTensor& delta_bias, bool delta_softplus,
                    const at::Tensor& states, const OptTensor& dlast) {
-  ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus);
+  ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, kCpuLayout);
   const dlk::SelectiveScanFwdParams& p = in.p;
-  check_cpu(dout, "dout");
-  TORCH_CHECK(dout.sizes() == u.sizes(), "dout must have u's shape ", u.sizes(), ", got ", dout.sizes());
-  TORCH_CHECK(states.sizes() == at::IntArrayRef({p.batch, p.dim, in.n_chunks(), p.N}) &&
-                  states.scalar_type() == at::kFloat,
-              "states must be the forward's fp32 (batch, dim, n_chunks, N) tensor, got ", states.sizes());
-  const at::Tensor dout32 = f32(dout), states32 = states.contiguous();
-  at::Tensor dlast32;
-  if (present(dlast)) {
-    TORCH_CHECK(dlast->numel() == p.batch * p.dim * p.N, "dlast must be (batch, dim, N), got ", dlast->sizes());
-    dlast32 = f32(*dlast);
-  }
+  in.check_backward(dout, states, dlast, kCpuLayout);
+  const at::Tensor dout32 = dout.to(at::kFloat).contiguous(), states32 = states.contiguous();
+  const at::Tensor dlast32 = present(dlast) ? dlast->to(at::kFloat).contiguous() : at::Tensor();
   const auto opts = in.u.options();
   const int64_t dpg = p.dim / p.groups;
-  // Enough (batch, group, channel block) tasks for two per thread; each owns an L x N partial.
-  const int64_t want = (2 * at::get_num_threads() + p.batch * p.groups - 1) / std::max<int64_t>(p.batch * p.groups, 1);
-  const int64_t n_dblocks = std::clamp<int64_t>(want, 1, dpg);
+  // About 64 (batch, group, channel block) tasks, each owning an L x N partial. Not derived from
+  // the thread count: the partials' summation order, hence the bits of dB/dC, must not depend on it.
+  const int64_t bg = std::max<int64_t>(p.batch * p.groups, 1);
+  const int64_t n_dblocks = std::clamp<int64_t>((64 + bg - 1) / bg, 1, dpg);
   dlk::SelectiveScanBwdParams q{};
   q.fwd = p;
   q.fwd.states = states32.data_ptr<float>();

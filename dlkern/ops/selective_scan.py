@@ -28,7 +28,8 @@ from dlkern.backend import choose
 from dlkern.registry import Cost, OpSpec, Sample, register_op
 
 CHUNK = 64        # steps between the states the forward stores (csrc/scan/selective_scan.h)
-MAX_STATE = 256   # largest N the kernels take
+MAX_STATE = 256   # largest N the CPU kernel takes
+MAX_STATE_GPU = 32   # Triton: a (64, N) tile per program; CUDA: a row's states in one warp segment
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -245,8 +246,8 @@ def _supports(backend, u, delta, A, B, C, D=None, z=None, delta_bias=None, *rest
     reasons = []
     if u.dtype not in KERNEL_DTYPES:
         reasons.append(f"u dtype {u.dtype} is not supported (float32, float16, bfloat16)")
-    if A.dim() == 2 and A.shape[1] > MAX_STATE:
-        reasons.append(f"N = {A.shape[1]} is larger than {MAX_STATE}")
+    if A.dim() == 2 and A.shape[1] > MAX_STATE_GPU:
+        reasons.append(f"N = {A.shape[1]} is larger than {MAX_STATE_GPU}, the most the {backend} kernel takes")
     return reasons
 
 
@@ -311,7 +312,7 @@ def _peer_mamba_ssm():
 
 SELECTIVE_SCAN = register_op(OpSpec(
     name="selective_scan", family="ssm", fn=selective_scan, reference=selective_scan_ref,
-    backends=("triton",), auto_order=("triton",), supports=_supports, samples=_samples, bench_cases=_bench_cases,
+    backends=("triton", "cuda"), auto_order=("triton", "cuda"), supports=_supports, samples=_samples, bench_cases=_bench_cases,
     cost=_cost, peers={"torch_logdepth": _peer_logdepth, "mamba_ssm": _peer_mamba_ssm},
     launchers=("selective_scan_fwd", "selective_scan_bwd"),
 ))
