@@ -1,6 +1,8 @@
 // Selective scan on the CPU (math: selective_scan.h): one (batch, channel) row at a time, its N
 // states in a small array, the inner loops over n written to vectorize (a polynomial exp instead
-// of libm's, so the compiler can widen it). fp32 only: the binding converts half inputs.
+// of libm's, so the compiler can widen it). fp32 only: the binding converts half inputs, and it
+// applies delta_bias and softplus to delta (and their gradients) with torch's vectorized ops.
+// The two entry points are also compiled for AVX2+FMA (x86-64-v3), picked at load time.
 //
 // Forward: one sequential pass over L per row, storing the state at the end of every chunk.
 // Backward: per row, chunks from last to first; each chunk's states and decays are recomputed
@@ -19,12 +21,23 @@
 namespace dlk {
 namespace {
 
+// The hot loops are inlined into the two entry points, which are cloned per instruction set.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DLK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DLK_CPU_CLONES
+#endif
+#define DLK_INLINE inline __attribute__((always_inline))
+
+
 // exp(x) to ~2 ulp: x = k ln2 + f with |f| <= ln2/2 (Cody-Waite split of ln2), e^f by its Taylor
 // polynomial to degree 7, 2^k from the exponent bits. Inputs are clamped to the normal range
 // (exp(-87.3) ~ 1.2e-38 stands in for smaller results, which only ever scale a state by it).
-inline float exp_approx(float x) {
+// k = round(x / ln2) by truncating a positive value (std::floor is a libm call on baseline x86-64
+// and stops the loops from vectorizing; an int conversion is one SIMD instruction).
+inline __attribute__((always_inline)) float exp_approx(float x) {
   x = std::min(std::max(x, -87.3f), 88.7f);
-  const float k = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float k = float(int32_t(x * 1.44269504088896341f + 128.5f) - 128);
   const float f = (x - k * 0.693145751953125f) - k * 1.42860682030941723e-6f;
   float p = 1.f / 5040.f;
   p = p * f + 1.f / 720.f;
@@ -40,8 +53,7 @@ inline float exp_approx(float x) {
   return p * scale;
 }
 
-inline float softplus(float x) { return x <= 20.f ? std::log1p(std::exp(x)) : x; }
-inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+inline float sigmoid(float x) { return 1.f / (1.f + exp_approx(-x)); }
 
 void check(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(std::string("dlkern selective_scan (cpu): ") + what);
@@ -53,13 +65,15 @@ void check_params(const SelectiveScanFwdParams& p) {
   check(p.N <= kScanMaxState, "N must be at most 256");
   check(p.groups >= 1 && p.dim % p.groups == 0, "groups must divide dim");
   check(p.u && p.delta && p.A && p.B && p.C && p.states, "u, delta, A, B, C and states are required");
+  check(p.bc_stride_n == 1 && p.bc_stride_l == p.N, "B and C must be time-major (batch, G, L, N)");
+  check(!p.delta_softplus && !p.delta_bias, "delta_bias and softplus are applied to delta by the binding");
 }
 
 // One row's view of the inputs: pointers at (b, d) and the per-row constants.
 struct Row {
   const float *u, *delta, *z, *A, *B, *C;
-  float D, bias;
-  int64_t sb_l, sb_n, sc_l, sc_n;  // strides of B and C over t and n (0 over t if time-invariant)
+  float D;
+  int64_t sb_l, sc_l;  // strides of B and C over t (0 if time-invariant); over n they are 1
 
   Row(const SelectiveScanFwdParams& p, int64_t b, int64_t d) {
     const int64_t off = (b * p.dim + d) * p.L;
@@ -72,35 +86,27 @@ struct Row {
     B = static_cast<const float*>(p.B) + (p.variable_B ? group_off : d * p.N);
     C = static_cast<const float*>(p.C) + (p.variable_C ? group_off : d * p.N);
     sb_l = p.variable_B ? p.bc_stride_l : 0;
-    sb_n = p.variable_B ? p.bc_stride_n : 1;
     sc_l = p.variable_C ? p.bc_stride_l : 0;
-    sc_n = p.variable_C ? p.bc_stride_n : 1;
     D = p.D ? p.D[d] : 0.f;
-    bias = p.delta_bias ? p.delta_bias[d] : 0.f;
-  }
-
-  float dt(int64_t t, bool softplus_on) const {
-    const float v = delta[t] + bias;
-    return softplus_on ? softplus(v) : v;
   }
 };
 
 // Steps [t0, t1) of one row from state h (updated in place). Writes the pre-gate outputs to y
 // (indexed from t0) and, when hs/as are given, every state and decay to hs/as (kScanChunk x N).
-void scan_steps(const SelectiveScanFwdParams& p, const Row& r, int64_t t0, int64_t t1, float* h,
+DLK_INLINE void scan_steps(const SelectiveScanFwdParams& p, const Row& r, int64_t t0, int64_t t1, float* h,
                 float* y, float* hs, float* as) {
   const int64_t N = p.N;
   float a[kScanMaxState];
   for (int64_t t = t0; t < t1; ++t) {
-    const float dt = r.dt(t, p.delta_softplus);
+    const float dt = r.delta[t];
     const float dtu = dt * r.u[t];
     const float* Bt = r.B + t * r.sb_l;
     const float* Ct = r.C + t * r.sc_l;
     for (int64_t n = 0; n < N; ++n) a[n] = exp_approx(dt * r.A[n]);
     float acc = 0.f;
     for (int64_t n = 0; n < N; ++n) {
-      h[n] = a[n] * h[n] + dtu * Bt[n * r.sb_n];
-      acc += Ct[n * r.sc_n] * h[n];
+      h[n] = a[n] * h[n] + dtu * Bt[n];
+      acc += Ct[n] * h[n];
     }
     y[t - t0] = acc + r.D * r.u[t];
     if (hs) {
@@ -110,7 +116,7 @@ void scan_steps(const SelectiveScanFwdParams& p, const Row& r, int64_t t0, int64
   }
 }
 
-void fwd_rows(const SelectiveScanFwdParams& p, int64_t begin, int64_t end) {
+DLK_CPU_CLONES void fwd_rows(const SelectiveScanFwdParams& p, int64_t begin, int64_t end) {
   const int64_t n_chunks = (p.L + kScanChunk - 1) / kScanChunk;
   float h[kScanMaxState];
   float y[kScanChunk];
@@ -131,7 +137,7 @@ void fwd_rows(const SelectiveScanFwdParams& p, int64_t begin, int64_t end) {
 }
 
 // One row of the backward; dB/dC point at the task's partial rows (variable) or at (b, d, :).
-void bwd_row(const SelectiveScanBwdParams& q, int64_t b, int64_t d, float* dB, float* dC) {
+DLK_INLINE void bwd_row(const SelectiveScanBwdParams& q, int64_t b, int64_t d, float* dB, float* dC) {
   const SelectiveScanFwdParams& p = q.fwd;
   const int64_t N = p.N, row = b * p.dim + d;
   const int64_t n_chunks = (p.L + kScanChunk - 1) / kScanChunk;
@@ -147,7 +153,7 @@ void bwd_row(const SelectiveScanBwdParams& q, int64_t b, int64_t d, float* dB, f
   const float zero[kScanMaxState] = {};
   for (int64_t n = 0; n < N; ++n) g[n] = q.dlast ? q.dlast[row * N + n] : 0.f;
   std::fill(dA, dA + N, 0.f);
-  float dD = 0.f, dbias = 0.f;
+  float dD = 0.f;
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kScanChunk, t1 = std::min(p.L, t0 + kScanChunk);
     const float* h0 = c > 0 ? p.states + (row * n_chunks + c - 1) * N : zero;
@@ -169,14 +175,13 @@ void bwd_row(const SelectiveScanBwdParams& q, int64_t b, int64_t d, float* dB, f
         dy = dout[t] * zt * s;
       }
       const float ut = r.u[t];
-      const float raw = r.delta[t] + r.bias;
-      const float dt = p.delta_softplus ? softplus(raw) : raw;
+      const float dt = r.delta[t];
       const float dtu = dt * ut;
       dD += dy * ut;
       float ddt = 0.f, gB = 0.f;
       for (int64_t n = 0; n < N; ++n) {
-        const float gn = g[n] + Ct[n * r.sc_n] * dy;  // g_t = C dy + a_{t+1} g_{t+1}
-        const float Bn = Bt[n * r.sb_n];
+        const float gn = g[n] + Ct[n] * dy;  // g_t = C dy + a_{t+1} g_{t+1}
+        const float Bn = Bt[n];
         const float ah = at[n] * hprev[n];
         ddt += gn * (r.A[n] * ah + Bn * ut);
         dA[n] += gn * dt * ah;
@@ -186,18 +191,15 @@ void bwd_row(const SelectiveScanBwdParams& q, int64_t b, int64_t d, float* dB, f
         g[n] = gn * at[n];
       }
       du[t] = dt * gB + r.D * dy;
-      if (p.delta_softplus) ddt *= sigmoid(raw);
       ddelta[t] = ddt;
-      dbias += ddt;
     }
   }
   for (int64_t n = 0; n < N; ++n) q.dA[row * N + n] = dA[n];
   if (q.dD) q.dD[row] = dD;
-  if (q.ddelta_bias) q.ddelta_bias[row] = dbias;
 }
 
 // Task (b, g, blk): channels [g*dpg + blk*rows, ...) of batch b.
-void bwd_tasks(const SelectiveScanBwdParams& q, int64_t begin, int64_t end) {
+DLK_CPU_CLONES void bwd_tasks(const SelectiveScanBwdParams& q, int64_t begin, int64_t end) {
   const SelectiveScanFwdParams& p = q.fwd;
   const int64_t dpg = p.dim / p.groups;
   const int64_t rows = (dpg + q.n_dblocks - 1) / q.n_dblocks;
