@@ -791,19 +791,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weight_norm_bwd", &weight_norm_bwd,
         "Weight normalization backward.\nReturns (dv (D, K) in v's dtype, dg (D,) in g's dtype).",
         py::arg("dw2"), py::arg("v2"), py::arg("g1"), py::arg("norm"));
-  m.def("selective_scan_fwd", &selective_scan_fwd,
-        "Selective scan forward (csrc/scan/selective_scan.h). B, C: (batch, G, N, L) or (dim, N).\n"
-        "Returns (out (batch, dim, L) in u's dtype, states (batch, dim, n_chunks, N) fp32: the state"
-        " at the end of every chunk of 64 steps).",
-        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"),
-        py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"));
-  m.def("selective_scan_bwd", &selective_scan_bwd,
-        "Selective scan backward; dlast is the gradient of the last state or None.\nReturns (du,"
-        " ddelta, dA, dB, dC, dD, dz, ddelta_bias): du, ddelta, dz in u's dtype, the rest fp32;"
-        " absent ones empty.",
-        py::arg("dout"), py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"),
-        py::arg("D"), py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"),
-        py::arg("states"), py::arg("dlast"));
+  dlk_scan::def_selective_scan(m, &selective_scan_fwd, &selective_scan_bwd);
   m.def("set_debug_nan_fill", &set_debug_nan_fill,
         "When enabled, every output and partial buffer is filled with NaN before its kernel runs.",
         py::arg("enabled"));

@@ -80,11 +80,11 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
   const at::Tensor dout32 = dout.to(at::kFloat).contiguous(), states32 = states.contiguous();
   const at::Tensor dlast32 = present(dlast) ? dlast->to(at::kFloat).contiguous() : at::Tensor();
   const auto opts = in.u.options();
-  const int64_t dpg = p.dim / p.groups;
-  // About 64 (batch, group, channel block) tasks, each owning an L x N partial. Not derived from
-  // the thread count: the partials' summation order, hence the bits of dB/dC, must not depend on it.
+  // About 16 tasks of whole channel tiles, each owning (L, N) dB/dC partials. Not derived
+  // from the thread count: the partials' summation order, hence the bits, must not depend on it.
+  const int64_t tiles = (p.dim / p.groups + dlk::kScanCpuLanes - 1) / dlk::kScanCpuLanes;
   const int64_t bg = std::max<int64_t>(p.batch * p.groups, 1);
-  const int64_t n_dblocks = std::clamp<int64_t>((64 + bg - 1) / bg, 1, dpg);
+  const int64_t n_dblocks = std::clamp<int64_t>((16 + bg - 1) / bg, 1, tiles);
   dlk::SelectiveScanBwdParams q{};
   q.fwd = p;
   q.fwd.states = states32.data_ptr<float>();
@@ -132,19 +132,7 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
   m.doc() = "dlkern CPU C++ kernels; same launchers and signatures as dlkern.kernels (Triton).";
-  m.def("selective_scan_fwd", &selective_scan_fwd,
-        "Selective scan forward (csrc/scan/selective_scan.h). B, C: (batch, G, N, L) or (dim, N).\n"
-        "Returns (out (batch, dim, L) in u's dtype, states (batch, dim, n_chunks, N) fp32: the state"
-        " at the end of every chunk of 64 steps).",
-        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"),
-        py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"));
-  m.def("selective_scan_bwd", &selective_scan_bwd,
-        "Selective scan backward; dlast is the gradient of the last state or None.\nReturns (du,"
-        " ddelta, dA, dB, dC, dD, dz, ddelta_bias): du, ddelta, dz in u's dtype, the rest fp32;"
-        " absent ones empty.",
-        py::arg("dout"), py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"),
-        py::arg("D"), py::arg("z"), py::arg("delta_bias"), py::arg("delta_softplus"),
-        py::arg("states"), py::arg("dlast"));
+  dlk_scan::def_selective_scan(m, &selective_scan_fwd, &selective_scan_bwd);
   m.def("set_debug_nan_fill", &set_debug_nan_fill,
         "When enabled, every output and partial buffer is filled with NaN before its kernel runs.",
         py::arg("enabled"));

@@ -25,6 +25,7 @@ namespace dlk {
 
 constexpr int kScanChunk = 64;   // steps between stored states (the bindings size `states` by it)
 constexpr int kScanMaxState = 256;  // largest N
+constexpr int kScanCpuLanes = 8;    // channels per CPU tile (one SIMD register of fp32)
 
 struct SelectiveScanFwdParams {
   // pointers; u, delta, z, out are contiguous (batch, dim, L) in `dtype`
@@ -55,11 +56,12 @@ struct SelectiveScanBwdParams {
   void* ddelta;                 // (batch, dim, L)
   void* dz;                     // (batch, dim, L) or null
   float* dA;                    // (batch, dim, N) partials, summed over batch by the binding
-  float* dB;                    // variable: (batch, G, n_dblocks, L, N) partials; else (batch, dim, N)
+  float* dB;                    // variable: CPU (batch, G, n_dblocks, L, N) partials,
+                                // CUDA (batch, G, N, L) summed atomically; else (batch, dim, N)
   float* dC;                    // as dB
   float* dD;                    // (batch, dim) partials or null
   float* ddelta_bias;           // (batch, dim) partials or null
-  int64_t n_dblocks;            // channel blocks per group for the dB/dC partials
+  int64_t n_dblocks;            // CPU: tasks per (batch, group), each owning dB/dC partials
 };
 
 // CUDA: launch on `stream` (a cudaStream_t); throw on invalid parameters or a failed launch.
