@@ -149,9 +149,9 @@ DLK_INLINE void scan_chunk(const SelectiveScanFwdParams& p, const Tile& tile, co
       acc[v] = tile.D[v] * in.u[i][v];
     }
     for (int64_t n = 0; n < N; ++n) {
-      float* hn = h[n];
-      float* hsn = STORE ? hs + (i * N + n) * kLanes : nullptr;
-      float* asn = STORE ? as + (i * N + n) * kLanes : nullptr;
+      float* __restrict__ hn = h[n];
+      float* __restrict__ hsn = STORE ? hs + (i * N + n) * kLanes : nullptr;
+      float* __restrict__ asn = STORE ? as + (i * N + n) * kLanes : nullptr;
       for (int v = 0; v < kLanes; ++v) {
         const float a = exp_approx(in.dt[i][v] * tile.A[n][v]);
         const float b = VB ? Bt[n] : Bx.inv[n][v];
@@ -235,12 +235,12 @@ DLK_INLINE void bwd_tile(const SelectiveScanBwdParams& q, const Tile& tile, floa
         dtu[v] = in.dt[i][v] * in.u[i][v];
         dD[v] += dy[v] * in.u[i][v];
       }
-      float* dBt = dBc + i * N * kLanes;
-      float* dCt = dCc + i * N * kLanes;
+      float* __restrict__ dBt = dBc + i * N * kLanes;
+      float* __restrict__ dCt = dCc + i * N * kLanes;
       for (int64_t n = 0; n < N; ++n) {
-        const float* ht = hs + (i * N + n) * kLanes;
-        const float* hp = i > 0 ? hs + ((i - 1) * N + n) * kLanes : h0[n];
-        const float* at = as + (i * N + n) * kLanes;
+        const float* __restrict__ ht = hs + (i * N + n) * kLanes;
+        const float* __restrict__ hp = i > 0 ? hs + ((i - 1) * N + n) * kLanes : h0[n];
+        const float* __restrict__ at = as + (i * N + n) * kLanes;
         for (int v = 0; v < kLanes; ++v) {
           const float b = VB ? Bt[n] : Bx.inv[n][v];
           const float cc = VC ? Ct[n] : Cx.inv[n][v];
