@@ -177,8 +177,10 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
             raise ValueError(f"{name} must be (dim,) = ({dim},); got shape {list(t.shape)}")
 
 
-def _cpu_path(u: Tensor) -> bool:
-    return u.device.type == "cpu" and u.dtype in KERNEL_DTYPES and _ext.cpu_module() is not None
+def _cpu_path(u: Tensor, A: Tensor) -> bool:
+    """Whether the reference backend runs the C++ kernel (else the oracle itself)."""
+    return (u.device.type == "cpu" and u.dtype in KERNEL_DTYPES and A.shape[1] <= MAX_STATE
+            and _ext.cpu_module() is not None)
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -193,7 +195,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     _check(u, delta, A, B, C, D, z, delta_bias)
     args = (u, delta, A, B, C, D, z, delta_bias)
     chosen = choose(SELECTIVE_SCAN, args, {}, backend)
-    if chosen == "reference" and not _cpu_path(u):
+    if chosen == "reference" and not _cpu_path(u, A):
         return selective_scan_ref(*args, delta_softplus, return_last_state)
     impl = "cpu" if chosen == "reference" else chosen
     dt = u.dtype

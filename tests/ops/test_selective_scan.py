@@ -208,3 +208,10 @@ def test_compile_fullgraph_cpu_path():
     _, g_comp = _grads(compiled, args, {})
     for name in g_eager:
         torch.testing.assert_close(g_comp[name], g_eager[name])
+
+
+def test_reference_path_beyond_the_cpu_kernels_state_limit():
+    """N > 256 on CPU runs the oracle instead of raising from the C++ kernel."""
+    u, delta, A, B, C = make_inputs(1, 1, 3, 257, seed=19)[:5]
+    torch.testing.assert_close(selective_scan(u, delta, A, B, C, delta_softplus=True),
+                               selective_scan_ref(u, delta, A, B, C, delta_softplus=True))
