@@ -10,6 +10,9 @@
   ordinary test suite (``DLKERN_CUDA_EMULATE=1``). Built whenever a C++20 compiler works
   (``DLKERN_BUILD_EMU=0|1`` forces it off/on); ``DLKERN_EMU_ASAN=1`` instruments it with
   AddressSanitizer (run it with libasan and libstdc++ preloaded: csrc/emu/README.md).
+* ``dlkern._C_cpu``: CPU C++ kernels (``csrc/cpu`` binding + ``csrc/**/*_cpu.cpp``), the fast
+  default path on CPU tensors of ops whose reference is a slow recurrence (selective scan). Built
+  whenever a C++20 compiler works (``DLKERN_BUILD_CPU=0|1`` forces it off/on).
 * The Triton kernels in ``kernels/`` ship as the subpackage ``dlkern.kernels`` (a PyPI package
   called ``kernels`` exists, so the folder is never importable as a top-level name).
 
@@ -114,13 +117,9 @@ def cuda_extension():
     )
 
 
-def want_emu():
-    flag = os.environ.get("DLKERN_BUILD_EMU")
-    if flag not in (None, "", "0", "1"):
-        raise SystemExit(f"DLKERN_BUILD_EMU must be 0 or 1, got {flag!r}")
-    if flag == "0":
-        return False, "DLKERN_BUILD_EMU=0"
-    problems = [] if sys.platform.startswith("linux") else ["the emulation runtime needs Linux"]
+def cxx20_problems():
+    """Why the host C++ builds (dlkern._C_emu, dlkern._C_cpu) cannot be made here, if anything."""
+    problems = []
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -134,11 +133,22 @@ def want_emu():
         works = False
     if not works:
         problems.append(f"no working C++20 compiler ({cxx})")
+    return problems
+
+
+def want_emu():
+    flag = os.environ.get("DLKERN_BUILD_EMU")
+    if flag not in (None, "", "0", "1"):
+        raise SystemExit(f"DLKERN_BUILD_EMU must be 0 or 1, got {flag!r}")
+    if flag == "0":
+        return False, "DLKERN_BUILD_EMU=0"
+    problems = [] if sys.platform.startswith("linux") else ["the emulation runtime needs Linux"]
+    problems += cxx20_problems()
     if problems:
         if flag == "1":
             raise SystemExit("DLKERN_BUILD_EMU=1 but " + "; ".join(problems))
         return False, "; ".join(problems)
-    return True, f"C++ compiler {cxx}"
+    return True, "C++ compiler " + os.environ.get("CXX", "c++")
 
 
 def _write_if_changed(path, text):
@@ -181,6 +191,33 @@ def emu_extension():
     )
 
 
+def want_cpu():
+    flag = os.environ.get("DLKERN_BUILD_CPU")
+    if flag not in (None, "", "0", "1"):
+        raise SystemExit(f"DLKERN_BUILD_CPU must be 0 or 1, got {flag!r}")
+    if flag == "0":
+        return False, "DLKERN_BUILD_CPU=0"
+    problems = cxx20_problems()
+    if problems:
+        if flag == "1":
+            raise SystemExit("DLKERN_BUILD_CPU=1 but " + "; ".join(problems))
+        return False, "; ".join(problems)
+    return True, "C++ compiler " + os.environ.get("CXX", "c++")
+
+
+def cpu_extension():
+    """dlkern._C_cpu: plain C++ kernels (no CUDA), parallel over ATen's intra-op thread pool."""
+    from torch.utils.cpp_extension import CppExtension
+
+    sources = ["csrc/cpu/bindings.cpp"] + sorted(glob.glob("csrc/**/*_cpu.cpp", recursive=True))
+    # -O3 and no libm errno/trap semantics so the per-state loops vectorize (reductions included);
+    # NaN and inf still propagate (no -ffinite-math-only).
+    cflags = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
+              "-fassociative-math"]
+    return CppExtension(name="dlkern._C_cpu", sources=sources,
+                        include_dirs=[os.path.join(ROOT, "csrc")], extra_compile_args={"cxx": cflags})
+
+
 def build_setup_kwargs():
     kwargs = dict(
         packages=find_packages(include=["dlkern", "dlkern.*"]) + ["dlkern.kernels"],
@@ -209,6 +246,15 @@ def build_setup_kwargs():
         log(f"building dlkern._C_emu, the CUDA kernels on the CPU emulation layer{asan} ({emu_reason})")
     else:
         log(f"NOT building the CUDA emulation dlkern._C_emu: {emu_reason}")
+    build_cpu, cpu_reason = want_cpu()
+    if build_cpu:
+        from torch.utils.cpp_extension import BuildExtension
+
+        kwargs["ext_modules"].append(cpu_extension())
+        kwargs["cmdclass"].setdefault("build_ext", BuildExtension.with_options(use_ninja=bool(shutil.which("ninja"))))
+        log(f"building dlkern._C_cpu, the CPU C++ kernels ({cpu_reason})")
+    else:
+        log(f"NOT building the CPU kernels dlkern._C_cpu: {cpu_reason}")
     return kwargs
 
 

@@ -1,5 +1,6 @@
 """Failure-tolerant loading of the optional parts: triton (with dlkern.kernels), the CUDA
-extension ``dlkern._C`` and its CPU emulation build ``dlkern._C_emu``.
+extension ``dlkern._C``, its CPU emulation build ``dlkern._C_emu`` and the CPU C++ kernels
+``dlkern._C_cpu``.
 
 Nothing here raises: a missing part is ``None`` plus the reason, so ``import dlkern`` always works
 and ``dlkern info`` can say what is absent and why. Everything is loaded once, at import, so the
@@ -21,6 +22,7 @@ _triton, _triton_error = _try_import("triton")
 kernels, kernels_error = _try_import("dlkern.kernels") if _triton is not None else (None, _triton_error)
 _C, _C_error = _try_import("dlkern._C")
 _C_emu, _C_emu_error = _try_import("dlkern._C_emu")
+_C_cpu, _C_cpu_error = _try_import("dlkern._C_cpu")
 
 
 def triton_import_error() -> str | None:
@@ -51,3 +53,12 @@ def emu_module():
 
 def emu_unavailable_reason() -> str:
     return f"the CUDA emulation build dlkern._C_emu is not available: {_C_emu_error}"
+
+
+def cpu_module():
+    """``dlkern._C_cpu``: the CPU C++ kernels (fast default paths on CPU tensors), or None."""
+    return _C_cpu
+
+
+def cpu_unavailable_reason() -> str:
+    return f"the CPU kernels dlkern._C_cpu are not built: {_C_cpu_error}"

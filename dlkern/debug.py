@@ -13,7 +13,7 @@ def set_debug_nan_fill(enabled: bool) -> None:
     global _nan_fill
     _nan_fill = bool(enabled)
     from dlkern import _ext
-    for mod in (_ext._C, _ext._C_emu):
+    for mod in (_ext._C, _ext._C_emu, _ext._C_cpu):
         if mod is not None:
             mod.set_debug_nan_fill(_nan_fill)
 

@@ -21,3 +21,4 @@ from .causal_conv1d import causal_conv1d_bwd, causal_conv1d_fwd, causal_conv1d_u
 from .depthwise_conv2d import depthwise_conv2d_bwd, depthwise_conv2d_fwd  # noqa: E402
 from .dilated_conv1d import dilated_conv1d_bwd, dilated_conv1d_fwd  # noqa: E402
 from .wavenet import wavenet_layer_bwd, wavenet_layer_fwd  # noqa: E402
+from .selective_scan import selective_scan_bwd, selective_scan_fwd  # noqa: E402

@@ -14,7 +14,8 @@ import tempfile
 MODULES = ["dlkern.kernels.row_norm", "dlkern.kernels.channel_norm", "dlkern.kernels.weight_norm",
            "dlkern.kernels.optim", "dlkern.kernels.attention", "dlkern.kernels.affine_coupling",
            "dlkern.kernels.act_norm", "dlkern.kernels.inv_conv1x1", "dlkern.kernels.causal_conv1d",
-           "dlkern.kernels.depthwise_conv2d", "dlkern.kernels.dilated_conv1d", "dlkern.kernels.wavenet"]
+           "dlkern.kernels.depthwise_conv2d", "dlkern.kernels.dilated_conv1d", "dlkern.kernels.wavenet",
+           "dlkern.kernels.selective_scan"]
 
 
 # Kernels allowed to spill, with the reason (the test still reports their spills).
@@ -46,7 +47,7 @@ def cases():
     heaviest = ("n8192", "looped", "channel_norm.", "weight_norm.", "optim.", "attention.fwd_bf16_d128",
                 "attention.dkdv_bf16_d128", "attention.dq_bf16_d128", "affine_coupling.", "act_norm.",
                 "inv_conv1x1.", "causal_conv1d.bwd_bfloat16_w8", "depthwise_conv2d.dweight_bfloat16",
-                "dilated_conv1d.", "wavenet.")
+                "dilated_conv1d.", "wavenet.", "selective_scan.")
     return [(90, n) for n in names] + [(80, n) for n in names if any(h in n for h in heaviest)]
 
 

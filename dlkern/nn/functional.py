@@ -14,6 +14,8 @@ from dlkern.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from dlkern.ops.depthwise_conv2d import conv2d, depthwise_conv2d
 from dlkern.ops.dilated_conv1d import dilated_conv1d
 from dlkern.ops.wavenet import wavenet_layer
+# selective scan (Mamba)
+from dlkern.ops.selective_scan import selective_scan, selective_state_update
 # normalizing flows
 from dlkern.ops.act_norm import act_norm
 from dlkern.ops.affine_coupling import affine_coupling
@@ -22,4 +24,5 @@ from dlkern.ops.inv_conv1x1 import inv_conv1x1
 __all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "batch_norm", "instance_norm",
            "group_norm", "group_norm_act", "weight_norm", "scaled_dot_product_attention",
            "causal_conv1d", "causal_conv1d_update", "depthwise_conv2d", "conv2d", "dilated_conv1d",
-           "wavenet_layer", "affine_coupling", "act_norm", "inv_conv1x1"]
+           "wavenet_layer", "affine_coupling", "act_norm", "inv_conv1x1", "selective_scan",
+           "selective_state_update"]

@@ -1,4 +1,4 @@
-"""Peer libraries the benchmark compares against, when installed (Liger-Kernel, apex).
+"""Peer libraries the benchmark compares against, when installed (Liger-Kernel, apex, mamba_ssm).
 
 Each factory returns a callable with the dlkern op's positional signature, or None when the peer
 is not importable; nothing here is imported at dlkern import time.
@@ -69,3 +69,8 @@ def flash_attn_sdpa():
                                   dropout_p=dropout_p, softmax_scale=scale, causal=is_causal)
         return out.transpose(1, 2)
     return run
+
+
+def mamba_ssm_selective_scan():
+    mod = _try_import("mamba_ssm.ops.selective_scan_interface")
+    return None if mod is None else mod.selective_scan_fn  # same signature as dlkern's

@@ -1,0 +1,279 @@
+"""Triton selective scan (math: csrc/scan/selective_scan.h) and its backward.
+
+One program per (batch, channel). The sequence is walked in chunks of CHUNK steps; inside a chunk
+the recurrence h_t = a_t h_{t-1} + x_t is a parallel scan (``tl.associative_scan`` over a
+(CHUNK, N) tile, combining (a1, x1), (a2, x2) -> (a1 a2, a2 x1 + x2)), and the state carries from
+chunk to chunk in registers. The forward stores the state at each chunk's end; the backward walks
+the chunks from the last, recomputes h_{t-1} inside the chunk from the previous chunk's end (a scan
+of the inputs shifted by one step) and gets the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} from a
+reverse scan. dB and dC of variable (time-dependent) B/C are summed over the channels of a group
+with fp32 atomics (run to run, their last bits may differ); every other reduction is a per-program
+partial summed by the launcher in a fixed order.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from dlkern.debug import new_empty
+
+CHUNK = 64      # must equal dlkern.ops.selective_scan.CHUNK (the size of ``states``)
+
+
+def _num_warps(block_n):
+    return 4 if block_n <= 16 else 8   # the (64, 32) tiles of the backward spill with 4 warps
+
+
+@triton.jit
+def _combine(a1, x1, a2, x2):
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _dt(DELTA, BIAS, t, mask, SOFTPLUS: tl.constexpr):
+    v = tl.load(DELTA + t, mask=mask, other=0.0).to(tl.float32) + BIAS
+    if SOFTPLUS:
+        v = tl.where(v <= 20.0, tl.log(1.0 + tl.exp(v)), v)
+    return v
+
+
+@triton.jit
+def _bc_tile(X, t, n, mask, VARIABLE: tl.constexpr, L):
+    """B or C at times t (CHUNK,) x states n (N,): a (CHUNK, N) tile (X points at the row/group)."""
+    if VARIABLE:
+        return tl.load(X + n[None, :] * L + t[:, None], mask=mask, other=0.0).to(tl.float32)
+    return tl.load(X + n[None, :] + 0 * t[:, None], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _selective_scan_fwd_kernel(
+    # pointers: u, delta, z, out (batch, dim, L); A (dim, N) fp32; B, C (batch, G, N, L) or (dim, N);
+    # D, BIAS (dim,) fp32; STATES (batch, dim, n_chunks, N) fp32
+    U, DELTA, A, B, C, D, Z, BIAS, OUT, STATES,
+    # sizes
+    dim, L, N, dim_per_group, n_chunks,
+    # meta
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    VAR_B: tl.constexpr, VAR_C: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_T: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1).to(tl.int64)
+    groups = dim // dim_per_group
+    row = (b * dim + d) * L
+    g_off = (b * groups + d // dim_per_group) * N * L
+    Bp = B + (g_off if VAR_B else d * N)
+    Cp = C + (g_off if VAR_C else d * N)
+    n = tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    Arow = tl.load(A + d * N + n, mask=n_ok, other=0.0)
+    bias = tl.load(BIAS + d) if HAS_BIAS else 0.0
+    Dd = tl.load(D + d) if HAS_D else 0.0
+    h = tl.zeros([BLOCK_N], tl.float32)
+    for c in range(0, n_chunks):
+        t = c * CHUNK_T + tl.arange(0, CHUNK_T)
+        t_ok = t < L
+        m2 = t_ok[:, None] & n_ok[None, :]
+        dt = _dt(DELTA + row, bias, t, t_ok, SOFTPLUS)
+        u = tl.load(U + row + t, mask=t_ok, other=0.0).to(tl.float32)
+        a = tl.where(m2, tl.exp(dt[:, None] * Arow[None, :]), 1.0)                      # (T, N)
+        x = (dt * u)[:, None] * _bc_tile(Bp, t, n, m2, VAR_B, L)
+        a_cum, x_cum = tl.associative_scan((a, x), 0, _combine)
+        hs = x_cum + a_cum * h[None, :]                                                 # h_t
+        y = tl.sum(hs * _bc_tile(Cp, t, n, m2, VAR_C, L), axis=1) + Dd * u
+        if HAS_Z:
+            zt = tl.load(Z + row + t, mask=t_ok, other=0.0).to(tl.float32)
+            y = y * zt * tl.sigmoid(zt)
+        tl.store(OUT + row + t, y.to(OUT.dtype.element_ty), mask=t_ok)
+        last = tl.minimum(L - c * CHUNK_T, CHUNK_T) - 1
+        h = tl.sum(tl.where(tl.arange(0, CHUNK_T)[:, None] == last, hs, 0.0), axis=0)
+        tl.store(STATES + ((b * dim + d) * n_chunks + c) * N + n, h, mask=n_ok)
+
+
+@triton.jit
+def _selective_scan_bwd_kernel(
+    # pointers: as the forward, plus DOUT (batch, dim, L); DLAST (batch, dim, N) fp32; outputs DU,
+    # DDELTA, DZ (batch, dim, L); partials DA (batch, dim, N), DD, DBIAS (batch, dim) fp32; DB, DC:
+    # variable: (batch, G, N, L) fp32 accumulated atomically, else (batch, dim, N) partials
+    U, DELTA, A, B, C, D, Z, BIAS, STATES, DOUT, DLAST,
+    DU, DDELTA, DZ, DA, DB, DC, DD, DBIAS,
+    # sizes
+    dim, L, N, dim_per_group, n_chunks,
+    # meta
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_DLAST: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK_T: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1).to(tl.int64)
+    groups = dim // dim_per_group
+    rd = b * dim + d
+    row = rd * L
+    g_off = (b * groups + d // dim_per_group) * N * L
+    Bp = B + (g_off if VAR_B else d * N)
+    Cp = C + (g_off if VAR_C else d * N)
+    n = tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    i = tl.arange(0, CHUNK_T)
+    Arow = tl.load(A + d * N + n, mask=n_ok, other=0.0)
+    bias = tl.load(BIAS + d) if HAS_BIAS else 0.0
+    Dd = tl.load(D + d) if HAS_D else 0.0
+    g_next = tl.load(DLAST + rd * N + n, mask=n_ok, other=0.0) if HAS_DLAST else tl.zeros([BLOCK_N], tl.float32)
+    dA = tl.zeros([BLOCK_N], tl.float32)
+    dB_acc = tl.zeros([BLOCK_N], tl.float32)   # time-invariant B/C: summed over t here
+    dC_acc = tl.zeros([BLOCK_N], tl.float32)
+    dD = 0.0
+    dbias = 0.0
+    for cc in range(0, n_chunks):
+        c = n_chunks - 1 - cc
+        t = c * CHUNK_T + i
+        t_ok = t < L
+        m2 = t_ok[:, None] & n_ok[None, :]
+        h0 = tl.load(STATES + (rd * n_chunks + c - 1) * N + n, mask=n_ok & (c > 0), other=0.0)
+        # h_{t-1}: the scan of the inputs at t-1 (identity at the chunk's first step)
+        tp = t - 1
+        p_ok = t_ok & (i > 0)
+        mp = p_ok[:, None] & n_ok[None, :]
+        dtp = _dt(DELTA + row, bias, tp, p_ok, SOFTPLUS)
+        up = tl.load(U + row + tp, mask=p_ok, other=0.0).to(tl.float32)
+        ap = tl.where(mp, tl.exp(dtp[:, None] * Arow[None, :]), 1.0)
+        xp = (dtp * up)[:, None] * _bc_tile(Bp, tp, n, mp, VAR_B, L)
+        ap_cum, xp_cum = tl.associative_scan((ap, xp), 0, _combine)
+        hprev = xp_cum + ap_cum * h0[None, :]
+        # this step
+        dt = _dt(DELTA + row, bias, t, t_ok, SOFTPLUS)
+        u = tl.load(U + row + t, mask=t_ok, other=0.0).to(tl.float32)
+        a = tl.where(m2, tl.exp(dt[:, None] * Arow[None, :]), 1.0)
+        Bt = _bc_tile(Bp, t, n, m2, VAR_B, L)
+        Ct = _bc_tile(Cp, t, n, m2, VAR_C, L)
+        ht = a * hprev + (dt * u)[:, None] * Bt
+        dout = tl.load(DOUT + row + t, mask=t_ok, other=0.0).to(tl.float32)
+        dy = dout
+        if HAS_Z:
+            zt = tl.load(Z + row + t, mask=t_ok, other=0.0).to(tl.float32)
+            s = tl.sigmoid(zt)
+            y = tl.sum(ht * Ct, axis=1) + Dd * u
+            tl.store(DZ + row + t, (dout * y * s * (1.0 + zt * (1.0 - s))).to(DZ.dtype.element_ty), mask=t_ok)
+            dy = dout * zt * s
+        # g_t = C_t dy_t + a_{t+1} g_{t+1}: a reverse scan of (a_{t+1}, C_t dy_t), then the carry
+        tn = t + 1
+        n_in = tn < L   # at the sequence end the decay is 1 and the carry is dlast
+        mn = n_in[:, None] & n_ok[None, :]
+        alpha = tl.where(mn, tl.exp(_dt(DELTA + row, bias, tn, n_in, SOFTPLUS)[:, None] * Arow[None, :]), 1.0)
+        cdy = Ct * dy[:, None]
+        al_cum, g_cum = tl.associative_scan((alpha, cdy), 0, _combine, reverse=True)
+        g = g_cum + al_cum * g_next[None, :]                                            # g_t
+        gah = tl.where(m2, g * a * hprev, 0.0)   # padded rows carry dlast through: keep them out
+        ddt = tl.sum(gah * Arow[None, :] + g * Bt * u[:, None], axis=1)
+        dA += tl.sum(gah * dt[:, None], axis=0)
+        gdu = g * (dt * u)[:, None]
+        dyh = dy[:, None] * ht
+        if VAR_B:
+            tl.atomic_add(DB + g_off + n[None, :] * L + t[:, None], gdu, mask=m2)
+        else:
+            dB_acc += tl.sum(tl.where(m2, gdu, 0.0), axis=0)
+        if VAR_C:
+            tl.atomic_add(DC + g_off + n[None, :] * L + t[:, None], dyh, mask=m2)
+        else:
+            dC_acc += tl.sum(tl.where(m2, dyh, 0.0), axis=0)
+        du = dt * tl.sum(g * Bt, axis=1) + Dd * dy
+        tl.store(DU + row + t, du.to(DU.dtype.element_ty), mask=t_ok)
+        if SOFTPLUS:
+            raw = tl.load(DELTA + row + t, mask=t_ok, other=0.0).to(tl.float32) + bias
+            ddt = ddt * tl.sigmoid(raw)
+        ddt = tl.where(t_ok, ddt, 0.0)
+        tl.store(DDELTA + row + t, ddt.to(DDELTA.dtype.element_ty), mask=t_ok)
+        dD += tl.sum(tl.where(t_ok, dy * u, 0.0), axis=0)
+        dbias += tl.sum(ddt, axis=0)
+        g_next = tl.sum(tl.where(i[:, None] == 0, g, 0.0), axis=0)
+    tl.store(DA + rd * N + n, dA, mask=n_ok)
+    if not VAR_B:
+        tl.store(DB + rd * N + n, dB_acc, mask=n_ok)
+    if not VAR_C:
+        tl.store(DC + rd * N + n, dC_acc, mask=n_ok)
+    if HAS_D:
+        tl.store(DD + rd, dD)
+    if HAS_BIAS:
+        tl.store(DBIAS + rd, dbias)
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias):
+    """Contiguous operands; B/C (batch, G, N, L) or (dim, N); A, D, bias fp32."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    var_b, var_c = B.dim() == 4, C.dim() == 4
+    groups = B.shape[1] if var_b else (C.shape[1] if var_c else 1)
+    c = lambda t: t.contiguous() if t is not None else None  # noqa: E731
+    f = lambda t: t.float().contiguous() if t is not None else None  # noqa: E731
+    return (c(u), c(delta), f(A), c(B), c(C), f(D), c(z), f(delta_bias),
+            dict(batch=batch, dim=dim, L=L, N=N, groups=groups, var_b=var_b, var_c=var_c,
+                 n_chunks=triton.cdiv(L, CHUNK)))
+
+
+def _meta(s, D, z, bias, softplus):
+    return dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None,
+                SOFTPLUS=bool(softplus), VAR_B=s["var_b"], VAR_C=s["var_c"],
+                BLOCK_N=triton.next_power_of_2(s["N"]), CHUNK_T=CHUNK)
+
+
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """-> (out (batch, dim, L) in u's dtype, states (batch, dim, n_chunks, N) fp32)."""
+    u, delta, A, B, C, D, z, bias, s = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    out = new_empty(s["batch"], s["dim"], s["L"], dtype=u.dtype, device=u.device)
+    states = new_empty(s["batch"], s["dim"], s["n_chunks"], s["N"], dtype=torch.float32, device=u.device)
+    if s["batch"]:
+        _selective_scan_fwd_kernel[(s["batch"], s["dim"])](
+            u, delta, A, B, C, D, z, bias, out, states,
+            s["dim"], s["L"], s["N"], s["dim"] // s["groups"], s["n_chunks"],
+            **_meta(s, D, z, bias, delta_softplus), num_warps=_num_warps(triton.next_power_of_2(s["N"])))
+    return out, states
+
+
+def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, states, dlast):
+    """-> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias); du, ddelta, dz in u's dtype, the rest fp32
+    (absent ones empty)."""
+    u, delta, A, B, C, D, z, bias, s = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    batch, dim, L, N = s["batch"], s["dim"], s["L"], s["N"]
+    dev, f32 = u.device, torch.float32
+    dout = dout.contiguous()
+    dlast = dlast.float().contiguous() if dlast is not None else None
+    du = new_empty(batch, dim, L, dtype=u.dtype, device=dev)
+    ddelta = new_empty(batch, dim, L, dtype=u.dtype, device=dev)
+    dz = new_empty(batch, dim, L, dtype=u.dtype, device=dev) if z is not None else u.new_empty(0)
+    dA = new_empty(batch, dim, N, dtype=f32, device=dev)
+    bc = lambda var, X: (torch.zeros(X.shape, dtype=f32, device=dev) if var  # noqa: E731
+                         else new_empty(batch, dim, N, dtype=f32, device=dev))
+    dB, dC = bc(s["var_b"], B), bc(s["var_c"], C)
+    dD = new_empty(batch, dim, dtype=f32, device=dev) if D is not None else None
+    dbias = new_empty(batch, dim, dtype=f32, device=dev) if bias is not None else None
+    if batch:
+        _selective_scan_bwd_kernel[(batch, dim)](
+            u, delta, A, B, C, D, z, bias, states.contiguous(), dout, dlast,
+            du, ddelta, dz, dA, dB, dC, dD, dbias,
+            dim, L, N, dim // s["groups"], s["n_chunks"],
+            **_meta(s, D, z, bias, delta_softplus), HAS_DLAST=dlast is not None,
+            num_warps=_num_warps(triton.next_power_of_2(N)))
+    else:
+        for t in (dA, dB, dC, dD, dbias):
+            if t is not None:
+                t.zero_()
+    empty = lambda: u.new_empty(0, dtype=f32)  # noqa: E731  (a fresh one each: outputs may not alias)
+    return (du, ddelta, dA.sum(0), dB if s["var_b"] else dB.sum(0), dC if s["var_c"] else dC.sum(0),
+            dD.sum(0) if dD is not None else empty(), dz, dbias.sum(0) if dbias is not None else empty())
+
+
+def compile_specs():
+    """Both kernels with every option on (the heaviest variant): fp32 at N = 16 (Mamba's) and bf16
+    at N = 32 (the largest the op sends here, 8 warps)."""
+    for dtype, ptr, block_n in ((torch.float32, "*fp32", 16), (torch.bfloat16, "*bf16", 32)):
+        t = f"{str(dtype)[6:]}_n{block_n}"
+        meta = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, VAR_B=True, VAR_C=True,
+                    BLOCK_N=block_n, CHUNK_T=CHUNK)
+        sizes = {"dim": "i32", "L": "i32", "N": "i32", "dim_per_group": "i32", "n_chunks": "i32"}
+        fwd = {"U": ptr, "DELTA": ptr, "A": "*fp32", "B": ptr, "C": ptr, "D": "*fp32", "Z": ptr,
+               "BIAS": "*fp32", "OUT": ptr, "STATES": "*fp32", **sizes, **{k: "constexpr" for k in meta}}
+        yield (f"fwd_{t}", _selective_scan_fwd_kernel, fwd, meta, _num_warps(block_n))
+        bmeta = dict(meta, HAS_DLAST=True)
+        bwd = {"U": ptr, "DELTA": ptr, "A": "*fp32", "B": ptr, "C": ptr, "D": "*fp32", "Z": ptr,
+               "BIAS": "*fp32", "STATES": "*fp32", "DOUT": ptr, "DLAST": "*fp32", "DU": ptr,
+               "DDELTA": ptr, "DZ": ptr, "DA": "*fp32", "DB": "*fp32", "DC": "*fp32", "DD": "*fp32",
+               "DBIAS": "*fp32", **sizes, **{k: "constexpr" for k in bmeta}}
+        yield (f"bwd_{t}", _selective_scan_bwd_kernel, bwd, bmeta, _num_warps(block_n))

@@ -1,0 +1,217 @@
+"""Selective scan: what the generic registry tests do not cover. The default CPU path (the C++
+kernel in dlkern._C_cpu) against the sequential oracle in fp64 for every option; long sequences
+with strongly negative A; lengths around the chunk; NaN-poisoned outputs; the last state's
+gradient; ``selective_state_update`` against the full scan; argument errors; opcheck of the CPU
+variant of the custom ops. The kernel backends get the registry samples through test_ops.py."""
+import pytest
+import torch
+
+import dlkern
+from dlkern import _ext
+from dlkern.ops.selective_scan import (make_inputs, selective_scan, selective_scan_bwd_op,
+                                       selective_scan_fwd_op, selective_scan_ref, selective_state_update)
+from numerics import assert_close_to_reference
+
+needs_cpu_kernels = pytest.mark.skipif(_ext.cpu_module() is None, reason=_ext.cpu_unavailable_reason()
+                                       if _ext.cpu_module() is None else "")
+ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def _grads(fn, args, kwargs, seed=7):
+    leaves = [a.detach().clone().requires_grad_(True) if a is not None else None for a in args]
+    outs = fn(*leaves, **kwargs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    gen = torch.Generator().manual_seed(seed)
+    cots = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype) for o in outs]
+    present = [a for a in leaves if a is not None]
+    grads = torch.autograd.grad(outs, present, cots)
+    names = [n for n, a in zip(ARG_NAMES, leaves) if a is not None]
+    return outs, dict(zip(names, grads))
+
+
+def _compare_with_oracle(args, kwargs, dtype=torch.float32):
+    """The default path (dtype) vs the oracle in fp64, tolerance from the oracle run in dtype."""
+    args = [a.to(dtype) if a is not None else None for a in args]
+    outs, grads = _grads(selective_scan, args, kwargs)
+    exact = [a.double() if a is not None else None for a in args]
+    e_outs, e_grads = _grads(selective_scan_ref, exact, kwargs)
+    l_outs, l_grads = _grads(selective_scan_ref, args, kwargs)
+    for k, (o, e, l) in enumerate(zip(outs, e_outs, l_outs)):
+        assert_close_to_reference(f"output {k}", o, e, l, dtype)
+    assert grads.keys() == e_grads.keys()
+    for name in grads:
+        assert grads[name].dtype == dict(zip(ARG_NAMES, args))[name].dtype
+        assert_close_to_reference(f"grad of {name}", grads[name], e_grads[name], l_grads[name], dtype)
+
+
+OPTION_CASES = {
+    "all_options": (dict(), dict(delta_softplus=True), ()),
+    "no_optionals": (dict(softplus=False), dict(), ("D", "z", "delta_bias")),
+    "grouped_G2": (dict(groups=2), dict(delta_softplus=True), ()),
+    "grouped_G4_last_state": (dict(groups=4), dict(delta_softplus=True, return_last_state=True), ("z",)),
+    "time_invariant_BC": (dict(variable_B=False, variable_C=False), dict(delta_softplus=True), ()),
+    "invariant_B_variable_C": (dict(variable_B=False, softplus=False), dict(return_last_state=True), ("D",)),
+}
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("case", OPTION_CASES, ids=list(OPTION_CASES))
+@pytest.mark.parametrize("L", [1, 3, 64, 65, 1000])
+def test_cpu_path_matches_oracle(case, L):
+    opts, kwargs, drop = OPTION_CASES[case]
+    args = list(make_inputs(2 if L < 1000 else 1, 8, L, 5, seed=L, **opts))
+    for name in drop:
+        args[ARG_NAMES.index(name)] = None
+    _compare_with_oracle(args, kwargs)
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_path_half_inputs(dtype):
+    _compare_with_oracle(make_inputs(2, 4, 70, 16, seed=3), dict(delta_softplus=True), dtype)
+
+
+@needs_cpu_kernels
+def test_cpu_path_state_size_16_batch_1():
+    _compare_with_oracle(make_inputs(1, 16, 200, 16, seed=4, groups=2), dict(delta_softplus=True))
+
+
+def _long_strongly_negative(dim=4):
+    u, delta, A, B, C, D, z, bias = make_inputs(1, dim, 4096, 8, seed=9)
+    return (u, delta, A * 1000.0, B, C, D, z, bias)   # exp(dt A) underflows to 0 on most steps
+
+
+@pytest.mark.parametrize("path", ["default", "triton"])
+def test_long_sequence_strongly_negative_A_stays_finite(path):
+    if path == "triton" and dlkern.backend.availability("triton", torch.device("cpu")):
+        pytest.skip("; ".join(dlkern.backend.availability("triton", torch.device("cpu"))))
+    args = _long_strongly_negative(dim=4 if path == "default" else 1)  # the interpreter is slow
+    out, last = selective_scan(*args, delta_softplus=True, return_last_state=True,
+                               backend=None if path == "default" else path)
+    assert torch.isfinite(out).all() and torch.isfinite(last).all()
+    exact_out, exact_last = selective_scan_ref(*(a.double() for a in args), delta_softplus=True,
+                                               return_last_state=True)
+    torch.testing.assert_close(out.double(), exact_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last.double(), exact_last, rtol=1e-4, atol=1e-4)
+
+
+@needs_cpu_kernels
+def test_long_sequence_gradients_finite():
+    args = _long_strongly_negative()
+    outs, grads = _grads(lambda *a: selective_scan(*a, delta_softplus=True), args, {})
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+@needs_cpu_kernels
+def test_cpu_outputs_fully_written_under_nan_fill():
+    """The C++ launchers NaN-fill every output and partial buffer (tests enable it): any element
+    they skip shows up as NaN here."""
+    dlkern.debug.set_debug_nan_fill(True)
+    args = make_inputs(3, 6, 130, 7, seed=11, groups=3)
+    out, states = selective_scan_fwd_op(args[0], args[1], args[2], args[3], args[4], args[5], args[6],
+                                        args[7], True, "cpu")
+    grads = selective_scan_bwd_op(torch.randn_like(out), *args[:5], args[5], args[6], args[7], True,
+                                  states, torch.randn(3, 6, 7), "cpu")
+    for t in (out, states, *grads):
+        assert torch.isfinite(t).all()
+
+
+@needs_cpu_kernels
+def test_last_state_gradient_alone():
+    """A loss on the last state only (dout is None in the backward)."""
+    args = make_inputs(2, 4, 100, 3, seed=12)
+    kw = dict(delta_softplus=True, return_last_state=True)
+    leaves = [a.clone().requires_grad_(True) for a in args]
+    (g,) = torch.autograd.grad(selective_scan(*leaves, **kw)[1].square().sum(), leaves[2])
+    exact = [a.double().requires_grad_(True) for a in args]
+    (e,) = torch.autograd.grad(selective_scan_ref(*exact, **kw)[1].square().sum(), exact[2])
+    torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5)
+
+
+@needs_cpu_kernels
+def test_cpu_path_ignores_thread_count():
+    args = make_inputs(2, 8, 150, 4, seed=13)
+    threads = torch.get_num_threads()
+    results = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        results.append(_grads(lambda *a: selective_scan(*a, delta_softplus=True), args, {})[1])
+    torch.set_num_threads(threads)
+    for name in results[0]:
+        assert torch.equal(results[0][name], results[1][name]), name
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_state_update_steps_equal_the_full_scan(grouped):
+    batch, dim, L, N = 2, 6, 9, 4
+    u, delta, A, B, C, D, z, bias = make_inputs(batch, dim, L, N, seed=14, groups=3 if grouped else 1)
+    full, last = selective_scan_ref(u, delta, A, B, C, D, z, bias, True, True)
+    state = torch.zeros(batch, dim, N)
+    outs = [selective_state_update(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], D, z[..., t],
+                                   bias, dt_softplus=True) for t in range(L)]
+    torch.testing.assert_close(torch.stack(outs, -1), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, last, rtol=1e-5, atol=1e-5)
+
+
+def test_scan_then_decode_continues_the_sequence():
+    """Prefill with return_last_state, then decode with the state: same as one longer scan."""
+    u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 12, 3, seed=15)
+    full = selective_scan(u, delta, A, B, C, D, z, bias, True)
+    _, state = selective_scan(u[..., :10], delta[..., :10], A, B[..., :10], C[..., :10], D, z[..., :10],
+                              bias, True, True)
+    state = state.clone()
+    for t in (10, 11):
+        out = selective_state_update(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], D, z[..., t],
+                                     bias, True)
+        torch.testing.assert_close(out, full[..., t], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(u=torch.randn(2, 3)), "u must be"),
+    (dict(delta=torch.randn(2, 3, 6)), "delta must have u's shape"),
+    (dict(A=torch.randn(4, 2)), "A must be"),
+    (dict(B=torch.randn(2, 2, 2, 5)), "B must be"),
+    (dict(C=torch.randn(3, 5)), "C must be"),
+    (dict(D=torch.randn(4)), "D must be"),
+    (dict(u=torch.randint(0, 3, (2, 3, 5))), "u must be a real floating-point"),
+])
+def test_bad_arguments_raise(bad, match):
+    args = dict(zip(ARG_NAMES, make_inputs(2, 3, 5, 2, seed=16)))
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        selective_scan(*args.values())
+
+
+def test_named_backend_does_not_fall_back():
+    args = [a.double() for a in make_inputs(1, 2, 3, 2)]
+    with pytest.raises(dlkern.BackendError, match="float64"):
+        selective_scan(*args, backend="triton")
+
+
+@needs_cpu_kernels
+def test_opcheck_cpu_custom_ops():
+    args = make_inputs(2, 4, 70, 3, seed=17, groups=2)
+    fwd_args = (*args, True, "cpu")
+    torch.library.opcheck(selective_scan_fwd_op, fwd_args)
+    out, states = selective_scan_fwd_op(*fwd_args)
+    torch.library.opcheck(selective_scan_bwd_op, (torch.randn_like(out), *args, True, states,
+                                                   torch.randn(2, 4, 3), "cpu"))
+
+
+@needs_cpu_kernels
+def test_compile_fullgraph_cpu_path():
+    args = make_inputs(1, 4, 20, 3, seed=18)
+    fn = lambda *a: selective_scan(*a, delta_softplus=True)  # noqa: E731
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    _, g_eager = _grads(fn, args, {})
+    _, g_comp = _grads(compiled, args, {})
+    for name in g_eager:
+        torch.testing.assert_close(g_comp[name], g_eager[name])
+
+
+def test_reference_path_beyond_the_cpu_kernels_state_limit():
+    """N > 256 on CPU runs the oracle instead of raising from the C++ kernel."""
+    u, delta, A, B, C = make_inputs(1, 1, 3, 257, seed=19)[:5]
+    torch.testing.assert_close(selective_scan(u, delta, A, B, C, delta_softplus=True),
+                               selective_scan_ref(u, delta, A, B, C, delta_softplus=True))
