@@ -80,9 +80,10 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
           compile: bool = False, seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False,
           stop_at: int | None = None, tiny: bool = False, batch_size: int | None = None,
           eval_every: int | None = None, evaluate: bool = True, progress: bool = True,
-          config: dict | None = None, log=print) -> dict:
+          config: dict | None = None, optimizer_backend: str | None = None, log=print) -> dict:
     """Run ``name``'s task; returns {"losses", "metric", "target", "reached", "steps", "seconds", ...}.
-    ``stop_at``: stop (and checkpoint) after that step, as if interrupted; ``--resume`` continues."""
+    ``stop_at``: stop (and checkpoint) after that step, as if interrupted; ``--resume`` continues.
+    ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``."""
     entry = get_entry(name)
     task = get_task(entry.task)
     settings = entry.train
@@ -101,7 +102,7 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
     cfg = model_config(name, tiny, **(config or {}))
     torch.manual_seed(seed)
     model = create_model(name, **cfg).to(device)
-    optimizer = make_optimizer(model, settings, backend)
+    optimizer = make_optimizer(model, settings, optimizer_backend or backend)
     start, losses = 0, []
     ckpt_path = out / "checkpoint.pt" if out is not None else None
     if resume:
@@ -160,7 +161,7 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
     if out is not None and main:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": end,
                     "total_steps": steps, "losses": losses, "config": cfg, "seed": seed}, ckpt_path)
-        (out / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=1))
+        (out / "result.json").write_text(json.dumps(result, indent=1))
         log(f"checkpoint: {ckpt_path}; " + save_loss_plot(losses, out / "loss.png", f"{name} ({task.name})"))
     return result
 
@@ -177,6 +178,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="global batch size (default: the model's)")
     p.add_argument("--tiny", action="store_true", help="the test-sized model config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-eval", action="store_true", help="skip the metric (losses only)")
 
 
 def run(args) -> int:
@@ -187,7 +189,7 @@ def run(args) -> int:
         return 0
     result = train(args.model, steps=args.steps, backend=args.backend, device=args.device,
                    compile=args.compile, seed=args.seed, out=args.out, resume=args.resume, tiny=args.tiny,
-                   batch_size=args.batch_size, progress=not args.no_progress)
+                   batch_size=args.batch_size, progress=not args.no_progress, evaluate=not args.no_eval)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0 if result["reached"] in (True, None) else 1

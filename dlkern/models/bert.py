@@ -57,8 +57,8 @@ class Bert(nn.Module):
         return self.decoder(self.mlm(x))                             # (B, L, vocab)
 
 
-@register_model("bert", task="palindrome", tiny={"dim": 16, "depth": 1, "heads": 2},
-                train=TrainSettings(steps=600, batch_size=64, lr=2e-3, weight_decay=0.01, warmup=50))
+@register_model("bert", task="palindrome", tiny={"dim": 16, "depth": 1, "heads": 1},
+                train=TrainSettings(steps=300, batch_size=64, lr=2e-3, weight_decay=0.01, warmup=50))
 def bert(**config) -> Bert:
     """BERT MLM with a key-padding mask; palindromes."""
     return Bert(BertConfig(**config))

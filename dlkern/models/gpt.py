@@ -93,7 +93,7 @@ class GPT(nn.Module):
         return self.lm_head(self.ln_f(x))              # (B, T, vocab)
 
 
-@register_model("gpt", task="copy", tiny={"n_layer": 2, "n_head": 2, "n_embd": 32},
+@register_model("gpt", task="copy", tiny={"n_layer": 1, "n_head": 1, "n_embd": 16},
                 train=TrainSettings(steps=250, batch_size=64, lr=3e-3, weight_decay=0.1, warmup=30, eval_every=50))
 def gpt(**config) -> GPT:
     """GPT: causal attention, LayerNorm, AdamW; copy task."""

@@ -88,7 +88,7 @@ class ResNet(nn.Module):
 _TRAIN = TrainSettings(steps=300, batch_size=64, lr=3e-3, weight_decay=5e-4, warmup=20, eval_every=100)
 
 
-@register_model("resnet", task="digits", train=_TRAIN, tiny={"widths": (4, 8, 8)})
+@register_model("resnet", task="digits", train=_TRAIN, tiny={"widths": (8,), "depths": (1,)})
 def resnet(**config) -> ResNet:
     """ResNet, basic blocks, BatchNorm; digits."""
     return ResNet(ResNetConfig(**config))
@@ -96,7 +96,7 @@ def resnet(**config) -> ResNet:
 
 @register_model("se_resnet", task="digits", train=_TRAIN,
                 config={"block": "bottleneck", "se": True, "widths": (32, 64, 128)},
-                tiny={"block": "bottleneck", "se": True, "widths": (8, 16, 16)})
+                tiny={"block": "bottleneck", "se": True, "widths": (16,), "depths": (1,)})
 def se_resnet(**config) -> ResNet:
     """SE-ResNet, bottleneck blocks with squeeze-and-excitation; digits."""
     return ResNet(ResNetConfig(**config))

@@ -8,8 +8,8 @@ uninterrupted one and ``torchrun`` ranks can each take their slice of the same g
 * ``digits``: procedurally rendered 16x16 digits: a 5x7 glyph per class, scaled x2, then a random
   rotation (±12°), scale (0.85-1.1), shear, shift (±2 px), stroke gain and Gaussian pixel noise.
   Metric: accuracy on a fixed 2000-image test set (chance 10 %).
-* ``palindrome``: masked-language modelling on palindromes of random length 6..16 padded to 16
-  (key-padding mask). Masked positions lie in one half, so every masked token is determined by its
+* ``palindrome``: masked-language modelling on palindromes of random even length 6..16, centred
+  between pads to length 16 (key-padding mask). Masked positions lie in one half, so every masked token is determined by its
   mirror. Metric: masked-token accuracy (chance 1/10).
 * ``denoise``: DDPM noise prediction on the digits (scaled to [-1, 1]), linear β schedule, 200 steps.
   Metric: ε-prediction MSE over a fixed test set and fixed t (predicting 0 scores 1.0).
@@ -173,18 +173,19 @@ class PalindromeTask(Task):
         return {"vocab_size": self.symbols + 2, "max_len": self.max_len}
 
     def make_batch(self, gen, batch_size):
-        """(tokens with MASKs (B, L), key_padding_mask (B, L) True = pad, targets (B, L) -100 = unscored)."""
-        n = torch.randint(self.min_len, self.max_len + 1, (batch_size, 1), generator=gen)
-        pos = torch.arange(self.max_len).expand(batch_size, -1)
-        mirror = (n - 1 - pos).clamp(min=0)
-        first = torch.randint(2, self.symbols + 2, (batch_size, self.max_len), generator=gen)
-        seq = torch.where(pos <= mirror, first, first.gather(1, mirror))     # palindrome of length n
-        pad = pos >= n
-        seq = seq.masked_fill(pad, PAD)
+        """(tokens with MASKs (B, L), key_padding_mask (B, L) True = pad, targets (B, L) -100 = unscored).
+        A palindrome of even length n sits centred between pads, so position i mirrors L-1-i."""
+        L = self.max_len
+        n = 2 * torch.randint(self.min_len // 2, L // 2 + 1, (batch_size, 1), generator=gen)
+        pos = torch.arange(L).expand(batch_size, -1)
+        lo = (L - n) // 2
+        pad = (pos < lo) | (pos >= lo + n)
+        first = torch.randint(2, self.symbols + 2, (batch_size, L), generator=gen)
+        seq = torch.where(pos < L // 2, first, first.flip(1)).masked_fill(pad, PAD)
         # mask a random subset of one half (which half: per sequence); the mirror stays visible
         left = torch.rand(batch_size, 1, generator=gen) < 0.5
-        half = torch.where(left, pos < mirror, (pos > mirror) & ~pad)
-        masked = half & (torch.rand(batch_size, self.max_len, generator=gen) < self.mask_prob)
+        half = ((pos < L // 2) == left) & ~pad
+        masked = half & (torch.rand(batch_size, L, generator=gen) < self.mask_prob)
         masked |= half & ~half.roll(1, 1) & ~masked.any(1, keepdim=True)     # at least one per row
         tokens = seq.masked_fill(masked, MASK)
         targets = seq.masked_fill(~masked, -100)

@@ -70,8 +70,8 @@ class ViT(nn.Module):
         return self.head(x[:, 0])                                    # (B, classes)
 
 
-@register_model("vit", task="digits", tiny={"dim": 16, "depth": 1, "heads": 2},
-                train=TrainSettings(steps=400, batch_size=64, lr=2e-3, weight_decay=0.05, warmup=40))
+@register_model("vit", task="digits", tiny={"dim": 16, "depth": 1, "heads": 1},
+                train=TrainSettings(steps=600, batch_size=64, lr=2e-3, weight_decay=0.05, warmup=40))
 def vit(**config) -> ViT:
     """ViT, 4x4 patches, class token; digits."""
     return ViT(ViTConfig(**config))
