@@ -8,6 +8,7 @@ and ``loss.png`` into ``--out``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -80,13 +81,15 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
           compile: bool = False, seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False,
           stop_at: int | None = None, tiny: bool = False, batch_size: int | None = None,
           eval_every: int | None = None, evaluate: bool = True, progress: bool = True,
-          config: dict | None = None, optimizer_backend: str | None = None, log=print) -> dict:
+          lr: float | None = None, config: dict | None = None, optimizer_backend: str | None = None,
+          data_cycle: int | None = None, log=print) -> dict:
     """Run ``name``'s task; returns {"losses", "metric", "target", "reached", "steps", "seconds", ...}.
     ``stop_at``: stop (and checkpoint) after that step, as if interrupted; ``--resume`` continues.
-    ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``."""
+    ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``.
+    ``data_cycle``: reuse the first k batches in turn (a fit-the-data check) instead of fresh ones."""
     entry = get_entry(name)
     task = get_task(entry.task)
-    settings = entry.train
+    settings = entry.train if lr is None else dataclasses.replace(entry.train, lr=lr)
     steps = steps or settings.steps
     batch_size = batch_size or settings.batch_size
     eval_every = eval_every or settings.eval_every
@@ -128,7 +131,8 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
     with dlkern.use_backend(backend):
         net.train()
         for step in bar:
-            batch = tuple(t[shard] for t in task.batch_for_step(seed, step, batch_size, device))
+            data_step = step % data_cycle if data_cycle else step
+            batch = tuple(t[shard] for t in task.batch_for_step(seed, data_step, batch_size, device))
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, steps, settings)
             loss = task.loss(net, batch)
@@ -176,6 +180,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="train_out", help="folder for checkpoint.pt, loss.png, result.json")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--batch-size", type=int, help="global batch size (default: the model's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the model's)")
     p.add_argument("--tiny", action="store_true", help="the test-sized model config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the metric (losses only)")
@@ -189,7 +194,7 @@ def run(args) -> int:
         return 0
     result = train(args.model, steps=args.steps, backend=args.backend, device=args.device,
                    compile=args.compile, seed=args.seed, out=args.out, resume=args.resume, tiny=args.tiny,
-                   batch_size=args.batch_size, progress=not args.no_progress, evaluate=not args.no_eval)
+                   batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress, evaluate=not args.no_eval)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0 if result["reached"] in (True, None) else 1

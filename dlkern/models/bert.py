@@ -57,7 +57,7 @@ class Bert(nn.Module):
         return self.decoder(self.mlm(x))                             # (B, L, vocab)
 
 
-@register_model("bert", task="palindrome", tiny={"dim": 16, "depth": 1, "heads": 1},
+@register_model("bert", task="palindrome", tiny={"dim": 32, "depth": 1, "heads": 1},
                 train=TrainSettings(steps=300, batch_size=64, lr=2e-3, weight_decay=0.01, warmup=50))
 def bert(**config) -> Bert:
     """BERT MLM with a key-padding mask; palindromes."""

@@ -32,9 +32,10 @@ def test_kernel_backend_matches_reference(name, device):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_short_run_learns(name, device):
-    """The test-sized model on the reference path: 200 steps on fresh batches cut the loss by more
-    than 15 % (the full-sized runs reach the task targets: README, Model zoo)."""
-    losses = run(name, device, steps=200, batch_size=16, backend="reference")["losses"]
+    """The test-sized model on the reference path: 200 steps on fresh batches (a higher peak lr than
+    the full-sized default) cut the loss by more than 15 % (the full-sized runs reach the task
+    targets: README, Model zoo)."""
+    losses = run(name, device, steps=200, batch_size=16, lr=1e-2, backend="reference")["losses"]
     first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
     assert last < 0.85 * first, f"{name}: loss {first:.3f} -> {last:.3f}"
 
