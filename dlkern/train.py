@@ -82,11 +82,10 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
           stop_at: int | None = None, tiny: bool = False, batch_size: int | None = None,
           eval_every: int | None = None, evaluate: bool = True, progress: bool = True,
           lr: float | None = None, config: dict | None = None, optimizer_backend: str | None = None,
-          data_cycle: int | None = None, log=print) -> dict:
+          log=print) -> dict:
     """Run ``name``'s task; returns {"losses", "metric", "target", "reached", "steps", "seconds", ...}.
     ``stop_at``: stop (and checkpoint) after that step, as if interrupted; ``--resume`` continues.
-    ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``.
-    ``data_cycle``: reuse the first k batches in turn (a fit-the-data check) instead of fresh ones."""
+    ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``."""
     entry = get_entry(name)
     task = get_task(entry.task)
     settings = entry.train if lr is None else dataclasses.replace(entry.train, lr=lr)
@@ -131,8 +130,7 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
     with dlkern.use_backend(backend):
         net.train()
         for step in bar:
-            data_step = step % data_cycle if data_cycle else step
-            batch = tuple(t[shard] for t in task.batch_for_step(seed, data_step, batch_size, device))
+            batch = tuple(t[shard] for t in task.batch_for_step(seed, step, batch_size, device))
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, steps, settings)
             loss = task.loss(net, batch)
