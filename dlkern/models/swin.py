@@ -130,7 +130,7 @@ class Swin(nn.Module):
 
 
 @register_model("swin", task="digits", tiny={"dim": 16, "depths": (2,), "heads": (1,)},
-                train=TrainSettings(steps=500, batch_size=64, lr=2e-3, weight_decay=0.05, warmup=40))
+                train=TrainSettings(steps=1000, batch_size=64, lr=2e-3, weight_decay=0.05, warmup=40, eval_every=200))
 def swin(**config) -> Swin:
     """Swin, shifted windows, relative position bias through the attention mask; digits."""
     return Swin(SwinConfig(**config))

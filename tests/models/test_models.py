@@ -8,6 +8,8 @@ from dlkern.models import create_model, get_entry, get_task, list_models
 from dlkern.train import train
 
 MODELS = list_models()
+# interpreted GroupNorm+SiLU and attention over 16x16 UNet features: ~4 min for 20 steps on 2 cores
+SLOW_UNDER_INTERPRETER = {"ddpm"}
 KERNEL_BACKEND = "triton"   # interpreted on CPU (tests/conftest.py); the CUDA emulation is far slower
 
 
@@ -23,6 +25,8 @@ def test_kernel_backend_matches_reference(name, device):
     Python. On CPU the optimizer step stays on the reference (its interpreted multi-tensor kernel
     costs ~50 ms per parameter tensor; tests/optim checks its trajectories, test_optimizer_kernel_step
     below one model's)."""
+    if device.type != "cuda" and name in SLOW_UNDER_INTERPRETER:
+        pytest.skip(f"{name}: too slow under the Triton interpreter for the CPU suite; runs on a GPU")
     opt = None if device.type == "cuda" else "reference"
     ref = run(name, device, steps=20, batch_size=2, backend="reference")["losses"]
     ker = run(name, device, steps=20, batch_size=2, backend=KERNEL_BACKEND, optimizer_backend=opt)["losses"]
@@ -35,7 +39,8 @@ def test_short_run_learns(name, device):
     """The test-sized model on the reference path: 200 steps on fresh batches (a higher peak lr than
     the full-sized default) cut the loss by more than 15 % (the full-sized runs reach the task
     targets: README, Model zoo)."""
-    losses = run(name, device, steps=200, batch_size=16, lr=1e-2, backend="reference")["losses"]
+    steps = 60 if name == "ddpm" else 200   # ε-MSE falls from ~1 fast; the UNet step is the costliest
+    losses = run(name, device, steps=steps, batch_size=16, lr=1e-2, backend="reference")["losses"]
     first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
     assert last < 0.85 * first, f"{name}: loss {first:.3f} -> {last:.3f}"
 
