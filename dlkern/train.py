@@ -94,23 +94,25 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
     eval_every = eval_every or settings.eval_every
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rank, world, device = _dist_setup(device)
-    if batch_size % world:
-        raise ValueError(f"batch_size={batch_size} must be divisible by the world size {world}")
     out = Path(out) if out is not None else None
     main = rank == 0
     if out is not None and main:
         out.mkdir(parents=True, exist_ok=True)
 
     cfg = model_config(name, tiny, **(config or {}))
-    torch.manual_seed(seed)
-    model = create_model(name, **cfg).to(device)
-    optimizer = make_optimizer(model, settings, optimizer_backend or backend)
-    start, losses = 0, []
+    start, losses, ckpt = 0, [], None
     ckpt_path = out / "checkpoint.pt" if out is not None else None
-    if resume:
+    if resume:  # the checkpoint's model config, seed and batch size, whatever the command line says
         if ckpt_path is None or not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         ckpt = torch.load(ckpt_path, map_location=device)
+        cfg, seed, batch_size = ckpt["config"], ckpt["seed"], ckpt["batch_size"]
+    if batch_size % world:
+        raise ValueError(f"batch_size={batch_size} must be divisible by the world size {world}")
+    torch.manual_seed(seed)
+    model = create_model(name, **cfg).to(device)
+    optimizer = make_optimizer(model, settings, optimizer_backend or backend)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start, losses = ckpt["step"], ckpt["losses"]
@@ -162,7 +164,8 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
             f"{'REACHED' if result['reached'] else 'NOT reached'} after {end} steps in {seconds:.1f} s")
     if out is not None and main:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": end,
-                    "total_steps": steps, "losses": losses, "config": cfg, "seed": seed}, ckpt_path)
+                    "total_steps": steps, "losses": losses, "config": cfg, "seed": seed,
+                    "batch_size": batch_size}, ckpt_path)
         (out / "result.json").write_text(json.dumps(result, indent=1))
         log(f"checkpoint: {ckpt_path}; " + save_loss_plot(losses, out / "loss.png", f"{name} ({task.name})"))
     return result
