@@ -1,10 +1,11 @@
-"""``dlkern info | bench | validate``.
+"""``dlkern info | bench | validate | train``.
 
 * ``info``: versions, device, compiled parts, backend, and per op × backend whether it can run here.
 * ``bench``: the one harness over the registry; exits 1 if any provider's numerics FAIL, so
   ``dlkern bench --quick`` also verifies every op on its benchmark shapes.
 * ``validate``: the one-command GPU check: the whole test suite, then the full benchmark, into one
   results folder with a ``summary.json`` (``benchmarks/gpu_validate.sh`` wraps it).
+* ``train``: a model of the zoo on its embedded task (``dlkern.train``).
 """
 from __future__ import annotations
 
@@ -318,6 +319,19 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
                    help="reference torch torch.compile triton cuda and peer names (default: all)")
 
 
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from dlkern.train import add_arguments
+    add_arguments(p)
+
+
+def run_training(args) -> int:
+    from dlkern.train import run
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlkern", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -345,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-log", help="build log file name (recorded in the summary)")
     p.add_argument("--build-s", type=float, help="build duration (recorded in the summary)")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("train", help="train a model of the zoo on its embedded task (no download)")
+    add_train_arguments(p)
+    p.set_defaults(func=run_training)
     return parser
 
 

@@ -1,0 +1,254 @@
+"""Embedded training tasks: data generated in code (no download), a loss, a metric and its target.
+
+Every batch is a pure function of ``(seed, step)``, so a resumed run sees the same data as an
+uninterrupted one and ``torchrun`` ranks can each take their slice of the same global batch.
+
+* ``copy``: ``a1..an SEP a1..an``; the model predicts the second half (an induction/copy task).
+  Metric: token accuracy on the copied half (chance 1/16).
+* ``digits``: procedurally rendered 16x16 digits: a 5x7 glyph per class, scaled x2, then a random
+  rotation (±12°), scale (0.85-1.1), shear, shift (±2 px), stroke gain and Gaussian pixel noise.
+  Metric: accuracy on a fixed 2000-image test set (chance 10 %).
+* ``palindrome``: masked-language modelling on palindromes of random even length 6..16, centred
+  between pads to length 16 (key-padding mask). Masked positions lie in one half, so every masked token is determined by its
+  mirror. Metric: masked-token accuracy (chance 1/10).
+* ``denoise``: DDPM noise prediction on the digits (scaled to [-1, 1]), linear β schedule, 200 steps.
+  Metric: ε-prediction MSE over a fixed test set and fixed t (predicting 0 scores 1.0).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TEST_SEED = 1_000_003   # test sets are drawn from a seed no training step uses
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_000_007 + step)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    metric: str
+    target: float
+    chance: float
+    higher_is_better: bool = True
+
+    def reached(self, value: float) -> bool:
+        return value >= self.target if self.higher_is_better else value <= self.target
+
+    def batch_for_step(self, seed: int, step: int, batch_size: int, device) -> tuple:
+        return tuple(t.to(device) for t in self.make_batch(step_generator(seed, step), batch_size))
+
+    @torch.no_grad()
+    def evaluate(self, model, device, batch_size: int = 500) -> float:
+        was_training = model.training
+        model.eval()
+        data = self.test_set()
+        total, weight = 0.0, 0
+        for i in range(0, data[0].shape[0], batch_size):
+            part = tuple(t[i:i + batch_size].to(device) for t in data)
+            value, count = self.score(model, part)
+            total, weight = total + value * count, weight + count
+        model.train(was_training)
+        return total / weight
+
+
+# ---------------------------------------------------------------------------------------------
+# copy / induction sequences
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CopyTask(Task):
+    symbols: int = 16
+    length: int = 10          # a1..an; the sequence is 2n + 1 tokens, the model sees 2n
+
+    def model_config(self) -> dict:
+        return {"vocab_size": self.symbols + 1, "block_size": 2 * self.length}
+
+    def make_batch(self, gen, batch_size):
+        a = torch.randint(0, self.symbols, (batch_size, self.length), generator=gen)
+        sep = torch.full((batch_size, 1), self.symbols)
+        seq = torch.cat([a, sep, a], dim=1)                       # (B, 2n+1)
+        targets = seq[:, 1:].clone()
+        targets[:, :self.length] = -100                           # only the copy is scored
+        return seq[:, :-1], targets
+
+    def test_set(self):
+        return self.make_batch(torch.Generator().manual_seed(TEST_SEED), 1000)
+
+    def loss(self, model, batch):
+        idx, targets = batch
+        logits = model(idx)                                        # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+    def score(self, model, batch):
+        idx, targets = batch
+        keep = targets != -100
+        correct = (model(idx).argmax(-1) == targets)[keep]
+        return correct.float().mean().item(), int(keep.sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# procedurally rendered digits
+# ---------------------------------------------------------------------------------------------
+GLYPHS = [  # 5x7 bitmaps of 0..9
+    [".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."],
+    ["..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."],
+    [".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####"],
+    ["#####", "...#.", "..#..", "...#.", "....#", "#...#", ".###."],
+    ["...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#."],
+    ["#####", "#....", "####.", "....#", "....#", "#...#", ".###."],
+    ["..##.", ".#...", "#....", "####.", "#...#", "#...#", ".###."],
+    ["#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#..."],
+    [".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."],
+    [".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."],
+]
+IMAGE_SIZE = 16
+
+
+def _templates() -> torch.Tensor:
+    """(10, 1, 16, 16): each glyph scaled x2 (14x10) and centred."""
+    out = torch.zeros(10, 1, IMAGE_SIZE, IMAGE_SIZE)
+    for d, rows in enumerate(GLYPHS):
+        g = torch.tensor([[c == "#" for c in row] for row in rows], dtype=torch.float32)
+        out[d, 0, 1:15, 3:13] = g.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    return out
+
+
+def render_digits(gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (n, 1, 16, 16) in [0, 1] plus noise, labels (n,)) drawn with ``gen``."""
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    u = torch.rand(n, 6, generator=gen)
+    angle = (u[:, 0] - 0.5) * math.radians(24)
+    scale = 0.85 + 0.25 * u[:, 1]
+    shear = (u[:, 2] - 0.5) * 0.3
+    shift = (u[:, 3:5] - 0.5) * (4.0 / (IMAGE_SIZE / 2))          # ±2 px in [-1, 1] units
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin + shear, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)   # (n, 2, 3) output -> input
+    grid = F.affine_grid(theta, (n, 1, IMAGE_SIZE, IMAGE_SIZE), align_corners=False)
+    images = F.grid_sample(_templates()[labels], grid, align_corners=False)
+    gain = 0.6 + 0.4 * u[:, 5].view(n, 1, 1, 1)
+    images = images * gain + 0.15 * torch.randn(images.shape, generator=gen)
+    return images, labels
+
+
+@dataclass(frozen=True)
+class DigitsTask(Task):
+    def model_config(self) -> dict:
+        return {"img_size": IMAGE_SIZE, "in_chans": 1, "num_classes": 10}
+
+    def make_batch(self, gen, batch_size):
+        return render_digits(gen, batch_size)
+
+    def test_set(self):
+        return render_digits(torch.Generator().manual_seed(TEST_SEED), 2000)
+
+    def loss(self, model, batch):
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+
+    def score(self, model, batch):
+        x, y = batch
+        return (model(x).argmax(-1) == y).float().mean().item(), y.numel()
+
+
+# ---------------------------------------------------------------------------------------------
+# palindromes, masked-language modelling
+# ---------------------------------------------------------------------------------------------
+PAD, MASK = 0, 1
+
+
+@dataclass(frozen=True)
+class PalindromeTask(Task):
+    symbols: int = 10
+    max_len: int = 16
+    min_len: int = 6
+    mask_prob: float = 0.4
+
+    def model_config(self) -> dict:
+        return {"vocab_size": self.symbols + 2, "max_len": self.max_len}
+
+    def make_batch(self, gen, batch_size):
+        """(tokens with MASKs (B, L), key_padding_mask (B, L) True = pad, targets (B, L) -100 = unscored).
+        A palindrome of even length n sits centred between pads, so position i mirrors L-1-i."""
+        L = self.max_len
+        n = 2 * torch.randint(self.min_len // 2, L // 2 + 1, (batch_size, 1), generator=gen)
+        pos = torch.arange(L).expand(batch_size, -1)
+        lo = (L - n) // 2
+        pad = (pos < lo) | (pos >= lo + n)
+        first = torch.randint(2, self.symbols + 2, (batch_size, L), generator=gen)
+        seq = torch.where(pos < L // 2, first, first.flip(1)).masked_fill(pad, PAD)
+        # mask a random subset of one half (which half: per sequence); the mirror stays visible
+        left = torch.rand(batch_size, 1, generator=gen) < 0.5
+        half = ((pos < L // 2) == left) & ~pad
+        masked = half & (torch.rand(batch_size, L, generator=gen) < self.mask_prob)
+        masked |= half & ~half.roll(1, 1) & ~masked.any(1, keepdim=True)     # at least one per row
+        tokens = seq.masked_fill(masked, MASK)
+        targets = seq.masked_fill(~masked, -100)
+        return tokens, pad, targets
+
+    def test_set(self):
+        return self.make_batch(torch.Generator().manual_seed(TEST_SEED), 1000)
+
+    def loss(self, model, batch):
+        tokens, pad, targets = batch
+        logits = model(tokens, pad)                                # (B, L, V)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+    def score(self, model, batch):
+        tokens, pad, targets = batch
+        keep = targets != -100
+        correct = (model(tokens, pad).argmax(-1) == targets)[keep]
+        return correct.float().mean().item(), int(keep.sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# DDPM denoising on the digits
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DenoiseTask(Task):
+    timesteps: int = 200
+
+    def model_config(self) -> dict:
+        return {"img_size": IMAGE_SIZE, "in_chans": 1, "timesteps": self.timesteps}
+
+    def alpha_bar(self) -> torch.Tensor:
+        betas = torch.linspace(1e-4, 0.02 * 1000 / self.timesteps, self.timesteps)
+        return torch.cumprod(1 - betas, 0)
+
+    def make_batch(self, gen, batch_size):
+        """(noisy images x_t, t, the noise ε to predict)."""
+        x0 = render_digits(gen, batch_size)[0].clamp(0, 1) * 2 - 1
+        t = torch.randint(0, self.timesteps, (batch_size,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        ab = self.alpha_bar()[t].view(-1, 1, 1, 1)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t, eps
+
+    def test_set(self):
+        return self.make_batch(torch.Generator().manual_seed(TEST_SEED), 1000)
+
+    def loss(self, model, batch):
+        x, t, eps = batch
+        return F.mse_loss(model(x, t), eps)
+
+    def score(self, model, batch):
+        x, t, eps = batch
+        return F.mse_loss(model(x, t), eps).item(), t.numel()
+
+
+TASKS = {
+    "copy": CopyTask("copy", "copy accuracy", target=0.99, chance=1 / 16),
+    "digits": DigitsTask("digits", "test accuracy", target=0.95, chance=0.1),
+    "palindrome": PalindromeTask("palindrome", "masked-token accuracy", target=0.95, chance=0.1),
+    "denoise": DenoiseTask("denoise", "eps MSE", target=0.2, chance=1.0, higher_is_better=False),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,211 @@
+"""Train a registered model on its embedded task: ``dlkern train <model>`` or
+``python -m dlkern.train <model>``; under ``torchrun --nproc_per_node=N`` it trains with
+DistributedDataParallel (gloo on CPU, nccl on GPU), each rank on its slice of the same global batch.
+
+Prints a progress bar and periodic metrics, the final metric against the task's target, saves
+``checkpoint.pt`` (model + optimizer state_dict + step + loss history; ``--resume`` continues it)
+and ``loss.png`` into ``--out``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import dlkern
+import dlkern.optim
+from dlkern.models import create_model, get_entry, get_task, list_models, model_config
+
+OPTIMIZERS = {"adamw": dlkern.optim.AdamW, "adam": dlkern.optim.Adam, "sgd": dlkern.optim.SGD}
+
+
+def make_optimizer(model, settings, backend):
+    """Weight decay on matrices and conv kernels only (biases, norm weights and embeddings' peers
+    stay undecayed), nanoGPT's split. The optimizer step has only a Triton kernel: under
+    ``backend="cuda"`` it runs on ``auto``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt_backend = "auto" if backend == "cuda" else backend
+    kwargs = {"momentum": 0.9} if settings.optimizer == "sgd" else {}
+    return OPTIMIZERS[settings.optimizer](groups, lr=settings.lr, backend=opt_backend, **kwargs)
+
+
+def lr_at(step, total, settings):
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < settings.warmup:
+        return settings.lr * (step + 1) / settings.warmup
+    progress = (step - settings.warmup) / max(1, total - settings.warmup)
+    return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _dist_setup(device):
+    """(rank, world_size, device) — initializes the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def save_loss_plot(losses, path, title) -> str:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no loss plot"
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, lw=0.8)
+    ax.set(xlabel="step", ylabel="training loss", yscale="log", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"loss curve: {path}"
+
+
+def train(name: str, *, steps: int | None = None, backend: str = "auto", device: str | None = None,
+          compile: bool = False, seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False,
+          stop_at: int | None = None, tiny: bool = False, batch_size: int | None = None,
+          eval_every: int | None = None, evaluate: bool = True, progress: bool = True,
+          lr: float | None = None, config: dict | None = None, optimizer_backend: str | None = None,
+          log=print) -> dict:
+    """Run ``name``'s task; returns {"losses", "metric", "target", "reached", "steps", "seconds", ...}.
+    ``stop_at``: stop (and checkpoint) after that step, as if interrupted; ``--resume`` continues.
+    ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``."""
+    entry = get_entry(name)
+    task = get_task(entry.task)
+    settings = entry.train if lr is None else dataclasses.replace(entry.train, lr=lr)
+    steps = steps or settings.steps
+    batch_size = batch_size or settings.batch_size
+    eval_every = eval_every or settings.eval_every
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world, device = _dist_setup(device)
+    out = Path(out) if out is not None else None
+    main = rank == 0
+    if out is not None and main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    cfg = model_config(name, tiny, **(config or {}))
+    start, losses, ckpt = 0, [], None
+    ckpt_path = out / "checkpoint.pt" if out is not None else None
+    if resume:  # the checkpoint's model config, seed and batch size, whatever the command line says
+        if ckpt_path is None or not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location=device)
+        cfg, seed, batch_size = ckpt["config"], ckpt["seed"], ckpt["batch_size"]
+    if batch_size % world:
+        raise ValueError(f"batch_size={batch_size} must be divisible by the world size {world}")
+    torch.manual_seed(seed)
+    model = create_model(name, **cfg).to(device)
+    optimizer = make_optimizer(model, settings, optimizer_backend or backend)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start, losses = ckpt["step"], ckpt["losses"]
+        steps = ckpt["total_steps"]
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        net = torch.compile(net)
+
+    end = min(steps, stop_at) if stop_at is not None else steps
+    shard = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
+    t0 = time.perf_counter()
+    history = []
+    bar = tqdm(range(start, end), initial=start, total=steps, disable=not (progress and main),
+               desc=f"{name} [{backend}]", dynamic_ncols=True)
+    with dlkern.use_backend(backend):
+        net.train()
+        for step in bar:
+            batch = tuple(t[shard] for t in task.batch_for_step(seed, step, batch_size, device))
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, steps, settings)
+            loss = task.loss(net, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.detach()
+            if world > 1:
+                dist.all_reduce(value)
+                value /= world
+            losses.append(value.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            if evaluate and main and (step + 1) % eval_every == 0 and step + 1 < steps:
+                metric = task.evaluate(model, device)
+                history.append((step + 1, metric))
+                bar.write(f"step {step + 1:5d}  loss {losses[-1]:.4f}  {task.metric} {metric:.4f}")
+        seconds = time.perf_counter() - t0
+        metric = task.evaluate(model, device) if evaluate and end == steps else None
+    bar.close()
+
+    result = {"model": name, "task": task.name, "metric_name": task.metric, "metric": metric,
+              "target": task.target, "chance": task.chance,
+              "reached": None if metric is None else task.reached(metric), "losses": losses,
+              "steps": end, "total_steps": steps, "seconds": seconds, "backend": backend,
+              "device": str(device), "world_size": world, "history": history}
+    if main and metric is not None:
+        cmp = ">=" if task.higher_is_better else "<="
+        log(f"{name}: {task.metric} {metric:.4f} (target {cmp} {task.target}, chance {task.chance:.3f}) "
+            f"{'REACHED' if result['reached'] else 'NOT reached'} after {end} steps in {seconds:.1f} s")
+    if out is not None and main:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": end,
+                    "total_steps": steps, "losses": losses, "config": cfg, "seed": seed,
+                    "batch_size": batch_size}, ckpt_path)
+        (out / "result.json").write_text(json.dumps(result, indent=1))
+        log(f"checkpoint: {ckpt_path}; " + save_loss_plot(losses, out / "loss.png", f"{name} ({task.name})"))
+    return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="a registered model (omit to list them)")
+    p.add_argument("--backend", default="auto", choices=("auto", "reference", "triton", "cuda"))
+    p.add_argument("--steps", type=int, help="training steps (default: the model's)")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="train_out", help="folder for checkpoint.pt, loss.png, result.json")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: the model's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the model's)")
+    p.add_argument("--tiny", action="store_true", help="the test-sized model config")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-eval", action="store_true", help="skip the metric (losses only)")
+
+
+def run(args) -> int:
+    if not args.model:
+        for name in list_models():
+            entry = get_entry(name)
+            print(f"{name:20} task {entry.task:11} {entry.doc}")
+        return 0
+    result = train(args.model, steps=args.steps, backend=args.backend, device=args.device,
+                   compile=args.compile, seed=args.seed, out=args.out, resume=args.resume, tiny=args.tiny,
+                   batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress, evaluate=not args.no_eval)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0 if result["reached"] in (True, None) else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dlkern.train", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
