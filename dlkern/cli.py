@@ -93,6 +93,8 @@ def info_dict() -> dict:
                       if _ext.cuda_built() else f"not built: {_ext.cuda_unavailable_reason()}"),
         "dlkern._C_emu": ("built" if _ext.emu_module() is not None else _ext.emu_unavailable_reason())
                          + f" (DLKERN_CUDA_EMULATE={os.environ.get('DLKERN_CUDA_EMULATE', '0')})",
+        "dlkern._C_cpu": ("built (CPU kernels: the selective scan's default CPU path)"
+                          if _ext.cpu_module() is not None else _ext.cpu_unavailable_reason()),
         "TRITON_INTERPRET": f"{os.environ.get('TRITON_INTERPRET', '0')} (interpreter for CPU tensors: {interpret})",
         "backend": f"{dlkern.get_backend()} (DLKERN_BACKEND={os.environ.get('DLKERN_BACKEND', '')!r})",
         "ops_device": str(device),
@@ -104,7 +106,7 @@ def print_info(info: dict) -> None:
     v = info["versions"]
     print(f"dlkern {v['dlkern']}  python {v['python']}  torch {v['torch']} (CUDA {v['cuda']})  "
           f"triton {v['triton']}")
-    for key in ("device", "dlkern._C", "dlkern._C_emu", "TRITON_INTERPRET", "backend"):
+    for key in ("device", "dlkern._C", "dlkern._C_emu", "dlkern._C_cpu", "TRITON_INTERPRET", "backend"):
         print(f"{key + ':':18}{info[key]}")
     print(f"\nops on {info['ops_device']} (each op's first sample input):")
     width = max((len(name) for name in info["ops"]), default=0)
