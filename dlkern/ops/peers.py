@@ -64,7 +64,7 @@ def flash_attn_sdpa():
 
     def run(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if attn_mask is not None:
-            raise NotImplementedError("flash_attn_func takes no attn_mask")
+            raise ValueError("attn_mask: the flash_attn peer times mask-free cases only (flash_attn_func takes no mask)")
         out = mod.flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                   dropout_p=dropout_p, softmax_scale=scale, causal=is_causal)
         return out.transpose(1, 2)
