@@ -117,6 +117,10 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
         optimizer.load_state_dict(ckpt["optimizer"])
         start, losses = ckpt["step"], ckpt["losses"]
         steps = ckpt["total_steps"]
+        # dropout / drop-path draws continue where the interrupted run stopped
+        torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
+        if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -165,7 +169,10 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
     if out is not None and main:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": end,
                     "total_steps": steps, "losses": losses, "config": cfg, "seed": seed,
-                    "batch_size": batch_size}, ckpt_path)
+                    "batch_size": batch_size,
+                    "rng": {"cpu": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}},
+                   ckpt_path)
         (out / "result.json").write_text(json.dumps(result, indent=1))
         log(f"checkpoint: {ckpt_path}; " + save_loss_plot(losses, out / "loss.png", f"{name} ({task.name})"))
     return result
