@@ -111,11 +111,11 @@ def _long_strongly_negative(dim=4):
     return (u, delta, A * 1000.0, B, C, D, z, bias)   # exp(dt A) underflows to 0 on most steps
 
 
-@pytest.mark.parametrize("path", ["default", "triton"])
+@pytest.mark.parametrize("path", ["default", "triton", "cuda"])
 def test_long_sequence_strongly_negative_A_stays_finite(path):
-    if path == "triton" and dlkern.backend.availability("triton", torch.device("cpu")):
-        pytest.skip("; ".join(dlkern.backend.availability("triton", torch.device("cpu"))))
-    args = _long_strongly_negative(dim=4 if path == "default" else 1)  # the interpreter is slow
+    if path != "default" and dlkern.backend.availability(path, torch.device("cpu")):
+        pytest.skip("; ".join(dlkern.backend.availability(path, torch.device("cpu"))))
+    args = _long_strongly_negative(dim=4 if path == "default" else 1)  # interpreter, emulator: slow
     out, last = selective_scan(*args, delta_softplus=True, return_last_state=True,
                                backend=None if path == "default" else path)
     assert torch.isfinite(out).all() and torch.isfinite(last).all()
