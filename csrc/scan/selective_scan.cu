@@ -1,17 +1,30 @@
 // Selective scan forward and backward kernels and their launchers (math: selective_scan.h).
 //
-// One thread per (batch, channel, state n): a segment of W = next_pow2(N) consecutive lanes of a
-// warp holds the N states of one (batch, channel) row in registers and walks the sequence in
-// time; sums over n (the output y, du's and ddelta's sums) are butterfly shuffles inside the
-// segment. The forward stores the state at the end of every kScanChunk steps. The backward walks
-// the chunks from the last: it recomputes the chunk's states from the previous chunk's end into
-// shared memory (kScanChunk per thread), then runs the adjoint recurrence backwards through them.
-// dB/dC of variable B/C are summed over the channels of a group with fp32 atomics (their last bits
-// may differ run to run); every other gradient is owned by one thread.
+// Block-level chunked scan. One block owns one (batch, channel) row and walks L in chunks of
+// blockDim.x * kItems steps (blockDim.x: 32..128, fewer warps for short rows; so at most 512
+// steps). Each thread holds kItems consecutive steps in registers (u, dt, z, dout and, per state
+// n, B and C; 16-byte/8-byte vector loads when the row is aligned). For each state n in turn the
+// recurrence h_t = a_t h_{t-1} + b_t (a_t = exp(dt_t A_n), b_t = dt_t B_t u_t) is an affine map
+// per step: a thread composes its kItems maps, the block scans the thread maps (warp shuffles,
+// then the warp totals through shared memory) and the thread replays its items from the
+// resulting state. The state carried from chunk to chunk lives in shared memory, one float per n
+// (state kept on chip); y_t accumulates over n in registers.
+//
+// The forward writes the state at every kScanChunk = 64 steps (the (batch, dim, n_chunks, N)
+// layout the Triton and CPU kernels share; 64 divides the block's chunk). The backward walks the
+// block chunks from the last: for each n it recomputes the chunk's states from the stored state
+// before the chunk (a forward block scan), then scans the adjoint x_t = a_t (C_t dy_t + x_{t+1})
+// backwards (reverse block scan; x carried between chunks in shared memory, started from dlast).
+// With z it first recomputes y (one more forward pass over n) for dz and dy.
+// Reductions: du and ddelta sum over n in registers; dA and time-invariant dB/dC sum over t per
+// warp (shuffles) into per-warp shared accumulators, written once per (row, n) at the end; dD
+// and ddelta_bias by block_sum2. Variable dB/dC sum over the channels of a group, which other
+// blocks own: fp32 atomicAdd into the zeroed (batch, G, N, L) buffer, one per (row, n, t) (their
+// last bits may differ run to run; a per-channel partial buffer would cost dim/G times the memory).
 #include "scan/selective_scan.h"
 
-#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -20,151 +33,314 @@
 namespace dlk {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kMaxStateCuda = 32;   // one segment of at most a warp per row
+constexpr int kItems = 4;                       // consecutive steps per thread
+constexpr int kMaxThreads = 128;                // the block's chunk: at most 512 steps
+constexpr int kMaxWarps = kMaxThreads / 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+static_assert((32 * kItems) % kScanChunk == 0, "every block chunk starts right after a stored state");
 
 __device__ __forceinline__ float softplus_f(float x) { return x <= 20.f ? log1pf(expf(x)) : x; }
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
 
-// Sum over the W lanes of a segment (every lane of the warp calls it; W a power of two <= 32).
-__device__ __forceinline__ float segment_sum(float v, int W) {
-  for (int offset = W >> 1; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset, W);
-  return v;
+// The map h -> a h + b.
+struct Affine {
+  float a, b;
+};
+
+// `first`, then `second`.
+__device__ __forceinline__ Affine then(Affine first, Affine second) {
+  return {second.a * first.a, second.a * first.b + second.b};
 }
 
-// One thread's view: its row (b, d), its state n, and pointers at them. `active`: the thread has a
-// real row and state (the others run the loops with zeros so the shuffles stay full-warp).
-template <typename T>
-struct Lane {
-  int64_t b, d, row, n, off, bc_off;
-  bool row_ok, active;
-  float A, D, bias;
-  const T *B, *C;
-  int64_t sb_l, sc_l;
+// The value of the lane `delta` before this one in scan order (kReverse: higher lanes come first).
+template <bool kReverse>
+__device__ __forceinline__ float shfl_before(float v, unsigned delta) {
+  if constexpr (kReverse) {
+    return __shfl_down_sync(kFullMask, v, delta);
+  } else {
+    return __shfl_up_sync(kFullMask, v, delta);
+  }
+}
 
-  __device__ Lane(const SelectiveScanFwdParams& p, int W) {
-    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    row = tid / W;
-    n = tid % W;
-    row_ok = row < p.batch * p.dim;
-    active = row_ok && n < p.N;
-    const int64_t r = row_ok ? row : 0, nn = active ? n : 0;
-    b = r / p.dim;
-    d = r % p.dim;
-    off = r * p.L;
-    const int64_t g = d / (p.dim / p.groups);
-    bc_off = (b * p.groups + g) * p.L * p.N;
-    A = p.A[d * p.N + nn];
+// Block-wide exclusive scan of the threads' maps in thread order (kReverse: from the last thread
+// to the first). Returns the composition of the maps of the threads before this one, and in
+// `total` that of all threads (bitwise identical in every thread). Every thread of the block
+// calls it; `tot` is used alternately by consecutive calls (`phase`), so one barrier suffices,
+// and that barrier also orders the caller's shared-memory writes before it against reads after.
+template <bool kReverse>
+__device__ __forceinline__ Affine block_exclusive_scan(Affine x, Affine (&tot)[2][kMaxWarps], int& phase,
+                                                       Affine& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, num_warps = blockDim.x >> 5;
+  const int first_lane = kReverse ? 31 : 0;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const Affine prev{shfl_before<kReverse>(x.a, offset), shfl_before<kReverse>(x.b, offset)};
+    if (kReverse ? lane + offset < 32 : lane >= offset) x = then(prev, x);
+  }
+  Affine before{shfl_before<kReverse>(x.a, 1), shfl_before<kReverse>(x.b, 1)};
+  if (lane == first_lane) before = {1.f, 0.f};
+  Affine* warp_total = tot[phase];
+  phase ^= 1;
+  if (lane == 31 - first_lane) warp_total[warp] = x;
+  __syncthreads();
+  Affine warps_before{1.f, 0.f};
+  total = {1.f, 0.f};
+  for (int i = 0; i < num_warps; ++i) {
+    const int w = kReverse ? num_warps - 1 - i : i;
+    if (w == warp) warps_before = total;
+    total = then(total, warp_total[w]);
+  }
+  return then(warps_before, before);
+}
+
+// kItems values of a row from step t, as fp32, zeros past L (`vec`: one aligned vector access).
+template <typename T>
+__device__ __forceinline__ void load_items(const T* row, int64_t stride, int64_t t, int64_t L, bool vec,
+                                           float (&v)[kItems]) {
+  if (vec && t + kItems <= L) {
+    load<T, kItems>(row + t, v);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) v[k] = t + k < L ? to_float(row[(t + k) * stride]) : 0.f;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_items(T* row, int64_t t, int64_t L, bool vec, const float (&v)[kItems]) {
+  if (vec && t + kItems <= L) {
+    store<T, kItems>(row + t, v);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < kItems; ++k)
+    if (t + k < L) row[t + k] = from_float<T>(v[k]);
+}
+
+// One block's row (b, d) and its per-step inputs.
+template <typename T>
+struct ScanRow {
+  const SelectiveScanFwdParams& p;
+  int64_t row, d, off, bc_off, n_stored;
+  float D, bias;
+  bool vec;
+
+  __device__ ScanRow(const SelectiveScanFwdParams& params, bool vec_ok) : p(params), vec(vec_ok) {
+    row = blockIdx.x;
+    d = row % p.dim;
+    off = row * p.L;
+    bc_off = ((row / p.dim) * p.groups + d / (p.dim / p.groups)) * p.L * p.N;
+    n_stored = (p.L + kScanChunk - 1) / kScanChunk;
     D = p.D ? p.D[d] : 0.f;
     bias = p.delta_bias ? p.delta_bias[d] : 0.f;
-    B = static_cast<const T*>(p.B) + (p.variable_B ? bc_off + nn * p.bc_stride_n : d * p.N + nn);
-    C = static_cast<const T*>(p.C) + (p.variable_C ? bc_off + nn * p.bc_stride_n : d * p.N + nn);
-    sb_l = p.variable_B ? p.bc_stride_l : 0;
-    sc_l = p.variable_C ? p.bc_stride_l : 0;
   }
 
-  __device__ float raw_dt(const SelectiveScanFwdParams& p, int64_t t) const {
-    return to_float(static_cast<const T*>(p.delta)[off + t]) + bias;
+  // u, the raw dt (delta + bias) and dt (softplus'd if asked; 0 past L: the identity step).
+  __device__ void load_steps(int64_t t, float (&u)[kItems], float (&raw)[kItems], float (&dt)[kItems]) const {
+    load_items(static_cast<const T*>(p.u) + off, 1, t, p.L, vec, u);
+    load_items(static_cast<const T*>(p.delta) + off, 1, t, p.L, vec, raw);
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      raw[k] += bias;
+      dt[k] = t + k >= p.L ? 0.f : p.delta_softplus ? softplus_f(raw[k]) : raw[k];
+    }
   }
-  __device__ float dt(const SelectiveScanFwdParams& p, int64_t t) const {
-    const float v = raw_dt(p, t);
-    return p.delta_softplus ? softplus_f(v) : v;
+
+  // B or C of state n at steps t.. (time-invariant: the channel's value at every step).
+  __device__ void load_bc(const void* X, bool variable, int64_t n, int64_t t, float (&v)[kItems]) const {
+    const T* x = static_cast<const T*>(X);
+    if (variable) {
+      load_items(x + bc_off + n * p.bc_stride_n, p.bc_stride_l, t, p.L, vec, v);
+    } else {
+      const float c = to_float(x[d * p.N + n]);
+#pragma unroll
+      for (int k = 0; k < kItems; ++k) v[k] = c;
+    }
   }
-  __device__ float u(const SelectiveScanFwdParams& p, int64_t t) const {
-    return to_float(static_cast<const T*>(p.u)[off + t]);
+
+  // The maps of this thread's steps for state n: a_t = exp(dt A), b_t = dt B u.
+  __device__ Affine steps(float A, const float (&dt)[kItems], const float (&u)[kItems], const float (&Bv)[kItems],
+                          Affine (&step)[kItems]) const {
+    Affine mine{1.f, 0.f};
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      step[k] = {expf(dt[k] * A), dt[k] * Bv[k] * u[k]};
+      mine = then(mine, step[k]);
+    }
+    return mine;
   }
-  __device__ float Bt(int64_t t) const { return active ? to_float(B[t * sb_l]) : 0.f; }
-  __device__ float Ct(int64_t t) const { return active ? to_float(C[t * sc_l]) : 0.f; }
+
+  // The stored state after step t - 1 (t a multiple of kScanChunk; 0 before the sequence).
+  __device__ float stored_state_before(int64_t t, int64_t n) const {
+    return t == 0 ? 0.f : p.states[(row * n_stored + t / kScanChunk - 1) * p.N + n];
+  }
 };
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-selective_scan_fwd_kernel(const SelectiveScanFwdParams p, int W) {
-  const Lane<T> lane(p, W);
-  const int64_t n_chunks = (p.L + kScanChunk - 1) / kScanChunk;
-  const T* z = static_cast<const T*>(p.z);
-  T* out = static_cast<T*>(p.out);
-  float h = 0.f;
-  for (int64_t t = 0; t < p.L; ++t) {
-    const float dt = lane.dt(p, t), u = lane.u(p, t);
-    h = expf(dt * lane.A) * h + dt * u * lane.Bt(t);
-    if (!lane.active) h = 0.f;
-    const float y = segment_sum(lane.Ct(t) * h, W) + lane.D * u;
-    if (lane.row_ok && lane.n == 0) {
-      const float zt = z ? to_float(z[lane.off + t]) : 0.f;
-      out[lane.off + t] = from_float<T>(z ? y * zt * sigmoid_f(zt) : y);
+__global__ void __launch_bounds__(kMaxThreads)
+selective_scan_fwd_kernel(const SelectiveScanFwdParams p, bool vec) {
+  __shared__ Affine warp_tot[2][kMaxWarps];
+  __shared__ float carry[2][kScanMaxState];   // state at the end of the previous chunk, per n
+  const ScanRow<T> r(p, vec);
+  const int64_t chunk = int64_t(blockDim.x) * kItems;
+  int phase = 0;
+  for (int64_t t0 = 0, c = 0; t0 < p.L; t0 += chunk, ++c) {
+    const int64_t t = t0 + int64_t(threadIdx.x) * kItems;
+    float u[kItems], raw[kItems], dt[kItems], y[kItems];
+    r.load_steps(t, u, raw, dt);
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) y[k] = r.D * u[k];
+    const float* carry_in = carry[c & 1];
+    float* carry_out = carry[(c + 1) & 1];
+    for (int64_t n = 0; n < p.N; ++n) {
+      float Bv[kItems], Cv[kItems];
+      r.load_bc(p.B, p.variable_B, n, t, Bv);
+      r.load_bc(p.C, p.variable_C, n, t, Cv);
+      Affine step[kItems], total;
+      const Affine before = block_exclusive_scan<false>(r.steps(p.A[r.d * p.N + n], dt, u, Bv, step),
+                                                        warp_tot, phase, total);
+      const float h0 = c == 0 ? 0.f : carry_in[n];   // written before the scan's barrier
+      float h = before.a * h0 + before.b;
+#pragma unroll
+      for (int k = 0; k < kItems; ++k) {
+        h = step[k].a * h + step[k].b;
+        y[k] += Cv[k] * h;
+        const int64_t tk = t + k;
+        if (tk < p.L && (tk % kScanChunk == kScanChunk - 1 || tk == p.L - 1))
+          p.states[(r.row * r.n_stored + tk / kScanChunk) * p.N + n] = h;
+      }
+      if (threadIdx.x == 0) carry_out[n] = total.a * h0 + total.b;
     }
-    if (lane.active && (t % kScanChunk == kScanChunk - 1 || t == p.L - 1))
-      p.states[(lane.row * n_chunks + t / kScanChunk) * p.N + lane.n] = h;
+    if (p.z) {
+      float z[kItems];
+      load_items(static_cast<const T*>(p.z) + r.off, 1, t, p.L, vec, z);
+#pragma unroll
+      for (int k = 0; k < kItems; ++k) y[k] *= z[k] * sigmoid_f(z[k]);
+    }
+    store_items(static_cast<T*>(p.out) + r.off, t, p.L, vec, y);
   }
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-selective_scan_bwd_kernel(const SelectiveScanBwdParams q, int W) {
+__global__ void __launch_bounds__(kMaxThreads)
+selective_scan_bwd_kernel(const SelectiveScanBwdParams q, bool vec) {
   const SelectiveScanFwdParams& p = q.fwd;
-  const Lane<T> lane(p, W);
-  __shared__ float hs[kScanChunk][kThreads];   // this chunk's states, one column per thread
-  const int64_t n_chunks = (p.L + kScanChunk - 1) / kScanChunk;
-  const T* z = static_cast<const T*>(p.z);
-  const T* dout = static_cast<const T*>(q.dout);
-  const int64_t row = lane.row, N = p.N;
-  float g = (q.dlast && lane.active) ? q.dlast[row * N + lane.n] : 0.f;
-  float dA = 0.f, dBacc = 0.f, dCacc = 0.f, dD = 0.f, dbias = 0.f;
-  for (int64_t c = n_chunks - 1; c >= 0; --c) {
-    const int64_t t0 = c * kScanChunk, t1 = std::min<int64_t>(p.L, t0 + kScanChunk);
-    const float h0 = (c > 0 && lane.active) ? p.states[(row * n_chunks + c - 1) * N + lane.n] : 0.f;
-    float h = h0;
-    for (int64_t t = t0; t < t1; ++t) {
-      const float dt = lane.dt(p, t);
-      h = expf(dt * lane.A) * h + dt * lane.u(p, t) * lane.Bt(t);
-      hs[t - t0][threadIdx.x] = lane.active ? h : 0.f;
+  __shared__ Affine warp_tot[2][kMaxWarps];
+  __shared__ float carry[2][kScanMaxState];                 // x entering the chunk from the next one
+  __shared__ float warp_acc[3][kMaxWarps][kScanMaxState];   // per-warp sums over t: dA, dB, dC
+  const ScanRow<T> r(p, vec);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int64_t n = lane; n < p.N; n += 32)
+    for (int i = 0; i < 3; ++i) warp_acc[i][warp][n] = 0.f;   // each warp zeroes and sums its own
+  const int64_t chunk = int64_t(blockDim.x) * kItems, last = (p.L - 1) / chunk;
+  const T* dout_row = static_cast<const T*>(q.dout) + r.off;
+  float* dB = p.variable_B ? q.dB + r.bc_off : nullptr;
+  float* dC = p.variable_C ? q.dC + r.bc_off : nullptr;
+  float dD = 0.f, dbias = 0.f;
+  int phase = 0;
+  for (int64_t c = last; c >= 0; --c) {
+    const int64_t t0 = c * chunk, t = t0 + int64_t(threadIdx.x) * kItems;
+    float u[kItems], raw[kItems], dt[kItems], dy[kItems], Bv[kItems], Cv[kItems];
+    Affine step[kItems], total;
+    r.load_steps(t, u, raw, dt);
+    load_items(dout_row, 1, t, p.L, vec, dy);   // 0 past L
+    if (p.z) {   // dz needs y: one more forward pass over n
+      float y[kItems], z[kItems], dz[kItems];
+#pragma unroll
+      for (int k = 0; k < kItems; ++k) y[k] = r.D * u[k];
+      for (int64_t n = 0; n < p.N; ++n) {
+        r.load_bc(p.B, p.variable_B, n, t, Bv);
+        r.load_bc(p.C, p.variable_C, n, t, Cv);
+        const Affine before = block_exclusive_scan<false>(r.steps(p.A[r.d * p.N + n], dt, u, Bv, step),
+                                                          warp_tot, phase, total);
+        float h = before.a * r.stored_state_before(t0, n) + before.b;
+#pragma unroll
+        for (int k = 0; k < kItems; ++k) {
+          h = step[k].a * h + step[k].b;
+          y[k] += Cv[k] * h;
+        }
+      }
+      load_items(static_cast<const T*>(p.z) + r.off, 1, t, p.L, vec, z);
+#pragma unroll
+      for (int k = 0; k < kItems; ++k) {
+        const float s = sigmoid_f(z[k]);
+        dz[k] = dy[k] * y[k] * s * (1.f + z[k] * (1.f - s));
+        dy[k] *= z[k] * s;
+      }
+      store_items(static_cast<T*>(q.dz) + r.off, t, p.L, vec, dz);
     }
-    for (int64_t t = t1 - 1; t >= t0; --t) {
-      const int64_t i = t - t0;
-      const float ht = hs[i][threadIdx.x];
-      const float hprev = i > 0 ? hs[i - 1][threadIdx.x] : h0;
-      const float raw = lane.raw_dt(p, t);
-      const float dt = p.delta_softplus ? softplus_f(raw) : raw;
-      const float u = lane.u(p, t), a = expf(dt * lane.A);
-      const float Bn = lane.Bt(t), Cn = lane.Ct(t);
-      const float go = lane.row_ok ? to_float(dout[lane.off + t]) : 0.f;
-      float dy = go;
-      if (z) {
-        const float y = segment_sum(Cn * ht, W) + lane.D * u;
-        const float zt = lane.row_ok ? to_float(z[lane.off + t]) : 0.f, s = sigmoid_f(zt);
-        if (lane.row_ok && lane.n == 0)
-          static_cast<T*>(q.dz)[lane.off + t] = from_float<T>(go * y * s * (1.f + zt * (1.f - s)));
-        dy = go * zt * s;
+    float gB[kItems] = {}, ddt[kItems] = {};   // sums over n of g B and of g d(h_t)/d(dt)
+    for (int64_t n = 0; n < p.N; ++n) {
+      const float A = p.A[r.d * p.N + n];
+      r.load_bc(p.B, p.variable_B, n, t, Bv);
+      r.load_bc(p.C, p.variable_C, n, t, Cv);
+      const Affine before = block_exclusive_scan<false>(r.steps(A, dt, u, Bv, step), warp_tot, phase, total);
+      float hprev[kItems];   // the state before each step
+      float h = before.a * r.stored_state_before(t0, n) + before.b;
+#pragma unroll
+      for (int k = 0; k < kItems; ++k) {
+        hprev[k] = h;
+        h = step[k].a * h + step[k].b;
       }
-      const float gn = g + Cn * dy;   // g_t = C dy + a_{t+1} g_{t+1}
-      const float ah = a * hprev;
-      const float ddt = segment_sum(gn * (lane.A * ah + Bn * u), W);
-      const float gB = segment_sum(gn * Bn, W);
-      if (lane.active) {
-        dA += gn * dt * ah;
-        const float db = gn * dt * u, dc = dy * ht;
-        if (p.variable_B) atomicAdd(q.dB + lane.bc_off + lane.n * p.L + t, db); else dBacc += db;
-        if (p.variable_C) atomicAdd(q.dC + lane.bc_off + lane.n * p.L + t, dc); else dCacc += dc;
+      // adjoint: x_t = a_t g_t with g_t = C_t dy_t + x_{t+1}, scanned from the chunk's end
+      Affine mine{1.f, 0.f};
+#pragma unroll
+      for (int k = kItems - 1; k >= 0; --k) mine = then(mine, {step[k].a, step[k].a * Cv[k] * dy[k]});
+      const Affine after = block_exclusive_scan<true>(mine, warp_tot, phase, total);
+      const float x_end = c < last ? carry[(c + 1) & 1][n] : q.dlast ? q.dlast[r.row * p.N + n] : 0.f;
+      if (threadIdx.x == 0) carry[c & 1][n] = total.a * x_end + total.b;
+      float x = after.a * x_end + after.b, dA = 0.f, dB_sum = 0.f, dC_sum = 0.f;
+#pragma unroll
+      for (int k = kItems - 1; k >= 0; --k) {
+        const int64_t tk = t + k;
+        const float g = Cv[k] * dy[k] + x, ah = step[k].a * hprev[k];
+        dA += g * dt[k] * ah;
+        ddt[k] += g * (A * ah + Bv[k] * u[k]);
+        gB[k] += g * Bv[k];
+        const float db = g * dt[k] * u[k], dc = dy[k] * (ah + step[k].b);
+        if (dB) {
+          if (tk < p.L) atomicAdd(dB + n * p.bc_stride_n + tk * p.bc_stride_l, db);
+        } else {
+          dB_sum += db;
+        }
+        if (dC) {
+          if (tk < p.L) atomicAdd(dC + n * p.bc_stride_n + tk * p.bc_stride_l, dc);
+        } else {
+          dC_sum += dc;
+        }
+        x = step[k].a * g;
       }
-      g = lane.active ? gn * a : 0.f;
-      if (lane.row_ok && lane.n == 0) {
-        const float dd = p.delta_softplus ? ddt * sigmoid_f(raw) : ddt;
-        static_cast<T*>(q.du)[lane.off + t] = from_float<T>(dt * gB + lane.D * dy);
-        static_cast<T*>(q.ddelta)[lane.off + t] = from_float<T>(dd);
-        dD += dy * u;
-        dbias += dd;
+      dA = warp_sum(dA);
+      if (!dB) dB_sum = warp_sum(dB_sum);
+      if (!dC) dC_sum = warp_sum(dC_sum);
+      if (lane == 0) {
+        warp_acc[0][warp][n] += dA;
+        warp_acc[1][warp][n] += dB_sum;
+        warp_acc[2][warp][n] += dC_sum;
       }
     }
+    float du[kItems], dd[kItems];
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      du[k] = dt[k] * gB[k] + r.D * dy[k];
+      dd[k] = t + k >= p.L ? 0.f : p.delta_softplus ? ddt[k] * sigmoid_f(raw[k]) : ddt[k];
+      dD += dy[k] * u[k];
+      dbias += dd[k];
+    }
+    store_items(static_cast<T*>(q.du) + r.off, t, p.L, vec, du);
+    store_items(static_cast<T*>(q.ddelta) + r.off, t, p.L, vec, dd);
   }
-  if (lane.active) {
-    q.dA[row * N + lane.n] = dA;
-    if (!p.variable_B) q.dB[row * N + lane.n] = dBacc;
-    if (!p.variable_C) q.dC[row * N + lane.n] = dCacc;
+  block_sum2(dD, dbias);   // its barriers also publish warp_acc
+  if (threadIdx.x == 0) {
+    if (q.dD) q.dD[r.row] = dD;
+    if (q.ddelta_bias) q.ddelta_bias[r.row] = dbias;
   }
-  if (lane.row_ok && lane.n == 0) {
-    if (q.dD) q.dD[row] = dD;
-    if (q.ddelta_bias) q.ddelta_bias[row] = dbias;
+  for (int64_t n = threadIdx.x; n < p.N; n += blockDim.x) {
+    float sums[3] = {};
+    for (int w = 0; w < int(blockDim.x >> 5); ++w)
+      for (int i = 0; i < 3; ++i) sums[i] += warp_acc[i][w][n];
+    q.dA[r.row * p.N + n] = sums[0];
+    if (!dB) q.dB[r.row * p.N + n] = sums[1];
+    if (!dC) q.dC[r.row * p.N + n] = sums[2];
   }
 }
 
@@ -173,21 +349,27 @@ void check(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(std::string("dlkern selective_scan: ") + what);
 }
 
-int segment_width(int64_t N) {
-  int w = 2;
-  while (w < N) w <<= 1;
-  return w;
-}
-
 void check_params(const SelectiveScanFwdParams& p) {
   check(p.batch >= 0 && p.dim >= 1 && p.L >= 1 && p.N >= 1, "sizes must be batch >= 0, dim, L, N >= 1");
-  check(p.N <= kMaxStateCuda, "N must be at most 32 on the cuda backend");
+  check(p.N <= kScanMaxState, "N must be at most 256");
   check(p.groups >= 1 && p.dim % p.groups == 0, "groups must divide dim");
+  check(p.batch * p.dim < (int64_t(1) << 31), "batch * dim must be below 2^31 (one block per row)");
   check(p.u && p.delta && p.A && p.B && p.C && p.states, "u, delta, A, B, C and states are required");
 }
 
-unsigned grid_for(const SelectiveScanFwdParams& p, int W) {
-  return unsigned((p.batch * p.dim * W + kThreads - 1) / kThreads);
+// Threads per block: enough warps for the row's steps, at most kMaxThreads.
+int threads_for(int64_t L) {
+  const int64_t warps = (L + 32 * kItems - 1) / (32 * kItems);
+  return int(warps < kMaxWarps ? warps : kMaxWarps) * 32;
+}
+
+// Whether every row of the (batch, dim, L) operands and of variable B/C starts on a kItems-value
+// boundary, so that full items load and store as one vector.
+bool vector_ok(const SelectiveScanFwdParams& p, int elem_size, std::initializer_list<const void*> rows) {
+  bool ok = p.L % kItems == 0 && (!(p.variable_B || p.variable_C) || p.bc_stride_l == 1);
+  for (const void* ptr : rows)
+    ok = ok && reinterpret_cast<uintptr_t>(ptr) % (uintptr_t(kItems) * elem_size) == 0;
+  return ok;
 }
 
 }  // namespace
@@ -196,23 +378,28 @@ void selective_scan_fwd(const SelectiveScanFwdParams& p, void* stream) {
   check_params(p);
   check(p.out != nullptr, "out is required");
   if (p.batch == 0) return;
-  const int W = segment_width(p.N);
   dispatch_dtype<void>(p.dtype, [&](auto tag) {
-    auto kern = selective_scan_fwd_kernel<decltype(tag)>;
-    DLK_LAUNCH(kern, grid_for(p, W), kThreads, 0, static_cast<cudaStream_t>(stream), p, W);
+    using T = decltype(tag);
+    const bool vec = vector_ok(p, sizeof(T), {p.u, p.delta, p.z, p.out, p.variable_B ? p.B : nullptr,
+                                              p.variable_C ? p.C : nullptr});
+    auto kern = selective_scan_fwd_kernel<T>;
+    DLK_LAUNCH(kern, unsigned(p.batch * p.dim), threads_for(p.L), 0, static_cast<cudaStream_t>(stream), p, vec);
     check_launch("selective_scan_fwd_kernel");
   });
 }
 
 void selective_scan_bwd(const SelectiveScanBwdParams& q, void* stream) {
-  check_params(q.fwd);
+  const SelectiveScanFwdParams& p = q.fwd;
+  check_params(p);
   check(q.dout && q.du && q.ddelta && q.dA && q.dB && q.dC, "dout, du, ddelta, dA, dB, dC are required");
-  check(!q.fwd.z || q.dz, "dz is required with z");
-  if (q.fwd.batch == 0) return;
-  const int W = segment_width(q.fwd.N);
-  dispatch_dtype<void>(q.fwd.dtype, [&](auto tag) {
-    auto kern = selective_scan_bwd_kernel<decltype(tag)>;
-    DLK_LAUNCH(kern, grid_for(q.fwd, W), kThreads, 0, static_cast<cudaStream_t>(stream), q, W);
+  check(!p.z || q.dz, "dz is required with z");
+  if (p.batch == 0) return;
+  dispatch_dtype<void>(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const bool vec = vector_ok(p, sizeof(T), {p.u, p.delta, p.z, q.dout, q.du, q.ddelta, q.dz,
+                                              p.variable_B ? p.B : nullptr, p.variable_C ? p.C : nullptr});
+    auto kern = selective_scan_bwd_kernel<T>;
+    DLK_LAUNCH(kern, unsigned(p.batch * p.dim), threads_for(p.L), 0, static_cast<cudaStream_t>(stream), q, vec);
     check_launch("selective_scan_bwd_kernel");
   });
 }

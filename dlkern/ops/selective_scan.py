@@ -28,8 +28,8 @@ from dlkern.backend import choose
 from dlkern.registry import Cost, OpSpec, Sample, register_op
 
 CHUNK = 64        # steps between the states the forward stores (csrc/scan/selective_scan.h)
-MAX_STATE = 256   # largest N the CPU kernel takes
-MAX_STATE_GPU = 32   # Triton: a (64, N) tile per program; CUDA: a row's states in one warp segment
+MAX_STATE = 256   # largest N the CPU and CUDA kernels take (CUDA: a block loops over n)
+MAX_STATE_TRITON = 32   # Triton: a (64, N) tile per program
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -248,8 +248,9 @@ def _supports(backend, u, delta, A, B, C, D=None, z=None, delta_bias=None, *rest
     reasons = []
     if u.dtype not in KERNEL_DTYPES:
         reasons.append(f"u dtype {u.dtype} is not supported (float32, float16, bfloat16)")
-    if A.dim() == 2 and A.shape[1] > MAX_STATE_GPU:
-        reasons.append(f"N = {A.shape[1]} is larger than {MAX_STATE_GPU}, the most the {backend} kernel takes")
+    max_state = MAX_STATE_TRITON if backend == "triton" else MAX_STATE
+    if A.dim() == 2 and A.shape[1] > max_state:
+        reasons.append(f"N = {A.shape[1]} is larger than {max_state}, the most the {backend} kernel takes")
     return reasons
 
 

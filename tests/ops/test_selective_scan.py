@@ -29,10 +29,11 @@ def _grads(fn, args, kwargs, seed=7):
     return outs, dict(zip(names, grads))
 
 
-def _compare_with_oracle(args, kwargs, dtype=torch.float32):
-    """The default path (dtype) vs the oracle in fp64, tolerance from the oracle run in dtype."""
+def _compare_with_oracle(args, kwargs, dtype=torch.float32, backend=None):
+    """The default path, or the named backend (dtype) vs the oracle in fp64, tolerance from the
+    oracle run in dtype."""
     args = [a.to(dtype) if a is not None else None for a in args]
-    outs, grads = _grads(selective_scan, args, kwargs)
+    outs, grads = _grads(lambda *a, **k: selective_scan(*a, **k, backend=backend), args, kwargs)
     exact = [a.double() if a is not None else None for a in args]
     e_outs, e_grads = _grads(selective_scan_ref, exact, kwargs)
     l_outs, l_grads = _grads(selective_scan_ref, args, kwargs)
@@ -76,16 +77,45 @@ def test_cpu_path_state_size_16_batch_1():
     _compare_with_oracle(make_inputs(1, 16, 200, 16, seed=4, groups=2), dict(delta_softplus=True))
 
 
+CUDA_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # cpu: the emulation build
+CUDA_UNAVAILABLE = "; ".join(dlkern.backend.availability("cuda", CUDA_DEVICE))
+# (batch, dim, L, N, make_inputs options, kwargs, dropped args, dtype). Beyond the registry
+# samples: N > 32 (the block loops over n), several warps and block chunks (512 steps), L not a
+# multiple of the 4 steps a thread holds (scalar loads) and one that is (vector loads).
+CUDA_CASES = {
+    "N64_all_options": (1, 2, 100, 64, dict(), dict(delta_softplus=True), (), torch.float32),
+    "N40_grouped_G2_L130": (1, 4, 130, 40, dict(groups=2), dict(delta_softplus=True), ("z",), torch.float32),
+    "L1": (2, 3, 1, 5, dict(), dict(delta_softplus=True, return_last_state=True), (), torch.float32),
+    "L3_time_invariant": (1, 2, 3, 3, dict(variable_B=False, variable_C=False), dict(delta_softplus=True), (),
+                          torch.float32),
+    "L1000_two_chunks_last_state": (1, 2, 1000, 4, dict(groups=2), dict(delta_softplus=True, return_last_state=True),
+                                    (), torch.float32),
+    "L1000_invariant_B_bf16": (1, 2, 1000, 3, dict(variable_B=False, softplus=False), dict(), ("D",),
+                               torch.bfloat16),
+    "L517_fp16_no_optionals": (1, 1, 517, 6, dict(softplus=False), dict(), ("D", "z", "delta_bias"), torch.float16),
+}
+
+
+@pytest.mark.skipif(bool(CUDA_UNAVAILABLE), reason=CUDA_UNAVAILABLE or "available")
+@pytest.mark.parametrize("case", CUDA_CASES, ids=list(CUDA_CASES))
+def test_cuda_kernels_match_oracle(case):
+    batch, dim, L, N, opts, kwargs, drop, dtype = CUDA_CASES[case]
+    args = list(make_inputs(batch, dim, L, N, seed=L + N, device=CUDA_DEVICE, **opts))
+    for name in drop:
+        args[ARG_NAMES.index(name)] = None
+    _compare_with_oracle(args, kwargs, dtype, backend="cuda")
+
+
 def _long_strongly_negative(dim=4):
     u, delta, A, B, C, D, z, bias = make_inputs(1, dim, 4096, 8, seed=9)
     return (u, delta, A * 1000.0, B, C, D, z, bias)   # exp(dt A) underflows to 0 on most steps
 
 
-@pytest.mark.parametrize("path", ["default", "triton"])
+@pytest.mark.parametrize("path", ["default", "triton", "cuda"])
 def test_long_sequence_strongly_negative_A_stays_finite(path):
-    if path == "triton" and dlkern.backend.availability("triton", torch.device("cpu")):
-        pytest.skip("; ".join(dlkern.backend.availability("triton", torch.device("cpu"))))
-    args = _long_strongly_negative(dim=4 if path == "default" else 1)  # the interpreter is slow
+    if path != "default" and dlkern.backend.availability(path, torch.device("cpu")):
+        pytest.skip("; ".join(dlkern.backend.availability(path, torch.device("cpu"))))
+    args = _long_strongly_negative(dim=4 if path == "default" else 1)  # interpreter, emulator: slow
     out, last = selective_scan(*args, delta_softplus=True, return_last_state=True,
                                backend=None if path == "default" else path)
     assert torch.isfinite(out).all() and torch.isfinite(last).all()
