@@ -6,13 +6,13 @@ per-position Gaussian prior. ``forward(x)`` is log p(x) per sample; ``encode``/`
 the standardized latents (one per level) and back, so ``decode`` of normal noise samples."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 import dlkern.nn as dnn
+from dlkern.models.realnvp import standard_normal_log_prob
 from dlkern.models.registry import TrainSettings, register_model
 
 
@@ -22,7 +22,7 @@ class GlowConfig:
     in_chans: int = 1
     levels: int = 2         # L
     steps: int = 4          # K flow steps per level
-    hidden: int = 32        # conditioner width
+    hidden: int = 64        # conditioner width
 
 
 def zero_conv(cin: int, cout: int) -> nn.Conv2d:
@@ -48,10 +48,6 @@ def flow_step(c: int, hidden: int) -> list[nn.Module]:
 def standardize(z, mean, log_std):
     """(ε = (z - mean) / std, Σ log std per sample): ε is N(0, I) under the prior N(mean, std²)."""
     return (z - mean) * torch.exp(-log_std), log_std.flatten(1).sum(1)
-
-
-def normal_log_prob(eps):                            # (B, ...) -> (B,)
-    return -0.5 * (eps.flatten(1) ** 2 + math.log(2 * math.pi)).sum(1)
 
 
 class Glow(nn.Module):
@@ -87,7 +83,7 @@ class Glow(nn.Module):
                 mean, log_std = self.top_prior.chunk(2, 1)
             eps, log_std_sum = standardize(z, mean, log_std)
             latents.append(eps)
-            log_p = log_p + normal_log_prob(eps) - log_std_sum
+            log_p = log_p + standard_normal_log_prob(eps) - log_std_sum
         return latents, log_p
 
     def forward(self, x):                            # x (B, C, H, W) -> log p(x) (B,)
@@ -117,7 +113,7 @@ class Glow(nn.Module):
 
 
 @register_model("glow", task="digits_density", tiny={"levels": 2, "steps": 1, "hidden": 8},
-                train=TrainSettings(steps=800, batch_size=64, lr=4e-3, warmup=50, eval_every=200))
+                train=TrainSettings(steps=800, batch_size=64, lr=8e-3, warmup=50, eval_every=200))
 def glow(**config) -> Glow:
     """Glow: multi-scale, ActNorm, invertible 1x1 conv, affine coupling, learned split priors; digits density."""
     return Glow(GlowConfig(**config))

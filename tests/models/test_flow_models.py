@@ -7,7 +7,7 @@ from torch.autograd.functional import jacobian
 
 import dlkern
 from dlkern.models import create_model, get_task
-from dlkern.models.glow import normal_log_prob
+from dlkern.models.realnvp import standard_normal_log_prob
 
 
 def perturbed(model, x):
@@ -54,5 +54,13 @@ def test_glow_inverse_and_density_is_change_of_variables():
     for i in range(2):
         J = jacobian(flat_latents, x[i])                                  # (64, 1, 8, 8)
         eps = flat_latents(x[i])
-        expected = normal_log_prob(eps[None])[0] + torch.linalg.slogdet(J.reshape(64, 64)).logabsdet
+        expected = standard_normal_log_prob(eps[None])[0] + torch.linalg.slogdet(J.reshape(64, 64)).logabsdet
         torch.testing.assert_close(log_p[i], expected, rtol=1e-9, atol=1e-8)
+
+
+@pytest.mark.parametrize("task", ["moons", "digits_density"])
+def test_chance_is_the_task_baseline(task):
+    """The tasks' chance constants are their baselines (a Gaussian fit, per-pixel histograms)."""
+    t = get_task(task)
+    assert t.chance == pytest.approx(t.baseline(), abs=1e-3)
+    assert t.target < t.chance
