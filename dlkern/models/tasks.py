@@ -244,7 +244,8 @@ class DenoiseTask(Task):
 # density estimation (normalizing flows): the model returns log p(x) per sample (B,)
 #
 # * moons: two moons (scikit-learn's make_moons layout, not standardized) with Gaussian noise σ 0.1.
-#   Metric: test NLL in nats per sample; chance: a full-covariance Gaussian fitted to training data.
+#   Metric: test NLL in nats per sample; chance: a full-covariance Gaussian fitted to training data
+#   (1.925); the true density scores 1.009 on the test set.
 # * digits_density: the digits quantized to 16 levels, uniformly dequantized. Metric: test
 #   bits/dim; chance: independent per-pixel histograms counted on training images.
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ def pixel_histogram_bits(train: torch.Tensor, test: torch.Tensor, levels: int) -
 class DigitsDensityTask(Task):
     """The digits quantized to ``levels`` levels; a batch is the uniformly dequantized
     ``(q + u) / levels`` in [0, 1). The model's density p on [0, 1)^D bounds the discrete
-    likelihood: -log2 P(q) <= -log2 p(y) + D log2 levels, reported per dim (bits/dim)."""
+    likelihood: -log2 P(q) <= E_u[-log2 p(y)] + D log2 levels, reported per dim (bits/dim)."""
     levels: int = 16
 
     def model_config(self) -> dict:
