@@ -101,7 +101,6 @@ class Glow(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
-        device = self.top_prior.device
         shapes, c, size = [], self.cfg.in_chans, self.cfg.img_size
         for level in range(self.cfg.levels):
             c, size = 4 * c, size // 2
@@ -109,7 +108,8 @@ class Glow(nn.Module):
                 shapes.append((c - c // 2, size, size))
                 c = c // 2
         shapes.append((c, size, size))
-        return self.decode([temperature * torch.randn(n, *s, device=device) for s in shapes])
+        like = self.top_prior
+        return self.decode([temperature * torch.randn(n, *s, device=like.device, dtype=like.dtype) for s in shapes])
 
 
 @register_model("glow", task="digits_density", tiny={"levels": 2, "steps": 1, "hidden": 8},

@@ -64,8 +64,8 @@ class RealNVP(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        device = next(self.parameters()).device
-        return self.decode(torch.randn(n, self.cfg.dim, device=device))
+        like = next(self.parameters())
+        return self.decode(torch.randn(n, self.cfg.dim, device=like.device, dtype=like.dtype))
 
 
 @register_model("realnvp", task="moons", tiny={"n_couplings": 2, "hidden": 8, "depth": 1},

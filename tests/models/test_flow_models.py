@@ -32,6 +32,7 @@ def test_realnvp_inverse_and_jacobian_logdet():
     model = perturbed(create_model("realnvp", n_couplings=4, hidden=16).double(), x)
     z, logdet = model.encode(x)
     torch.testing.assert_close(model.decode(z), x, rtol=0, atol=1e-10)
+    assert model.sample(3).shape == (3, 2)
     assert logdet.abs().min() > 1e-2                    # the couplings and ActNorms do act
     for i in range(4):
         J = jacobian(lambda v: model.encode(v[None])[0][0], x[i])          # (2, 2)
@@ -47,6 +48,7 @@ def test_glow_inverse_and_density_is_change_of_variables():
     latents, log_p = model.encode(x)
     assert [tuple(e.shape[1:]) for e in latents] == [(2, 4, 4), (8, 2, 2)]
     torch.testing.assert_close(model.decode(latents), x, rtol=0, atol=1e-10)
+    assert model.sample(3).shape == (3, 1, 8, 8)
 
     def flat_latents(v):
         return torch.cat([e.flatten(1) for e in model.encode(v[None])[0]], 1)[0]   # (64,)
