@@ -240,11 +240,116 @@ class DenoiseTask(Task):
         return F.mse_loss(model(x, t), eps).item(), t.numel()
 
 
+# ---------------------------------------------------------------------------------------------
+# density estimation (normalizing flows): the model returns log p(x) per sample (B,)
+#
+# * moons: two moons (scikit-learn's make_moons layout, not standardized) with Gaussian noise σ 0.1.
+#   Metric: test NLL in nats per sample; chance: a full-covariance Gaussian fitted to training data
+#   (1.925); the true density scores 1.009 on the test set.
+# * digits_density: the digits quantized to 16 levels, uniformly dequantized. Metric: test
+#   bits/dim; chance: independent per-pixel histograms counted on training images.
+# ---------------------------------------------------------------------------------------------
+BASELINE_SEED = 1_000_033   # the chance baselines' training sample: a seed no training step uses
+
+
+def make_moons(gen: torch.Generator, n: int, noise: float) -> torch.Tensor:
+    """(n, 2) points on scikit-learn's two interleaving half circles (upper: centre (0, 0), lower:
+    centre (1, 0.5), radius 1) plus Gaussian noise; the moon and the angle are drawn uniformly
+    (scikit-learn spaces the angles evenly and splits n in halves)."""
+    angle = torch.rand(n, generator=gen) * math.pi
+    lower = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(lower, 1 - torch.cos(angle), torch.cos(angle))
+    y = torch.where(lower, 0.5 - torch.sin(angle), torch.sin(angle))
+    return torch.stack([x, y], 1) + noise * torch.randn(n, 2, generator=gen)
+
+
+def gaussian_nll(train: torch.Tensor, test: torch.Tensor) -> float:
+    """Mean NLL (nats) on ``test`` (N, D) of the full-covariance Gaussian fitted to ``train``."""
+    fit = torch.distributions.MultivariateNormal(train.mean(0), torch.cov(train.T))
+    return -fit.log_prob(test).mean().item()
+
+
+@dataclass(frozen=True)
+class MoonsTask(Task):
+    noise: float = 0.1
+
+    def model_config(self) -> dict:
+        return {"dim": 2}
+
+    def make_batch(self, gen, batch_size):
+        return (make_moons(gen, batch_size, self.noise),)
+
+    def test_set(self):
+        return self.make_batch(torch.Generator().manual_seed(TEST_SEED), 2000)
+
+    def baseline(self) -> float:
+        """The chance level: a full-covariance Gaussian fitted to 20 000 training points."""
+        train = make_moons(torch.Generator().manual_seed(BASELINE_SEED), 20_000, self.noise)
+        return gaussian_nll(train, self.test_set()[0])
+
+    def loss(self, model, batch):
+        return -model(batch[0]).mean()                              # model: log p(x) (B,)
+
+    def score(self, model, batch):
+        return -model(batch[0]).mean().item(), batch[0].shape[0]
+
+
+def quantize(images: torch.Tensor, levels: int) -> torch.Tensor:
+    """Integer levels 0..levels-1 of images clamped to [0, 1] (nearest level)."""
+    return (images.clamp(0, 1) * (levels - 1)).round().long()
+
+
+def pixel_histogram_bits(train: torch.Tensor, test: torch.Tensor, levels: int) -> float:
+    """Bits/dim on ``test`` of independent per-pixel categorical histograms counted on ``train``
+    (levels (N, D) ints; add-one smoothing so no test level has probability 0)."""
+    counts = torch.ones(train.shape[1], levels).scatter_add_(1, train.T, torch.ones(train.T.shape))
+    probs = counts / counts.sum(1, keepdim=True)                   # (D, levels)
+    return -torch.log2(probs.gather(1, test.T)).mean().item()
+
+
+@dataclass(frozen=True)
+class DigitsDensityTask(Task):
+    """The digits quantized to ``levels`` levels; a batch is the uniformly dequantized
+    ``(q + u) / levels`` in [0, 1). The model's density p on [0, 1)^D bounds the discrete
+    likelihood: -log2 P(q) <= E_u[-log2 p(y)] + D log2 levels, reported per dim (bits/dim)."""
+    levels: int = 16
+
+    def model_config(self) -> dict:
+        return {"img_size": IMAGE_SIZE, "in_chans": 1}
+
+    def make_batch(self, gen, batch_size):
+        q = quantize(render_digits(gen, batch_size)[0], self.levels)
+        return ((q + torch.rand(q.shape, generator=gen)) / self.levels,)
+
+    def test_set(self):
+        return self.make_batch(torch.Generator().manual_seed(TEST_SEED), 1000)
+
+    def baseline(self) -> float:
+        """The chance level: per-pixel histograms of 2000 training images."""
+        train = quantize(render_digits(torch.Generator().manual_seed(BASELINE_SEED), 2000)[0], self.levels)
+        test = quantize(render_digits(torch.Generator().manual_seed(TEST_SEED), 1000)[0], self.levels)
+        return pixel_histogram_bits(train.flatten(1), test.flatten(1), self.levels)
+
+    def bits_per_dim(self, log_p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        dims = y[0].numel()
+        return (-log_p / dims + math.log(self.levels)) / math.log(2)
+
+    def loss(self, model, batch):
+        return self.bits_per_dim(model(batch[0]), batch[0]).mean()
+
+    def score(self, model, batch):
+        return self.bits_per_dim(model(batch[0]), batch[0]).mean().item(), batch[0].shape[0]
+
+
 TASKS = {
     "copy": CopyTask("copy", "copy accuracy", target=0.99, chance=1 / 16),
     "digits": DigitsTask("digits", "test accuracy", target=0.95, chance=0.1),
     "palindrome": PalindromeTask("palindrome", "masked-token accuracy", target=0.95, chance=0.1),
     "denoise": DenoiseTask("denoise", "eps MSE", target=0.2, chance=1.0, higher_is_better=False),
+    # chance: the tasks' baseline() (~0.3 s to compute, so not at import); tests check the values
+    "moons": MoonsTask("moons", "test NLL (nats)", target=1.1, chance=1.925, higher_is_better=False),
+    "digits_density": DigitsDensityTask("digits_density", "test bits/dim", target=2.75, chance=2.938,
+                                        higher_is_better=False),
 }
 
 
