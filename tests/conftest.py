@@ -11,6 +11,9 @@ if not HAS_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("DLKERN_CUDA_EMULATE", "1")
 os.environ.setdefault("DLKERN_DEBUG_NAN_FILL", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N: N worker processes share the cores; one intra-op thread each avoids oversubscription
+    torch.set_num_threads(1)
 
 import dlkern  # noqa: E402
 
