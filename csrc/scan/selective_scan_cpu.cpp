@@ -26,23 +26,80 @@ namespace {
 
 // The hot loops are inlined into the two entry points, which are cloned per instruction set.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DLK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define DLK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DLK_CPU_CLONES
 #endif
 #define DLK_INLINE inline __attribute__((always_inline))
 
+// A tile's lanes as one GCC vector: one zmm register with AVX-512, two ymm with AVX2. Written as
+// vector arithmetic (not lane loops left to the auto-vectorizer) so accumulators stay in registers.
+// Every function taking or returning one is inlined, so the wider-vector ABI note does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+constexpr int kLanes = kScanCpuLanes;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t VecI __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+// (Inside the cloned functions GCC 12 turns `Vec{} + x`, `Vec{x, x, ...}` and a shuffle of `Vec{x}`
+// into one masked insert per lane; a shuffle of lane 0 written this way is one broadcast.)
+DLK_INLINE Vec splat(float x) {
+  Vec v = {};
+  v[0] = x;
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+
+// Lane sums of 16 vectors at once: out[k] = sum over lanes of x[k]. Each fold halves the lanes per
+// row and interleaves the rows of its two operands, so the tree of 15 folds (2 shuffles and an
+// add each, against 15 dependent scalar adds per row) leaves row bitrev(k) in lane k: the inputs
+// are taken in bit-reversed order to come out in natural order.
+static_assert(kLanes == 16, "lane_sums16 is written for 16 lanes");
+
+template <int H>   // lanes per row after the fold
+DLK_INLINE VecI fold_mask(int half) {
+  VecI m{};
+  for (int k = 0; k < kLanes; ++k) {
+    const int block = k / (2 * H) * (2 * H), r = k % (2 * H);
+    m[k] = r < H ? block + half * H + r : kLanes + block + half * H + r - H;
+  }
+  return m;
+}
+
+template <int H>
+DLK_INLINE Vec fold(const Vec& a, const Vec& b) {
+  const VecI lo = fold_mask<H>(0), hi = fold_mask<H>(1);   // folded to constants
+  return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
+}
+
+DLK_INLINE Vec lane_sums16(const Vec* x) {
+  constexpr int rev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+  Vec r8[8], r4[4], r2[2];
+  for (int k = 0; k < 8; ++k) r8[k] = fold<8>(x[rev[2 * k]], x[rev[2 * k + 1]]);
+  for (int k = 0; k < 4; ++k) r4[k] = fold<4>(r8[2 * k], r8[2 * k + 1]);
+  for (int k = 0; k < 2; ++k) r2[k] = fold<2>(r4[2 * k], r4[2 * k + 1]);
+  return fold<1>(r2[0], r2[1]);
+}
+
+// dst[k] += lane sum of src[k] for k < count (src is read in whole blocks of 16).
+DLK_INLINE void add_lane_sums(const Vec* src, int64_t count, float* dst) {
+  for (int64_t k = 0; k < count; k += 16) {
+    const Vec s = lane_sums16(src + k);
+    for (int64_t j = 0; j < std::min<int64_t>(16, count - k); ++j) dst[k + j] += s[j];
+  }
+}
 
 // exp(x) to ~2 ulp: x = k ln2 + f with |f| <= ln2/2 (Cody-Waite split of ln2), e^f by its Taylor
 // polynomial to degree 7, 2^k from the exponent bits. Inputs are clamped to the normal range
-// (exp(-87.3) ~ 1.2e-38 stands in for smaller results, which only ever scale a state by it).
-// k = round(x / ln2) by truncating a positive value (std::floor is a libm call on baseline x86-64
-// and stops the loops from vectorizing; an int conversion is one SIMD instruction).
-inline __attribute__((always_inline)) float exp_approx(float x) {
-  x = std::min(std::max(x, -87.3f), 88.7f);
-  const float k = float(int32_t(x * 1.44269504088896341f + 128.5f) - 128);
-  const float f = (x - k * 0.693145751953125f) - k * 1.42860682030941723e-6f;
-  float p = 1.f / 5040.f;
+// (exp(-87.3) ~ 1.2e-38 stands in for smaller results, which only ever scale a state by it); NaN
+// passes the clamps (each compare is false for it). k = round(x / ln2) by truncating a positive
+// value: one SIMD conversion, where std::floor is a libm call on baseline x86-64.
+DLK_INLINE Vec exp_approx(const Vec& x_in) {
+  const Vec lo = splat(-87.3f), hi = splat(88.7f);
+  Vec x = lo > x_in ? lo : x_in;
+  x = hi < x ? hi : x;
+  const VecI ki = __builtin_convertvector(x * 1.44269504088896341f + 128.5f, VecI) - 128;
+  const Vec k = __builtin_convertvector(ki, Vec);
+  const Vec f = (x - k * 0.693145751953125f) - k * 1.42860682030941723e-6f;
+  Vec p = splat(1.f / 5040.f);
   p = p * f + 1.f / 720.f;
   p = p * f + 1.f / 120.f;
   p = p * f + 1.f / 24.f;
@@ -50,13 +107,10 @@ inline __attribute__((always_inline)) float exp_approx(float x) {
   p = p * f + 0.5f;
   p = p * f + 1.f;
   p = p * f + 1.f;
-  const int32_t bits = (int32_t(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return p * (Vec)((ki + 127) << 23);
 }
 
-inline float sigmoid(float x) { return 1.f / (1.f + exp_approx(-x)); }
+DLK_INLINE Vec sigmoid(const Vec& x) { return 1.f / (1.f + exp_approx(-x)); }
 
 void check(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(std::string("dlkern selective_scan (cpu): ") + what);
@@ -72,19 +126,19 @@ void check_params(const SelectiveScanFwdParams& p) {
   check(!p.delta_softplus && !p.delta_bias, "delta_bias and softplus are applied to delta by the binding");
 }
 
-constexpr int kLanes = kScanCpuLanes;
-
 // A tile: channels [d0, d0 + kLanes) of batch b (lanes past `count` are padding: zero inputs).
 struct Tile {
   int64_t b, d0, count;
-  float A[kScanMaxState][kLanes];   // A[n][lane]
-  float D[kLanes];
+  Vec A[kScanMaxState];   // A[n] per lane
+  Vec D;
 
   Tile(const SelectiveScanFwdParams& p, int64_t b_, int64_t d0_, int64_t count_) : b(b_), d0(d0_), count(count_) {
     for (int64_t n = 0; n < p.N; ++n)
       for (int v = 0; v < kLanes; ++v) A[n][v] = v < count ? p.A[(d0 + v) * p.N + n] : 0.f;
     for (int v = 0; v < kLanes; ++v) D[v] = (p.D && v < count) ? p.D[d0 + v] : 0.f;
   }
+  // Row of lane v's channel in a (batch, dim, X) tensor.
+  int64_t row(const SelectiveScanFwdParams& p, int v) const { return b * p.dim + d0 + v; }
 };
 
 int64_t group_of(const SelectiveScanFwdParams& p, int64_t d) { return d / (p.dim / p.groups); }
@@ -92,38 +146,45 @@ int64_t group_of(const SelectiveScanFwdParams& p, int64_t d) { return d / (p.dim
 // B or C at time t (time-major, variable) as a broadcast value, or per lane (time-invariant).
 struct BC {
   const float* base;   // variable: (L, N) of this (batch, group); invariant: (dim, N)
-  bool variable;
-  float inv[kScanMaxState][kLanes];
+  Vec inv[kScanMaxState];
 
-  BC(const SelectiveScanFwdParams& p, const void* X, bool var, const Tile& tile) : variable(var) {
+  BC(const SelectiveScanFwdParams& p, const void* X, bool var, const Tile& tile) {
     const float* x = static_cast<const float*>(X);
     base = var ? x + (tile.b * p.groups + group_of(p, tile.d0)) * p.L * p.N : x;
     if (!var)
       for (int64_t n = 0; n < p.N; ++n)
         for (int v = 0; v < kLanes; ++v) inv[n][v] = v < tile.count ? x[(tile.d0 + v) * p.N + n] : 0.f;
   }
+  template <bool VAR>
+  DLK_INLINE Vec at(int64_t t, int64_t n, int64_t N) const {
+    if constexpr (VAR) return splat(base[t * N + n]); else return inv[n];
+  }
 };
 
 // (rows of `src` for the tile's lanes, steps [t0, t1)) -> dst[i][lane]; padding lanes/steps 0.
+// (Through float pointers: GCC vectors alias their element type, and lane-by-lane vector writes
+// compile to one masked insert each.)
 void gather(const float* src, const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, int64_t t1,
-            float (*dst)[kLanes]) {
+            Vec* dst_vec) {
+  float* dst = reinterpret_cast<float*>(dst_vec);
   for (int v = 0; v < kLanes; ++v) {
-    const float* r = v < tile.count ? src + (tile.b * p.dim + tile.d0 + v) * p.L : nullptr;
-    for (int64_t i = 0; i < kScanChunk; ++i) dst[i][v] = (r && t0 + i < t1) ? r[t0 + i] : 0.f;
+    const float* r = v < tile.count ? src + tile.row(p, v) * p.L : nullptr;
+    for (int64_t i = 0; i < kScanChunk; ++i) dst[i * kLanes + v] = (r && t0 + i < t1) ? r[t0 + i] : 0.f;
   }
 }
 
-void scatter(const float (*src)[kLanes], const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0,
-             int64_t t1, float* dst) {
+void scatter(const Vec* src_vec, const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, int64_t t1,
+             float* dst) {
+  const float* src = reinterpret_cast<const float*>(src_vec);
   for (int v = 0; v < tile.count; ++v) {
-    float* r = dst + (tile.b * p.dim + tile.d0 + v) * p.L;
-    for (int64_t t = t0; t < t1; ++t) r[t] = src[t - t0][v];
+    float* r = dst + tile.row(p, v) * p.L;
+    for (int64_t t = t0; t < t1; ++t) r[t] = src[(t - t0) * kLanes + v];
   }
 }
 
 // One chunk's inputs, transposed to (step, lane).
 struct ChunkIn {
-  float dt[kScanChunk][kLanes], u[kScanChunk][kLanes], z[kScanChunk][kLanes];
+  Vec dt[kScanChunk], u[kScanChunk], z[kScanChunk];
 };
 
 void load_chunk(const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, int64_t t1, ChunkIn& in) {
@@ -132,39 +193,27 @@ void load_chunk(const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, i
   if (p.z) gather(static_cast<const float*>(p.z), p, tile, t0, t1, in.z);
 }
 
-// Steps [t0, t1) from state h[N][lane] (updated). y[i][lane]: pre-gate outputs; hs/as:
-// every state and decay, (kScanChunk, N, kLanes), when STORE.
+// Steps [t0, t1) from state h[N] (updated). y[i]: pre-gate outputs; hs/as: every state and decay,
+// (kScanChunk, N), when STORE.
 template <bool VB, bool VC, bool STORE>
 DLK_INLINE void scan_chunk(const SelectiveScanFwdParams& p, const Tile& tile, const BC& Bx, const BC& Cx,
-                           const ChunkIn& in, int64_t t0, int64_t t1, float (*h)[kLanes],
-                           float (*y)[kLanes], float* hs, float* as) {
+                           const ChunkIn& in, int64_t t0, int64_t t1, Vec* h, Vec* y, Vec* hs, Vec* as) {
   const int64_t N = p.N;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t i = t - t0;
-    const float* Bt = Bx.base + t * N;
-    const float* Ct = Cx.base + t * N;
-    float dtu[kLanes], acc[kLanes];
-    for (int v = 0; v < kLanes; ++v) {
-      dtu[v] = in.dt[i][v] * in.u[i][v];
-      acc[v] = tile.D[v] * in.u[i][v];
-    }
+    const Vec dt = in.dt[i], dtu = dt * in.u[i];
+    Vec acc = tile.D * in.u[i];
     for (int64_t n = 0; n < N; ++n) {
-      float* __restrict__ hn = h[n];
-      float* __restrict__ hsn = STORE ? hs + (i * N + n) * kLanes : nullptr;
-      float* __restrict__ asn = STORE ? as + (i * N + n) * kLanes : nullptr;
-      for (int v = 0; v < kLanes; ++v) {
-        const float a = exp_approx(in.dt[i][v] * tile.A[n][v]);
-        const float b = VB ? Bt[n] : Bx.inv[n][v];
-        const float c = VC ? Ct[n] : Cx.inv[n][v];
-        hn[v] = a * hn[v] + dtu[v] * b;
-        acc[v] += c * hn[v];
-        if constexpr (STORE) {
-          hsn[v] = hn[v];
-          asn[v] = a;
-        }
+      const Vec a = exp_approx(dt * tile.A[n]);
+      const Vec hn = a * h[n] + dtu * Bx.at<VB>(t, n, N);
+      h[n] = hn;
+      acc += Cx.at<VC>(t, n, N) * hn;
+      if constexpr (STORE) {
+        hs[i * N + n] = hn;
+        as[i * N + n] = a;
       }
     }
-    for (int v = 0; v < kLanes; ++v) y[i][v] = acc[v];
+    y[i] = acc;
   }
 }
 
@@ -172,20 +221,18 @@ template <bool VB, bool VC>
 DLK_INLINE void fwd_tile(const SelectiveScanFwdParams& p, const Tile& tile) {
   const int64_t n_chunks = (p.L + kScanChunk - 1) / kScanChunk;
   const BC Bx(p, p.B, p.variable_B, tile), Cx(p, p.C, p.variable_C, tile);
-  float h[kScanMaxState][kLanes] = {};
+  Vec h[kScanMaxState] = {};
   ChunkIn in;
-  float y[kScanChunk][kLanes];
+  Vec y[kScanChunk];
   for (int64_t c = 0; c < n_chunks; ++c) {
     const int64_t t0 = c * kScanChunk, t1 = std::min(p.L, t0 + kScanChunk);
     load_chunk(p, tile, t0, t1, in);
     scan_chunk<VB, VC, false>(p, tile, Bx, Cx, in, t0, t1, h, y, nullptr, nullptr);
     if (p.z)
-      for (int64_t i = 0; i < kScanChunk; ++i)
-        for (int v = 0; v < kLanes; ++v) y[i][v] *= in.z[i][v] * sigmoid(in.z[i][v]);
+      for (int64_t i = 0; i < kScanChunk; ++i) y[i] *= in.z[i] * sigmoid(in.z[i]);
     scatter(y, p, tile, t0, t1, static_cast<float*>(p.out));
     for (int v = 0; v < tile.count; ++v)
-      for (int64_t n = 0; n < p.N; ++n)
-        p.states[((tile.b * p.dim + tile.d0 + v) * n_chunks + c) * p.N + n] = h[n][v];
+      for (int64_t n = 0; n < p.N; ++n) p.states[(tile.row(p, v) * n_chunks + c) * p.N + n] = h[n][v];
   }
 }
 
@@ -197,85 +244,65 @@ DLK_INLINE void bwd_tile(const SelectiveScanBwdParams& q, const Tile& tile, floa
   const int64_t N = p.N;
   const int64_t n_chunks = (p.L + kScanChunk - 1) / kScanChunk;
   const BC Bx(p, p.B, p.variable_B, tile), Cx(p, p.C, p.variable_C, tile);
-  // (kScanChunk, N, kLanes) buffers: states and decays of the chunk, and its per-lane dB/dC terms
-  // (summed over lanes into the task's partial at the chunk's end: 8x less partial traffic)
-  constexpr int64_t kBuf = kScanChunk * kScanMaxState * kLanes;
-  static thread_local float hs[kBuf], as[kBuf], dBc[kBuf], dCc[kBuf];
-  float g[kScanMaxState][kLanes], dA[kScanMaxState][kLanes] = {}, h[kScanMaxState][kLanes];
-  float h0[kScanMaxState][kLanes], dBi[kScanMaxState][kLanes] = {}, dCi[kScanMaxState][kLanes] = {};
-  float dD[kLanes] = {};
+  // (kScanChunk, N) buffers: states and decays of the chunk, and its per-lane dB/dC terms (summed
+  // over lanes into the task's partial at the chunk's end)
+  constexpr int64_t kBuf = kScanChunk * kScanMaxState + 16;   // + a whole block for add_lane_sums
+  static thread_local Vec hs[kBuf], as[kBuf], dBc[kBuf], dCc[kBuf];
+  Vec g[kScanMaxState], dA[kScanMaxState] = {}, h[kScanMaxState], h0[kScanMaxState];
+  Vec dBi[kScanMaxState] = {}, dCi[kScanMaxState] = {};
+  Vec dD = {};
   ChunkIn in;
-  float y[kScanChunk][kLanes], dout[kScanChunk][kLanes], du[kScanChunk][kLanes], ddt[kScanChunk][kLanes];
-  float dz[kScanChunk][kLanes];
+  Vec y[kScanChunk], dout[kScanChunk], du[kScanChunk], ddt[kScanChunk], dz[kScanChunk];
   for (int64_t n = 0; n < N; ++n)
-    for (int v = 0; v < kLanes; ++v)
-      g[n][v] = (q.dlast && v < tile.count) ? q.dlast[(tile.b * p.dim + tile.d0 + v) * N + n] : 0.f;
+    for (int v = 0; v < kLanes; ++v) g[n][v] = (q.dlast && v < tile.count) ? q.dlast[tile.row(p, v) * N + n] : 0.f;
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kScanChunk, t1 = std::min(p.L, t0 + kScanChunk);
     for (int64_t n = 0; n < N; ++n)
       for (int v = 0; v < kLanes; ++v)
-        h0[n][v] = (c > 0 && v < tile.count)
-                       ? p.states[((tile.b * p.dim + tile.d0 + v) * n_chunks + c - 1) * N + n] : 0.f;
-    std::memcpy(h, h0, sizeof(float) * N * kLanes);
+        h0[n][v] = (c > 0 && v < tile.count) ? p.states[(tile.row(p, v) * n_chunks + c - 1) * N + n] : 0.f;
+    std::memcpy(h, h0, sizeof(Vec) * N);
     load_chunk(p, tile, t0, t1, in);
     gather(static_cast<const float*>(q.dout), p, tile, t0, t1, dout);
     scan_chunk<VB, VC, true>(p, tile, Bx, Cx, in, t0, t1, h, y, hs, as);
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const int64_t i = t - t0;
-      const float* Bt = Bx.base + t * N;
-      const float* Ct = Cx.base + t * N;
-      float dy[kLanes], dtu[kLanes], ddt_i[kLanes] = {}, gB[kLanes] = {};
-      for (int v = 0; v < kLanes; ++v) {
-        dy[v] = dout[i][v];
-        if (p.z) {
-          const float zt = in.z[i][v], s = sigmoid(zt);
-          dz[i][v] = dout[i][v] * y[i][v] * s * (1.f + zt * (1.f - s));
-          dy[v] = dout[i][v] * zt * s;
-        }
-        dtu[v] = in.dt[i][v] * in.u[i][v];
-        dD[v] += dy[v] * in.u[i][v];
+      const Vec dt = in.dt[i], u = in.u[i], dtu = dt * u;
+      Vec dy = dout[i];
+      if (p.z) {
+        const Vec zt = in.z[i], s = sigmoid(zt);
+        dz[i] = dy * y[i] * s * (1.f + zt * (1.f - s));
+        dy *= zt * s;
       }
-      float* __restrict__ dBt = dBc + i * N * kLanes;
-      float* __restrict__ dCt = dCc + i * N * kLanes;
+      dD += dy * u;
+      // g_t = C dy + a_{t+1} g_{t+1}; ddt = sum_n g A a h_{t-1} + u sum_n g B
+      Vec ddt_a = {}, gB = {};
+      Vec* __restrict__ dBt = dBc + i * N;
+      Vec* __restrict__ dCt = dCc + i * N;
+      const Vec* ht = hs + i * N;
+      const Vec* hp = i > 0 ? hs + (i - 1) * N : h0;
+      const Vec* at = as + i * N;
       for (int64_t n = 0; n < N; ++n) {
-        const float* __restrict__ ht = hs + (i * N + n) * kLanes;
-        const float* __restrict__ hp = i > 0 ? hs + ((i - 1) * N + n) * kLanes : h0[n];
-        const float* __restrict__ at = as + (i * N + n) * kLanes;
-        for (int v = 0; v < kLanes; ++v) {
-          const float b = VB ? Bt[n] : Bx.inv[n][v];
-          const float cc = VC ? Ct[n] : Cx.inv[n][v];
-          const float gn = g[n][v] + cc * dy[v];   // g_t = C dy + a_{t+1} g_{t+1}
-          const float ah = at[v] * hp[v];
-          ddt_i[v] += gn * (tile.A[n][v] * ah + b * in.u[i][v]);
-          dA[n][v] += gn * in.dt[i][v] * ah;
-          if (VB) dBt[n * kLanes + v] = gn * dtu[v]; else dBi[n][v] += gn * dtu[v];
-          if (VC) dCt[n * kLanes + v] = dy[v] * ht[v]; else dCi[n][v] += dy[v] * ht[v];
-          gB[v] += gn * b;
-          g[n][v] = gn * at[v];
-        }
+        const Vec b = Bx.at<VB>(t, n, N);
+        const Vec gn = g[n] + Cx.at<VC>(t, n, N) * dy;
+        const Vec gah = gn * (at[n] * hp[n]);
+        ddt_a += tile.A[n] * gah;
+        dA[n] += dt * gah;
+        gB += gn * b;
+        if (VB) dBt[n] = gn * dtu; else dBi[n] += gn * dtu;
+        if (VC) dCt[n] = dy * ht[n]; else dCi[n] += dy * ht[n];
+        g[n] = gn * at[n];
       }
-      for (int v = 0; v < kLanes; ++v) {
-        du[i][v] = in.dt[i][v] * gB[v] + tile.D[v] * dy[v];
-        ddt[i][v] = ddt_i[v];
-      }
+      du[i] = dt * gB + tile.D * dy;
+      ddt[i] = ddt_a + u * gB;
     }
-    for (int64_t t = t0; t < t1; ++t)
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t k = ((t - t0) * N + n) * kLanes;
-        float sb = 0.f, sc = 0.f;
-        for (int v = 0; v < kLanes; ++v) {
-          sb += dBc[k + v];
-          sc += dCc[k + v];
-        }
-        if (VB) dB[t * N + n] += sb;
-        if (VC) dC[t * N + n] += sc;
-      }
+    if (VB) add_lane_sums(dBc, (t1 - t0) * N, dB + t0 * N);
+    if (VC) add_lane_sums(dCc, (t1 - t0) * N, dC + t0 * N);
     scatter(du, p, tile, t0, t1, static_cast<float*>(q.du));
     scatter(ddt, p, tile, t0, t1, static_cast<float*>(q.ddelta));
     if (p.z) scatter(dz, p, tile, t0, t1, static_cast<float*>(q.dz));
   }
   for (int v = 0; v < tile.count; ++v) {
-    const int64_t row = tile.b * p.dim + tile.d0 + v;
+    const int64_t row = tile.row(p, v);
     for (int64_t n = 0; n < N; ++n) {
       q.dA[row * N + n] = dA[n][v];
       if (!VB) dB[row * N + n] = dBi[n][v];
