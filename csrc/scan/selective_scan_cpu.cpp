@@ -161,24 +161,74 @@ struct BC {
   }
 };
 
+// x[k][j] <-> x[j][k] for a 16 x 16 block: four rounds, each swapping the off-diagonal h x h
+// sub-blocks (h = 8, 4, 2, 1) of every pair of rows k, k + h.
+DLK_INLINE VecI swap_mask(int h, bool second) {
+  VecI m{};
+  for (int j = 0; j < kLanes; ++j) m[j] = (j & h) == 0 ? j + (second ? h : 0) : kLanes + j - (second ? 0 : h);
+  return m;
+}
+
+template <int H>
+DLK_INLINE void swap_blocks(Vec* x) {
+  const VecI lo = swap_mask(H, false), hi = swap_mask(H, true);   // folded to constants
+  for (int k = 0; k < kLanes; ++k)
+    if ((k & H) == 0) {
+      const Vec a = x[k], b = x[k + H];
+      x[k] = __builtin_shuffle(a, b, lo);
+      x[k + H] = __builtin_shuffle(a, b, hi);
+    }
+}
+
+DLK_INLINE void transpose16(Vec* x) {
+  swap_blocks<8>(x);
+  swap_blocks<4>(x);
+  swap_blocks<2>(x);
+  swap_blocks<1>(x);
+}
+
+DLK_INLINE Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+DLK_INLINE void store(float* p, const Vec& v) { std::memcpy(p, &v, sizeof(v)); }
+
 // (rows of `src` for the tile's lanes, steps [t0, t1)) -> dst[i][lane]; padding lanes/steps 0.
-// (Through float pointers: GCC vectors alias their element type, and lane-by-lane vector writes
-// compile to one masked insert each.)
-void gather(const float* src, const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, int64_t t1,
-            Vec* dst_vec) {
-  float* dst = reinterpret_cast<float*>(dst_vec);
+// A whole tile and chunk goes by 16 x 16 transposes; a partial one element by element (through
+// float pointers: GCC vectors alias their element type).
+DLK_INLINE void gather(const float* src, const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, int64_t t1,
+            Vec* dst) {
+  if (tile.count == kLanes && t1 - t0 == kScanChunk) {
+    const float* r = src + tile.row(p, 0) * p.L + t0;
+    for (int i = 0; i < kScanChunk; i += kLanes) {
+      for (int v = 0; v < kLanes; ++v) dst[i + v] = load(r + v * p.L + i);
+      transpose16(dst + i);
+    }
+    return;
+  }
+  float* d = reinterpret_cast<float*>(dst);
   for (int v = 0; v < kLanes; ++v) {
     const float* r = v < tile.count ? src + tile.row(p, v) * p.L : nullptr;
-    for (int64_t i = 0; i < kScanChunk; ++i) dst[i * kLanes + v] = (r && t0 + i < t1) ? r[t0 + i] : 0.f;
+    for (int64_t i = 0; i < kScanChunk; ++i) d[i * kLanes + v] = (r && t0 + i < t1) ? r[t0 + i] : 0.f;
   }
 }
 
-void scatter(const Vec* src_vec, const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, int64_t t1,
-             float* dst) {
-  const float* src = reinterpret_cast<const float*>(src_vec);
+// The inverse of gather for the tile's lanes and steps [t0, t1) (src is overwritten).
+DLK_INLINE void scatter(Vec* src, const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, int64_t t1, float* dst) {
+  if (tile.count == kLanes && t1 - t0 == kScanChunk) {
+    float* r = dst + tile.row(p, 0) * p.L + t0;
+    for (int i = 0; i < kScanChunk; i += kLanes) {
+      transpose16(src + i);
+      for (int v = 0; v < kLanes; ++v) store(r + v * p.L + i, src[i + v]);
+    }
+    return;
+  }
+  const float* s = reinterpret_cast<const float*>(src);
   for (int v = 0; v < tile.count; ++v) {
     float* r = dst + tile.row(p, v) * p.L;
-    for (int64_t t = t0; t < t1; ++t) r[t] = src[(t - t0) * kLanes + v];
+    for (int64_t t = t0; t < t1; ++t) r[t] = s[(t - t0) * kLanes + v];
   }
 }
 
@@ -187,7 +237,7 @@ struct ChunkIn {
   Vec dt[kScanChunk], u[kScanChunk], z[kScanChunk];
 };
 
-void load_chunk(const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, int64_t t1, ChunkIn& in) {
+DLK_INLINE void load_chunk(const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, int64_t t1, ChunkIn& in) {
   gather(static_cast<const float*>(p.delta), p, tile, t0, t1, in.dt);
   gather(static_cast<const float*>(p.u), p, tile, t0, t1, in.u);
   if (p.z) gather(static_cast<const float*>(p.z), p, tile, t0, t1, in.z);
