@@ -288,16 +288,25 @@ DLK_INLINE void fwd_tile(const SelectiveScanFwdParams& p, const Tile& tile) {
 
 // The backward of one tile. dB/dC: the task's (L, N) partials when variable, else the
 // (batch, dim, N) rows of the output.
+// Per-thread (kScanChunk, N) buffers of the backward: the chunk's states and decays, and its
+// per-lane dB/dC terms (summed over lanes into the task's partial at the chunk's end). Reached
+// through plain pointers in the loops: a thread_local named there is a __tls_get_addr call per use.
+struct BwdScratch {
+  static constexpr int64_t kSize = kScanChunk * kScanMaxState + 16;   // + a whole block for add_lane_sums
+  Vec hs[kSize], as[kSize], dBc[kSize], dCc[kSize];
+};
+
 template <bool VB, bool VC>
-DLK_INLINE void bwd_tile(const SelectiveScanBwdParams& q, const Tile& tile, float* dB, float* dC) {
+DLK_INLINE void bwd_tile(const SelectiveScanBwdParams& q, const Tile& tile, float* dB, float* dC,
+                         BwdScratch& scratch) {
   const SelectiveScanFwdParams& p = q.fwd;
   const int64_t N = p.N;
   const int64_t n_chunks = (p.L + kScanChunk - 1) / kScanChunk;
   const BC Bx(p, p.B, p.variable_B, tile), Cx(p, p.C, p.variable_C, tile);
-  // (kScanChunk, N) buffers: states and decays of the chunk, and its per-lane dB/dC terms (summed
-  // over lanes into the task's partial at the chunk's end)
-  constexpr int64_t kBuf = kScanChunk * kScanMaxState + 16;   // + a whole block for add_lane_sums
-  static thread_local Vec hs[kBuf], as[kBuf], dBc[kBuf], dCc[kBuf];
+  Vec* const hs = scratch.hs;
+  Vec* const as = scratch.as;
+  Vec* const dBc = scratch.dBc;
+  Vec* const dCc = scratch.dCc;
   Vec g[kScanMaxState], dA[kScanMaxState] = {}, h[kScanMaxState], h0[kScanMaxState];
   Vec dBi[kScanMaxState] = {}, dCi[kScanMaxState] = {};
   Vec dD = {};
@@ -387,6 +396,7 @@ DLK_INLINE void bwd_range(const SelectiveScanBwdParams& q, int64_t begin, int64_
   const int64_t tpg = tiles_per_group(p);
   const int64_t per_task = (tpg + q.n_dblocks - 1) / q.n_dblocks;
   const int64_t part = p.L * p.N;
+  static thread_local BwdScratch scratch;
   for (int64_t task = begin; task < end; ++task) {
     const int64_t blk = task % q.n_dblocks, bg = task / q.n_dblocks;
     float* dB = VB ? q.dB + task * part : q.dB;
@@ -394,7 +404,7 @@ DLK_INLINE void bwd_range(const SelectiveScanBwdParams& q, int64_t begin, int64_
     if (VB) std::fill(dB, dB + part, 0.f);
     if (VC) std::fill(dC, dC + part, 0.f);
     for (int64_t k = blk * per_task; k < std::min(tpg, (blk + 1) * per_task); ++k)
-      bwd_tile<VB, VC>(q, make_tile(p, bg * tpg + k), dB, dC);
+      bwd_tile<VB, VC>(q, make_tile(p, bg * tpg + k), dB, dC, scratch);
   }
 }
 
