@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -289,8 +290,8 @@ DLK_INLINE void fwd_tile(const SelectiveScanFwdParams& p, const Tile& tile) {
 // The backward of one tile. dB/dC: the task's (L, N) partials when variable, else the
 // (batch, dim, N) rows of the output.
 // Per-thread (kScanChunk, N) buffers of the backward: the chunk's states and decays, and its
-// per-lane dB/dC terms (summed over lanes into the task's partial at the chunk's end). Reached
-// through plain pointers in the loops: a thread_local named there is a __tls_get_addr call per use.
+// per-lane dB/dC terms (summed over lanes into the task's partial at the chunk's end). On the heap:
+// GCC recomputes the address of a thread_local array (a __tls_get_addr call) inside the loops.
 struct BwdScratch {
   static constexpr int64_t kSize = kScanChunk * kScanMaxState + 16;   // + a whole block for add_lane_sums
   Vec hs[kSize], as[kSize], dBc[kSize], dCc[kSize];
@@ -396,7 +397,9 @@ DLK_INLINE void bwd_range(const SelectiveScanBwdParams& q, int64_t begin, int64_
   const int64_t tpg = tiles_per_group(p);
   const int64_t per_task = (tpg + q.n_dblocks - 1) / q.n_dblocks;
   const int64_t part = p.L * p.N;
-  static thread_local BwdScratch scratch;
+  static thread_local std::unique_ptr<BwdScratch> tls;
+  if (!tls) tls = std::make_unique<BwdScratch>();
+  BwdScratch& scratch = *tls;
   for (int64_t task = begin; task < end; ++task) {
     const int64_t blk = task % q.n_dblocks, bg = task / q.n_dblocks;
     float* dB = VB ? q.dB + task * part : q.dB;
