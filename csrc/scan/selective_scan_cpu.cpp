@@ -2,9 +2,10 @@
 // channels of one (batch, group): every inner loop runs over the tile's lanes (one SIMD register
 // of fp32), so B and C broadcast and nothing is reduced across lanes inside the time loop; a
 // polynomial exp replaces libm's so those loops vectorize. A tile's inputs are transposed chunk by
-// chunk into (time, lane) buffers. fp32 only: the binding converts half inputs, and it applies
-// delta_bias and softplus to delta (and their gradients) with torch's vectorized ops. The two
-// entry points are also compiled for AVX2+FMA (x86-64-v3), picked at load time.
+// chunk into (time, lane) buffers, where delta_bias and softplus are applied (the backward's ddelta
+// is the gradient of the raw delta). fp32 only: the binding converts half inputs. The two entry
+// points are compiled for AVX-512 (x86-64-v4), AVX2+FMA (x86-64-v3) and baseline x86-64, picked
+// at load time.
 //
 // Forward: one sequential pass over L per tile, storing the state at the end of every chunk.
 // Backward: per tile, chunks from last to first; each chunk's states and decays are recomputed
@@ -113,6 +114,27 @@ DLK_INLINE Vec exp_approx(const Vec& x_in) {
 
 DLK_INLINE Vec sigmoid(const Vec& x) { return 1.f / (1.f + exp_approx(-x)); }
 
+// torch's softplus and its derivative (sigmoid): max(x, 0) + log1p(e) with e = exp(-|x|) <= 1,
+// log1p(e) = 2 atanh(s) with s = e / (2 + e) <= 1/3 by its series to s^15 (no cancellation, where
+// log(1 + e) would lose e's low bits to the rounding of 1 + e). Past x = 20, where torch returns
+// x, the log1p term is below half an ulp of x.
+DLK_INLINE void softplus(const Vec& x_in, Vec& out, Vec& slope) {
+  const Vec x = x_in, zero = {};   // (out may be x_in)
+  const Vec e = exp_approx(x > zero ? -x : x);
+  const Vec s = e / (2.f + e), s2 = s * s;
+  Vec r = splat(1.f / 15.f);
+  r = r * s2 + 1.f / 13.f;
+  r = r * s2 + 1.f / 11.f;
+  r = r * s2 + 1.f / 9.f;
+  r = r * s2 + 1.f / 7.f;
+  r = r * s2 + 1.f / 5.f;
+  r = r * s2 + 1.f / 3.f;
+  r = r * s2 + 1.f;
+  out = (x > zero ? x : zero) + 2.f * s * r;
+  const Vec inv = 1.f / (1.f + e);
+  slope = x > zero ? inv : e * inv;
+}
+
 void check(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(std::string("dlkern selective_scan (cpu): ") + what);
 }
@@ -124,19 +146,21 @@ void check_params(const SelectiveScanFwdParams& p) {
   check(p.groups >= 1 && p.dim % p.groups == 0, "groups must divide dim");
   check(p.u && p.delta && p.A && p.B && p.C && p.states, "u, delta, A, B, C and states are required");
   check(p.bc_stride_n == 1 && p.bc_stride_l == p.N, "B and C must be time-major (batch, G, L, N)");
-  check(!p.delta_softplus && !p.delta_bias, "delta_bias and softplus are applied to delta by the binding");
 }
 
 // A tile: channels [d0, d0 + kLanes) of batch b (lanes past `count` are padding: zero inputs).
 struct Tile {
   int64_t b, d0, count;
   Vec A[kScanMaxState];   // A[n] per lane
-  Vec D;
+  Vec D, bias;   // D, delta_bias
 
   Tile(const SelectiveScanFwdParams& p, int64_t b_, int64_t d0_, int64_t count_) : b(b_), d0(d0_), count(count_) {
     for (int64_t n = 0; n < p.N; ++n)
       for (int v = 0; v < kLanes; ++v) A[n][v] = v < count ? p.A[(d0 + v) * p.N + n] : 0.f;
-    for (int v = 0; v < kLanes; ++v) D[v] = (p.D && v < count) ? p.D[d0 + v] : 0.f;
+    for (int v = 0; v < kLanes; ++v) {
+      D[v] = (p.D && v < count) ? p.D[d0 + v] : 0.f;
+      bias[v] = (p.delta_bias && v < count) ? p.delta_bias[d0 + v] : 0.f;
+    }
   }
   // Row of lane v's channel in a (batch, dim, X) tensor.
   int64_t row(const SelectiveScanFwdParams& p, int v) const { return b * p.dim + d0 + v; }
@@ -233,13 +257,18 @@ DLK_INLINE void scatter(Vec* src, const SelectiveScanFwdParams& p, const Tile& t
   }
 }
 
-// One chunk's inputs, transposed to (step, lane).
+// One chunk's inputs, transposed to (step, lane): the step sizes dt (delta + delta_bias, softplus'd
+// when asked) and d dt / d delta.
 struct ChunkIn {
-  Vec dt[kScanChunk], u[kScanChunk], z[kScanChunk];
+  Vec dt[kScanChunk], dt_slope[kScanChunk], u[kScanChunk], z[kScanChunk];
 };
 
 DLK_INLINE void load_chunk(const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, int64_t t1, ChunkIn& in) {
   gather(static_cast<const float*>(p.delta), p, tile, t0, t1, in.dt);
+  for (int64_t i = 0; i < kScanChunk; ++i) {
+    in.dt[i] += tile.bias;
+    if (p.delta_softplus) softplus(in.dt[i], in.dt[i], in.dt_slope[i]);
+  }
   gather(static_cast<const float*>(p.u), p, tile, t0, t1, in.u);
   if (p.z) gather(static_cast<const float*>(p.z), p, tile, t0, t1, in.z);
 }
@@ -353,7 +382,7 @@ DLK_INLINE void bwd_tile(const SelectiveScanBwdParams& q, const Tile& tile, floa
         g[n] = gn * at[n];
       }
       du[i] = dt * gB + tile.D * dy;
-      ddt[i] = ddt_a + u * gB;
+      ddt[i] = (ddt_a + u * gB) * (p.delta_softplus ? in.dt_slope[i] : splat(1.f));
     }
     if (VB) add_lane_sums(dBc, (t1 - t0) * N, dB + t0 * N);
     if (VC) add_lane_sums(dCc, (t1 - t0) * N, dC + t0 * N);
