@@ -1,6 +1,6 @@
 // Selective scan on the CPU (math: selective_scan.h). The unit of work is a tile of kLanes
-// channels of one (batch, group): every inner loop runs over the tile's lanes (one SIMD register
-// of fp32), so B and C broadcast and nothing is reduced across lanes inside the time loop; a
+// channels of one (batch, group): every inner loop runs over the tile's lanes (one GCC vector of
+// 16 fp32, a zmm register with AVX-512), so B and C broadcast and nothing is reduced across lanes inside the time loop; a
 // polynomial exp replaces libm's so those loops vectorize. A tile's inputs are transposed chunk by
 // chunk into (time, lane) buffers, where delta_bias and softplus are applied (the backward's ddelta
 // is the gradient of the raw delta). fp32 only: the binding converts half inputs. The two entry
