@@ -38,24 +38,12 @@ using dlk_scan::ScanInputs;
 bool is_cpu(const at::Tensor& t) { return t.is_cpu(); }
 const dlk_scan::Layout kCpuLayout{is_cpu, "a CPU tensor", /*fp32_time_major=*/true};
 
-// delta + delta_bias (and softplus) with torch's vectorized ops: the kernel takes the step sizes.
-// Returns the pre-softplus value too (its sigmoid is the softplus derivative).
-std::pair<at::Tensor, at::Tensor> step_sizes(ScanInputs& in) {
-  at::Tensor raw = in.delta_bias.defined() ? in.delta + in.delta_bias.view({1, -1, 1}) : in.delta;
-  at::Tensor dt = in.p.delta_softplus ? at::softplus(raw).contiguous() : raw.contiguous();
-  in.p.delta = dt.data_ptr();
-  in.p.delta_bias = nullptr;
-  in.p.delta_softplus = false;
-  return {dt, raw};
-}
-
 // (out (batch, dim, L) in u's dtype, states (batch, dim, n_chunks, N) fp32)
 std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const OptTensor& D, const OptTensor& z, const OptTensor& delta_bias,
     bool delta_softplus) {
   ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, kCpuLayout);
-  const auto dt = step_sizes(in);
   const auto opts = in.u.options();
   at::Tensor out = new_buffer({in.p.batch, in.p.dim, in.p.L}, opts);
   at::Tensor states = new_buffer({in.p.batch, in.p.dim, in.n_chunks(), in.p.N}, opts);
@@ -75,7 +63,6 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
                    const at::Tensor& states, const OptTensor& dlast) {
   ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, kCpuLayout);
   in.check_backward(dout, states, dlast, kCpuLayout);
-  const auto [dt, raw] = step_sizes(in);
   const dlk::SelectiveScanFwdParams& p = in.p;
   const at::Tensor dout32 = dout.to(at::kFloat).contiguous(), states32 = states.contiguous();
   const at::Tensor dlast32 = present(dlast) ? dlast->to(at::kFloat).contiguous() : at::Tensor();
@@ -114,7 +101,6 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
   } else {
     for (at::Tensor* t : {&dA, &dB, &dC, &dD}) if (t->defined()) t->zero_();
   }
-  if (delta_softplus) ddelta.mul_(at::sigmoid(raw));   // the kernel's ddelta is d/d(step size)
   const at::Tensor dbias = in.delta_bias.defined() ? ddelta.sum({0, 2}) : at::Tensor();
   // Partials summed in a fixed order; variable B/C back to (batch, G, N, L).
   auto finish_bc = [&](const at::Tensor& t, bool variable) {

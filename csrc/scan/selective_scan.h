@@ -25,7 +25,7 @@ namespace dlk {
 
 constexpr int kScanChunk = 64;   // steps between stored states (the bindings size `states` by it)
 constexpr int kScanMaxState = 256;  // largest N
-constexpr int kScanCpuLanes = 8;    // channels per CPU tile (one SIMD register of fp32)
+constexpr int kScanCpuLanes = 16;   // channels per CPU tile (one AVX-512 register of fp32)
 
 struct SelectiveScanFwdParams {
   // pointers; u, delta, z, out are contiguous (batch, dim, L) in `dtype`
