@@ -5,6 +5,7 @@ import torch
 
 import dlkern
 from dlkern.models import create_model, get_entry, get_task, list_models
+from dlkern.models.tasks import mu_law_edges
 from dlkern.train import train
 
 MODELS = list_models()
@@ -85,3 +86,32 @@ def test_gpt_compiles_fullgraph(device):
         out.sum().backward()
     torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_mamba_compiles_fullgraph(device):
+    """torch.compile(fullgraph=True) traces Mamba through the conv and scan custom ops, forward and backward."""
+    torch.manual_seed(0)
+    model = create_model("mamba", tiny=True).to(device)
+    idx, targets = get_task("copy").batch_for_step(0, 0, 2, device)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with dlkern.use_backend(KERNEL_BACKEND):
+        eager = model(idx)
+        out = compiled(idx)
+        out.sum().backward()
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_waveform_entropy_floor():
+    """The documented floor is the NLL of the predictor that knows the clean signal: a Monte Carlo
+    draw quantized by the task itself, scored with the exact bin probabilities, agrees with it."""
+    task = get_task("waveform")
+    gen = torch.Generator().manual_seed(0)
+    clean = task.amplitude * torch.sin(2 * torch.pi * torch.rand(200_000, generator=gen, dtype=torch.float64))
+    q = task.quantize(clean + task.noise * torch.randn(clean.shape, generator=gen, dtype=torch.float64))
+    edges = torch.cat([torch.tensor([-torch.inf]), mu_law_edges(task.levels), torch.tensor([torch.inf])]).double()
+    cdf = lambda e: torch.special.ndtr((e - clean) / task.noise)  # noqa: E731
+    nll = -(cdf(edges[q + 1]) - cdf(edges[q])).log().mean().item()
+    floor = task.entropy_floor()
+    assert abs(nll - floor) < 0.01, (nll, floor)
+    assert 1.6 < floor < task.target < task.chance and q.min() >= 0 and q.max() < task.levels
