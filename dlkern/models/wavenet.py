@@ -42,7 +42,7 @@ class WaveNet(nn.Module):
 
 @register_model("wavenet", task="waveform",
                 tiny={"residual_channels": 4, "skip_channels": 4, "dilation_cycle": 2, "stacks": 1},
-                train=TrainSettings(steps=400, batch_size=32, lr=3e-3, warmup=20, eval_every=100))
+                train=TrainSettings(steps=400, batch_size=64, lr=1e-2, warmup=20, eval_every=100))
 def wavenet(**config) -> WaveNet:
     """WaveNet: gated dilated causal conv layers, skip sum; mu-law sinusoid next-sample NLL."""
     return WaveNet(WaveNetConfig(**config))

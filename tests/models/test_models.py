@@ -39,9 +39,10 @@ def test_kernel_backend_matches_reference(name, device):
 def test_short_run_learns(name, device):
     """The test-sized model on the reference path: 200 steps on fresh batches (a higher peak lr than
     the full-sized default) cut the loss by more than 15 % (the full-sized runs reach the task
-    targets: README, Model zoo)."""
-    steps = 60 if name == "ddpm" else 200   # ε-MSE falls from ~1 fast; the UNet step is the costliest
-    losses = run(name, device, steps=steps, batch_size=16, lr=1e-2, backend="reference")["losses"]
+    targets: README, Model zoo). Mamba: the default size for 300 steps; a test-sized Mamba stays at
+    the unigram loss for hundreds of steps before it finds the copy."""
+    steps = 60 if name == "ddpm" else 300 if name == "mamba" else 200   # ε-MSE falls from ~1 fast; the UNet step is the costliest
+    losses = run(name, device, steps=steps, batch_size=16, lr=1e-2, backend="reference", tiny=name != "mamba")["losses"]
     first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
     assert last < 0.85 * first, f"{name}: loss {first:.3f} -> {last:.3f}"
 
