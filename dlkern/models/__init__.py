@@ -1,6 +1,6 @@
 """Model zoo: one file per architecture, built from dlkern.nn / dlkern.nn.functional only.
 ``create_model(name, **config)``, ``list_models()``; each model's embedded task is in ``tasks``."""
-from dlkern.models import bert, ddpm, gpt, resnet, swin, vit, mamba, wavenet  # noqa: F401  (importing a model file registers it)
+from dlkern.models import bert, ddpm, gpt, resnet, swin, vit, mamba, wavenet, s4d  # noqa: F401  (importing a model file registers it)
 from dlkern.models.registry import create_model, get_entry, list_models, model_config, register_model
 from dlkern.models.tasks import get_task
 
