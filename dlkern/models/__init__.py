@@ -1,7 +1,7 @@
 """Model zoo: one file per architecture, built from dlkern.nn / dlkern.nn.functional only.
 ``create_model(name, **config)``, ``list_models()``; each model's embedded task is in ``tasks``."""
-from dlkern.models import (bert, convnext, ddpm, efficientnet, glow, gpt, realnvp, resnet, swin,  # noqa: F401
-                           vit)  # importing a model file registers it
+from dlkern.models import (bert, convnext, ddpm, efficientnet, glow, gpt, mamba, realnvp, resnet, s4d,  # noqa: F401
+                           swin, vit, wavenet)  # importing a model file registers it
 from dlkern.models.registry import create_model, get_entry, list_models, model_config, register_model
 from dlkern.models.tasks import get_task
 

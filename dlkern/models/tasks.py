@@ -339,6 +339,62 @@ class DigitsDensityTask(Task):
 
     def score(self, model, batch):
         return self.bits_per_dim(model(batch[0]), batch[0]).mean().item(), batch[0].shape[0]
+# noisy sinusoids, mu-law quantized: next-sample prediction
+# ---------------------------------------------------------------------------------------------
+def mu_law_edges(levels: int) -> torch.Tensor:
+    """The levels - 1 inner bin edges of mu-law quantization (mu = levels - 1) in the signal domain:
+    the companded value sign(x) ln(1 + mu|x|) / ln(1 + mu) is cut into equal bins over [-1, 1]."""
+    mu = levels - 1
+    y = -1 + 2 * torch.arange(1, levels, dtype=torch.float64) / levels
+    return torch.sign(y) * ((1 + mu) ** y.abs() - 1) / mu
+
+
+@dataclass(frozen=True)
+class WaveformTask(Task):
+    levels: int = 64
+    length: int = 64           # samples the model sees; it predicts samples 2..length+1
+    context: int = 32          # the first predictions (frequency and phase still unknown) are unscored
+    amplitude: float = 0.7
+    noise: float = 0.065       # Gaussian noise std, signal domain
+    min_period: float = 8.0    # samples per cycle, drawn log-uniform per sequence
+    max_period: float = 32.0
+
+    def model_config(self) -> dict:
+        return {"classes": self.levels}
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bucketize(x.double(), mu_law_edges(self.levels))      # class 0..levels-1
+
+    def make_batch(self, gen, batch_size):
+        """(classes (B, length), targets (B, length): the next sample's class, -100 = unscored)."""
+        u = torch.rand(batch_size, 2, 1, generator=gen)
+        period = self.min_period * (self.max_period / self.min_period) ** u[:, 0]
+        t = torch.arange(self.length + 1)
+        x = self.amplitude * torch.sin(2 * math.pi * (t / period + u[:, 1]))
+        q = self.quantize(x + self.noise * torch.randn(x.shape, generator=gen))   # (B, length + 1)
+        targets = q[:, 1:].clone()
+        targets[:, :self.context] = -100
+        return q[:, :-1], targets
+
+    def entropy_floor(self, grid: int = 8192) -> float:
+        """The NLL (nats) of a predictor that knows the clean signal: the entropy of the next sample's
+        class under the Gaussian noise (exact bin probabilities), averaged over the sinusoid's phase."""
+        phase = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid * 2 * math.pi
+        clean = self.amplitude * torch.sin(phase)
+        cdf = torch.special.ndtr((mu_law_edges(self.levels) - clean[:, None]) / self.noise)   # (grid, levels-1)
+        p = torch.cat([cdf[:, :1], cdf.diff(dim=1), 1 - cdf[:, -1:]], dim=1)                  # (grid, levels)
+        return float(-(p * p.clamp_min(1e-300).log()).sum(1).mean())
+
+    def test_set(self):
+        return self.make_batch(torch.Generator().manual_seed(TEST_SEED), 500)
+
+    def loss(self, model, batch):
+        q, targets = batch
+        return F.cross_entropy(model(q), targets, ignore_index=-100)     # logits (B, levels, L)
+
+    def score(self, model, batch):
+        q, targets = batch
+        return self.loss(model, batch).item(), int((targets != -100).sum())
 
 
 TASKS = {
@@ -350,6 +406,8 @@ TASKS = {
     "moons": MoonsTask("moons", "test NLL (nats)", target=1.1, chance=1.925, higher_is_better=False),
     "digits_density": DigitsDensityTask("digits_density", "test bits/dim", target=2.75, chance=2.938,
                                         higher_is_better=False),
+    # target: the entropy floor (1.74 nats, WaveformTask.entropy_floor) + 0.15; chance ln 64
+    "waveform": WaveformTask("waveform", "test NLL (nats)", target=1.89, chance=math.log(64), higher_is_better=False),
 }
 
 
