@@ -213,9 +213,12 @@ def cpu_extension():
     # -O3 and no libm errno/trap semantics so the per-state loops vectorize (reductions included);
     # NaN and inf still propagate (no -ffinite-math-only).
     cflags = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
-              "-fassociative-math"]
-    return CppExtension(name="dlkern._C_cpu", sources=sources,
-                        include_dirs=[os.path.join(ROOT, "csrc")], extra_compile_args={"cxx": cflags})
+              "-fassociative-math",
+              # at::parallel_for is inline: without OpenMP here it runs serially. The runtime is the
+              # libgomp.so.1 torch has already loaded (same soname), so one thread pool.
+              "-fopenmp"]
+    return CppExtension(name="dlkern._C_cpu", sources=sources, include_dirs=[os.path.join(ROOT, "csrc")],
+                        extra_compile_args={"cxx": cflags}, extra_link_args=["-fopenmp"])
 
 
 def build_setup_kwargs():
