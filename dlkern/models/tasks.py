@@ -13,6 +13,12 @@ uninterrupted one and ``torchrun`` ranks can each take their slice of the same g
   mirror. Metric: masked-token accuracy (chance 1/10).
 * ``denoise``: DDPM noise prediction on the digits (scaled to [-1, 1]), linear β schedule, 200 steps.
   Metric: ε-prediction MSE over a fixed test set and fixed t (predicting 0 scores 1.0).
+* ``moons``: two-moons density estimation (noise σ 0.1). Metric: test NLL in nats (a fitted Gaussian
+  scores 1.925, the true density 1.009).
+* ``digits_density``: the digits quantized to 16 levels, dequantized. Metric: test bits/dim (per-pixel
+  histograms score 2.938).
+* ``waveform``: noisy sinusoids μ-law quantized to 64 classes, next-sample prediction. Metric: test NLL
+  in nats over the last 32 steps (floor 1.74, ``WaveformTask.entropy_floor``; chance ln 64).
 """
 from __future__ import annotations
 
