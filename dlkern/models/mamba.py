@@ -100,7 +100,7 @@ class Mamba(nn.Module):
 
 
 @register_model("mamba", task="copy", tiny={"n_layer": 1, "d_model": 4, "expand": 1, "d_state": 4},
-                train=TrainSettings(steps=600, batch_size=64, lr=1e-2, warmup=30, eval_every=100))
+                train=TrainSettings(steps=800, batch_size=64, lr=1e-2, warmup=30, eval_every=100))
 def mamba(**config) -> Mamba:
     """Mamba LM: selective scan, causal conv, RMSNorm, AdamW; copy task."""
     return Mamba(MambaConfig(**config))
