@@ -2,7 +2,8 @@
 # One-command GPU validation (about 10 minutes on an H100): build the CUDA extension, run the whole
 # test suite on the GPU, then benchmark every registered op. Everything lands in one folder:
 #   summary.json (the verdict: build, pytest counts, numerics FAILs, per-kernel speedups), pytest.log,
-#   build.log, <stamp>_<gpu>.csv/.json (plot them later with benchmarks/plot.py).
+#   build.log, <stamp>_<gpu>.csv/.json (plot them later with benchmarks/plot.py); in the time left,
+#   the model zoo's training steps (benchmarks/train_step.py: <stamp>_train_step_cuda.json).
 # Usage: bash benchmarks/gpu_validate.sh [extra dlkern validate options, e.g. --dtype bfloat16 float32]
 # Exit status 0 only if the build, every test and every provider's numerics pass.
 set -uo pipefail
@@ -29,5 +30,13 @@ budget=$(( DEADLINE_S - $(date +%s) + start ))
 "$PY" -m dlkern validate --out "$dest" --budget-s "$budget" \
     --build-rc "$build_rc" --build-log build.log --build-s "$build_s" "$@"
 rc=$?
+
+# End-to-end training steps of the model zoo (kernels vs eager vs torch.compile), in the time left.
+left=$(( DEADLINE_S - $(date +%s) + start ))
+if [ "$left" -gt 60 ]; then
+    echo "[gpu_validate] model zoo training steps ($left s left; log: $dest/train_step.log)"
+    timeout "$left" "$PY" benchmarks/train_step.py --out "$dest" >"$dest/train_step.log" 2>&1 \
+        || echo "[gpu_validate] train_step.py incomplete or failed (see train_step.log)"
+fi
 echo "[gpu_validate] results in $dest (rc=$rc, $(( $(date +%s) - start )) s)"
 exit $rc
