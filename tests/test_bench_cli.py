@@ -265,3 +265,17 @@ def test_benchmarks_run_py_is_dlkern_bench(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "nope"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "registered ops: " in proc.stderr and "layer_norm" in proc.stderr
+
+
+def test_train_step_benchmark_writes_every_provider(tmp_path):
+    """benchmarks/train_step.py on CPU: a row per provider with a positive time, the ratios, and the
+    exit status 0 when every provider ran."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--device", "cpu",
+                           "--models", "bert", "--no-compile", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (path,) = tmp_path.glob("*_train_step_cpu.json")
+    row = json.loads(path.read_text())["models"]["bert"]
+    assert set(row) == {"kernels", "eager", "speedup vs eager"}
+    assert row["kernels"]["ms"] > 0 and row["eager"]["samples_per_s"] > 0
+    assert row["speedup vs eager"] == pytest.approx(row["eager"]["ms"] / row["kernels"]["ms"])
