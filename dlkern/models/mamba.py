@@ -67,6 +67,24 @@ class MambaMixer(nn.Module):
                               delta_bias=self.dt_proj.bias, delta_softplus=True)   # (B, d_inner, L)
         return self.out_proj(y.transpose(1, 2))                             # (B, L, d_model)
 
+    def new_state(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero decoding state: (conv state (B, d_inner, d_conv - 1) in the activations' dtype,
+        scan state (B, d_inner, N) in fp32)."""
+        conv = like.new_zeros(batch, self.d_inner, self.conv_weight.shape[1] - 1)
+        return conv, like.new_zeros(batch, self.d_inner, self.d_state, dtype=torch.float32)
+
+    def step(self, hidden, state):                                          # (B, d_model), updates state
+        """One token: the same math as forward at that position, with the conv window and the scan
+        state carried in ``state`` (updated in place)."""
+        conv_state, ssm_state = state
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)                        # (B, d_inner) each
+        x = DF.causal_conv1d_update(x, conv_state, self.conv_weight, self.conv_bias, "silu")
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = nn.functional.linear(dt, self.dt_proj.weight)               # (B, d_inner)
+        y = DF.selective_state_update(ssm_state, x, delta, -torch.exp(self.A_log), B, C, self.D, z,
+                                      dt_bias=self.dt_proj.bias, dt_softplus=True)  # (B, d_inner)
+        return self.out_proj(y)                                             # (B, d_model)
+
 
 class Block(nn.Module):
     def __init__(self, cfg: MambaConfig):
@@ -97,6 +115,34 @@ class Mamba(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.lm_head(self.norm_f(x))
+
+    def new_state(self, batch: int) -> list:
+        return [layer.mixer.new_state(batch, self.embedding.weight) for layer in self.layers]
+
+    def step(self, token, state):                      # token (B,) -> logits (B, vocab); updates state
+        """Recurrent decoding: constant time and memory per token (the conv window and the scan
+        state per layer), equal to ``forward`` at that position."""
+        x = self.embedding(token)                      # (B, d_model)
+        for layer, layer_state in zip(self.layers, state):
+            x = x + layer.mixer.step(layer.norm(x), layer_state)
+        return self.lm_head(self.norm_f(x))
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 0.0, generator=None):
+        """Feed the prompt idx (B, L) token by token, then sample max_new_tokens (greedy when
+        temperature is 0). Returns (B, L + max_new_tokens)."""
+        state = self.new_state(idx.shape[0])
+        for t in range(idx.shape[1]):
+            logits = self.step(idx[:, t], state)
+        out = [idx]
+        for _ in range(max_new_tokens):
+            if temperature > 0:
+                token = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+            else:
+                token = logits.argmax(-1)
+            out.append(token[:, None])
+            logits = self.step(token, state)
+        return torch.cat(out, 1)
 
 
 @register_model("mamba", task="copy", tiny={"n_layer": 1, "d_model": 4, "expand": 1, "d_state": 4},
