@@ -15,7 +15,6 @@
 #include <cuda_runtime_api.h>
 #endif
 
-#include <atomic>
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -38,6 +37,7 @@
 #include "norm/row_norm.h"
 #include "norm/weight_norm.h"
 #include "optim/multi_tensor.h"
+#include "common/debug_buffer.h"
 #include "scan/scan_inputs.h"
 #include "scan/selective_scan.h"
 
@@ -55,16 +55,9 @@ bool on_kernel_device(const at::Tensor& t) { return t.is_cpu(); }
 constexpr int kEmulatedSms = 4;
 #endif
 
-std::atomic<bool> g_debug_nan_fill{false};
-
-void set_debug_nan_fill(bool enabled) { g_debug_nan_fill.store(enabled); }
-
-// A new tensor, NaN-filled in debug mode so that any element a kernel fails to write shows up.
-at::Tensor new_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (g_debug_nan_fill.load()) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
+using dlk::debug_nan_fill;
+using dlk::new_buffer;
+using dlk::set_debug_nan_fill;
 
 // Device guard, current stream and SM count for one call on x's device.
 class LaunchContext {
@@ -348,7 +341,7 @@ NcsView new_buffer_like(const at::Tensor& x) {
     v.t = at::empty(x.sizes(), x.options());
     ncs_strides(v.t, v.st);
   }
-  if (g_debug_nan_fill.load()) v.t.fill_(std::numeric_limits<double>::quiet_NaN());
+  debug_nan_fill(v.t);
   return v;
 }
 
@@ -1149,11 +1142,7 @@ std::tuple<at::Tensor, at::Tensor> inv_conv1x1_bwd(const at::Tensor& dy_in, cons
 // Kernels take element strides, so inputs are never copied; outputs keep the input's dense layout.
 
 // A new tensor with t's sizes and (dense) layout, NaN-filled in debug mode.
-at::Tensor new_buffer_same_layout(const at::Tensor& t) {
-  at::Tensor out = at::empty_like(t);
-  if (g_debug_nan_fill.load()) out.fill_(std::numeric_limits<double>::quiet_NaN());
-  return out;
-}
+at::Tensor new_buffer_same_layout(const at::Tensor& t) { return debug_nan_fill(at::empty_like(t)); }
 
 template <size_t N>
 void copy_strides(const at::Tensor& t, int64_t (&s)[N]) {
@@ -1289,10 +1278,8 @@ at::Tensor causal_conv1d_update(const at::Tensor& x, const at::Tensor& conv_stat
 at::Tensor new_image_buffer(const at::Tensor& x, int64_t h, int64_t w) {
   const int64_t N = x.size(0), C = x.size(1);
   const bool cl = x.stride(1) == 1 && C > 1;
-  at::Tensor t = cl ? at::empty({N, h, w, C}, x.options()).permute({0, 3, 1, 2})
-                    : at::empty({N, C, h, w}, x.options());
-  if (g_debug_nan_fill.load()) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
+  return debug_nan_fill(cl ? at::empty({N, h, w, C}, x.options()).permute({0, 3, 1, 2})
+                          : at::empty({N, C, h, w}, x.options()));
 }
 
 void int_pair(const std::vector<int64_t>& v, const char* name, int64_t minimum, int (&out)[2]) {

@@ -4,11 +4,10 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
-#include <atomic>
-#include <limits>
 #include <optional>
 #include <tuple>
 
+#include "common/debug_buffer.h"
 #include "scan/scan_inputs.h"
 #include "scan/selective_scan.h"
 
@@ -17,15 +16,8 @@ namespace {
 using dlk_scan::OptTensor;
 using dlk_scan::present;
 
-std::atomic<bool> g_debug_nan_fill{false};
-
-void set_debug_nan_fill(bool enabled) { g_debug_nan_fill.store(enabled); }
-
-at::Tensor new_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  if (g_debug_nan_fill.load()) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
+using dlk::new_buffer;
+using dlk::set_debug_nan_fill;
 
 // ATen's intra-op pool behind the kernels' plain-function parallel_for.
 void aten_parallel_for(int64_t n, void* ctx, void (*fn)(void*, int64_t, int64_t)) {
