@@ -30,14 +30,12 @@ OPTIMIZERS = {"adamw": dlkern.optim.AdamW, "adam": dlkern.optim.Adam, "sgd": dlk
 
 def make_optimizer(model, settings, backend):
     """Weight decay on matrices and conv kernels only (biases, norm weights and embeddings' peers
-    stay undecayed), nanoGPT's split. The optimizer step has only a Triton kernel: under
-    ``backend="cuda"`` it runs on ``auto``."""
+    stay undecayed), nanoGPT's split. The step runs on ``backend`` like every op."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt_backend = "auto" if backend == "cuda" else backend
     kwargs = {"momentum": 0.9} if settings.optimizer == "sgd" else {}
-    return OPTIMIZERS[settings.optimizer](groups, lr=settings.lr, backend=opt_backend, **kwargs)
+    return OPTIMIZERS[settings.optimizer](groups, lr=settings.lr, backend=backend, **kwargs)
 
 
 def lr_at(step, total, settings):
