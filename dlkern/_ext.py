@@ -19,7 +19,7 @@ def _try_import(name: str):
 
 
 _triton, _triton_error = _try_import("triton")
-kernels, kernels_error = _try_import("dlkern.kernels") if _triton is not None else (None, _triton_error)
+kernels, kernels_error = _try_import("dlkern.kernels.launchers") if _triton is not None else (None, _triton_error)
 _C, _C_error = _try_import("dlkern._C")
 _C_emu, _C_emu_error = _try_import("dlkern._C_emu")
 _C_cpu, _C_cpu_error = _try_import("dlkern._C_cpu")

@@ -26,7 +26,9 @@ import torch
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmarks" / "results" if (REPO / "benchmarks").is_dir() else Path("benchmarks/results")
+# A user's results go to a folder of the user's, under the current directory; the committed ones in
+# benchmarks/results/ only when asked (--out benchmarks/results).
+DEFAULT_OUT = Path("dlkern-results")
 
 
 class UsageError(Exception):

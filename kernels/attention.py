@@ -17,7 +17,7 @@ import triton.language as tl
 
 from dlkern.debug import new_empty
 
-from . import INTERPRET
+from .interpret import INTERPRET
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
