@@ -184,20 +184,55 @@ def bench(args, out_dir, budget_s=None, plot=True):
     from dlkern.bench import harness, report, roofline
 
     ops, device, dtypes, modes, providers = resolve(args)
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu":
+        set_bench_threads(args.threads)
+    try:
+        return _bench(args, out_dir, budget_s, plot, ops, device, dtypes, modes, providers)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _bench(args, out_dir, budget_s, plot, ops, device, dtypes, modes, providers):
+    from dlkern.bench import harness, report, roofline
+
+    load = report.machine_load()
     ceilings = roofline.measure(device, args.quick)
     print(ceilings.describe(), flush=True)
+    if device.type == "cpu":
+        print(f"CPU timing: {harness.cpu_clock()[1]}, providers interleaved; load at start "
+              f"{load['loadavg_1min']} on {load['cores']} cores", flush=True)
     rows = harness.run(ops, device, dtypes, modes, providers, args.quick, ceilings, budget_s,
                        progress=None)
     print(report.format_table(rows), flush=True)
-    csv_path, json_path = report.write(rows, report.metadata(device, ceilings), out_dir)
+    csv_path, json_path = report.write(rows, report.metadata(device, ceilings, load=load), out_dir)
     pngs = report.plot(json_path) if plot else []
     fails = [r for r in rows if r.failed]
     counts = {k: sum(r.numerics.startswith(k) for r in rows) for k in ("ok", "FAIL", "unavailable", "skipped")}
     print("\n" + ", ".join(f"{v} {k}" for k, v in counts.items()) + f"; wrote {csv_path} and {json_path}"
           + (f" and {len(pngs)} plots" if pngs else ""))
+    noisy = [r for r in rows if r.noisy]
+    if noisy:
+        print(f"{len(noisy)} of {sum(1 for r in rows if r.ms)} timed rows are noisy (p20-p80 spread over "
+              f"{harness.NOISY_SPREAD:.0%} of the median, marked ~; their ratios, marked x?, are not "
+              f"supported): the machine's load was {load['loadavg_1min']} on {load['cores']} cores at the start")
     for r in fails:
         print(f"FAIL {r.op} {r.case} {r.dtype} {r.mode} {r.provider}: {r.numerics}", file=sys.stderr)
     return rows, csv_path, json_path, pngs, ceilings
+
+
+def set_bench_threads(threads) -> None:
+    """CPU benchmarks run on one intra-op thread unless the user chose (``--threads``,
+    ``OMP_NUM_THREADS``): ratios are measured one thread, interleaved (on CPU time, which another
+    process's load does not inflate), and torch's default of one thread per core is the setting
+    that a busy machine distorts most."""
+    from dlkern.threads import user_thread_count
+
+    wanted = user_thread_count(threads)
+    if wanted == "auto":
+        torch.set_num_threads(1)
+    elif wanted is not None:
+        torch.set_num_threads(wanted)
 
 
 def cmd_bench(args) -> int:
@@ -312,6 +347,17 @@ def cmd_validate(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # Parser
 # ---------------------------------------------------------------------------------------------
+def _bench_threads(text: str) -> int:
+    from dlkern.threads import user_thread_count
+    try:
+        n = user_thread_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if n == "auto":
+        raise argparse.ArgumentTypeError("bench takes a thread count (1 is the default on CPU)")
+    return n
+
+
 def add_bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("ops", nargs="*", help="ops to run (default: every registered op)")
     p.add_argument("--quick", action="store_true", help="small cases, short timing")
@@ -321,6 +367,8 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("fwd", "bwd", "fwd+bwd", "all"), default="all")
     p.add_argument("--providers", nargs="+", metavar="NAME",
                    help="reference torch torch.compile triton cuda and peer names (default: all)")
+    p.add_argument("--threads", type=_bench_threads, help="intra-op threads on CPU (default: 1, unless "
+                   "OMP_NUM_THREADS is set)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 import dlkern
 import dlkern.optim
+from dlkern.threads import ThreadTuner, user_thread_count
 from dlkern.models import create_model, get_entry, get_task, list_models, model_config
 
 OPTIMIZERS = {"adamw": dlkern.optim.AdamW, "adam": dlkern.optim.Adam, "sgd": dlkern.optim.SGD}
@@ -46,17 +48,36 @@ def lr_at(step, total, settings):
     return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _dist_setup(device):
-    """(rank, world_size, device) — initializes the process group when launched by torchrun."""
+@contextmanager
+def _process_group(device):
+    """(rank, world_size, device); under torchrun, the process group for the duration of a run.
+
+    A group this run created is torn down here, in a fixed order, while the interpreter is fully
+    alive: every rank waits at a barrier (no rank leaves while a peer still talks to it or rank 0
+    still writes its files), the caller has dropped the DDP wrapper (its reducer holds the group and
+    gloo's pending work), then the group is destroyed. Left to interpreter exit instead, gloo's
+    threads and the tensors their work holds are destroyed during finalization, which aborted rank 1
+    now and then ("terminate called without an active exception")."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1, device
+        yield 0, 1, device
+        return
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world, device
+    ok = False
+    try:
+        yield dist.get_rank(), world, device
+        ok = True
+    finally:
+        if owned:
+            if ok:  # after an exception a peer may never arrive: no barrier then
+                dist.barrier()
+            gc.collect()  # a DDP wrapper caught in a reference cycle still holds the group
+            dist.destroy_process_group()
 
 
 def save_loss_plot(losses, path, title) -> str:
@@ -80,10 +101,12 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
           stop_at: int | None = None, tiny: bool = False, batch_size: int | None = None,
           eval_every: int | None = None, evaluate: bool = True, progress: bool = True,
           lr: float | None = None, config: dict | None = None, optimizer_backend: str | None = None,
-          log=print) -> dict:
+          threads: int | str | None = None, log=print) -> dict:
     """Run ``name``'s task; returns {"losses", "metric", "target", "reached", "steps", "seconds", ...}.
     ``stop_at``: stop (and checkpoint) after that step, as if interrupted; ``--resume`` continues.
-    ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``."""
+    ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``.
+    ``threads``: torch's intra-op threads on CPU: a count, ``"auto"`` (measured during the run by
+    :class:`dlkern.threads.ThreadTuner`), or None to leave torch's setting alone."""
     entry = get_entry(name)
     task = get_task(entry.task)
     settings = entry.train if lr is None else dataclasses.replace(entry.train, lr=lr)
@@ -91,89 +114,107 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
     batch_size = batch_size or settings.batch_size
     eval_every = eval_every or settings.eval_every
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rank, world, device = _dist_setup(device)
-    out = Path(out) if out is not None else None
-    main = rank == 0
-    if out is not None and main:
-        out.mkdir(parents=True, exist_ok=True)
+    with _process_group(device) as (rank, world, device):
+        out = Path(out) if out is not None else None
+        main = rank == 0
+        if out is not None and main:
+            out.mkdir(parents=True, exist_ok=True)
 
-    cfg = model_config(name, tiny, **(config or {}))
-    start, losses, ckpt = 0, [], None
-    ckpt_path = out / "checkpoint.pt" if out is not None else None
-    if resume:  # the checkpoint's model config, seed and batch size, whatever the command line says
-        if ckpt_path is None or not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location=device)
-        cfg, seed, batch_size = ckpt["config"], ckpt["seed"], ckpt["batch_size"]
-    if batch_size % world:
-        raise ValueError(f"batch_size={batch_size} must be divisible by the world size {world}")
-    torch.manual_seed(seed)
-    model = create_model(name, **cfg).to(device)
-    optimizer = make_optimizer(model, settings, optimizer_backend or backend)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start, losses = ckpt["step"], ckpt["losses"]
-        steps = ckpt["total_steps"]
-        # dropout / drop-path draws continue where the interrupted run stopped
-        torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
-        if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if compile:
-        net = torch.compile(net)
+        cfg = model_config(name, tiny, **(config or {}))
+        start, losses, ckpt = 0, [], None
+        ckpt_path = out / "checkpoint.pt" if out is not None else None
+        if resume:  # the checkpoint's model config, seed and batch size, whatever the command line says
+            if ckpt_path is None or not ckpt_path.exists():
+                raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+            ckpt = torch.load(ckpt_path, map_location=device)
+            cfg, seed, batch_size = ckpt["config"], ckpt["seed"], ckpt["batch_size"]
+        if batch_size % world:
+            raise ValueError(f"batch_size={batch_size} must be divisible by the world size {world}")
+        torch.manual_seed(seed)
+        model = create_model(name, **cfg).to(device)
+        optimizer = make_optimizer(model, settings, optimizer_backend or backend)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            start, losses = ckpt["step"], ckpt["losses"]
+            steps = ckpt["total_steps"]
+            # dropout / drop-path draws continue where the interrupted run stopped
+            torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
+            if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
+        net = model
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if compile:
+            net = torch.compile(net)
 
-    end = min(steps, stop_at) if stop_at is not None else steps
-    shard = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
-    t0 = time.perf_counter()
-    history = []
-    bar = tqdm(range(start, end), initial=start, total=steps, disable=not (progress and main),
-               desc=f"{name} [{backend}]", dynamic_ncols=True)
-    with dlkern.use_backend(backend):
-        net.train()
-        for step in bar:
-            batch = tuple(t[shard] for t in task.batch_for_step(seed, step, batch_size, device))
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, steps, settings)
-            loss = task.loss(net, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = loss.detach()
-            if world > 1:
-                dist.all_reduce(value)
-                value /= world
-            losses.append(value.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-            if evaluate and main and (step + 1) % eval_every == 0 and step + 1 < steps:
-                metric = task.evaluate(model, device)
-                history.append((step + 1, metric))
-                bar.write(f"step {step + 1:5d}  loss {losses[-1]:.4f}  {task.metric} {metric:.4f}")
-        seconds = time.perf_counter() - t0
-        metric = task.evaluate(model, device) if evaluate and end == steps else None
-    bar.close()
+        end = min(steps, stop_at) if stop_at is not None else steps
+        shard = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
+        t0 = time.perf_counter()
+        history = []
+        bar = tqdm(range(start, end), initial=start, total=steps, disable=not (progress and main),
+                   desc=f"{name} [{backend}]", dynamic_ncols=True)
+        tuner = ThreadTuner() if threads == "auto" and device.type == "cpu" else None
+        if isinstance(threads, int):
+            torch.set_num_threads(threads)
+        with dlkern.use_backend(backend):
+            net.train()
+            for step in bar:
+                if tuner is not None:
+                    tuner.before_step()
+                    step_start = time.perf_counter()
+                batch = tuple(t[shard] for t in task.batch_for_step(seed, step, batch_size, device))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, steps, settings)
+                loss = task.loss(net, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                value = loss.detach()
+                if world > 1:
+                    dist.all_reduce(value)
+                    value /= world
+                losses.append(value.item())
+                if tuner is not None:
+                    tuner.after_step(time.perf_counter() - step_start)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+                if evaluate and main and (step + 1) % eval_every == 0 and step + 1 < steps:
+                    metric = task.evaluate(model, device)
+                    history.append((step + 1, metric))
+                    bar.write(f"step {step + 1:5d}  loss {losses[-1]:.4f}  {task.metric} {metric:.4f}")
+            seconds = time.perf_counter() - t0
+            metric = task.evaluate(model, device) if evaluate and end == steps else None
+        bar.close()
 
-    result = {"model": name, "task": task.name, "metric_name": task.metric, "metric": metric,
-              "target": task.target, "chance": task.chance,
-              "reached": None if metric is None else task.reached(metric), "losses": losses,
-              "steps": end, "total_steps": steps, "seconds": seconds, "backend": backend,
-              "device": str(device), "world_size": world, "history": history}
-    if main and metric is not None:
-        cmp = ">=" if task.higher_is_better else "<="
-        log(f"{name}: {task.metric} {metric:.4f} (target {cmp} {task.target}, chance {task.chance:.3f}) "
-            f"{'REACHED' if result['reached'] else 'NOT reached'} after {end} steps in {seconds:.1f} s")
-    if out is not None and main:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": end,
-                    "total_steps": steps, "losses": losses, "config": cfg, "seed": seed,
-                    "batch_size": batch_size,
-                    "rng": {"cpu": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}},
-                   ckpt_path)
-        (out / "result.json").write_text(json.dumps(result, indent=1))
-        log(f"checkpoint: {ckpt_path}; " + save_loss_plot(losses, out / "loss.png", f"{name} ({task.name})"))
+        result = {"model": name, "task": task.name, "metric_name": task.metric, "metric": metric,
+                  "target": task.target, "chance": task.chance,
+                  "reached": None if metric is None else task.reached(metric), "losses": losses,
+                  "steps": end, "total_steps": steps, "seconds": seconds, "backend": backend,
+                  "device": str(device), "world_size": world, "history": history,
+                  "threads": {"probes": tuner.history, "final": tuner.chosen} if tuner is not None
+                  else torch.get_num_threads()}
+        if main and metric is not None:
+            cmp = ">=" if task.higher_is_better else "<="
+            log(f"{name}: {task.metric} {metric:.4f} (target {cmp} {task.target}, chance {task.chance:.3f}) "
+                f"{'REACHED' if result['reached'] else 'NOT reached'} after {end} steps in {seconds:.1f} s")
+        if out is not None and main:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": end,
+                        "total_steps": steps, "losses": losses, "config": cfg, "seed": seed,
+                        "batch_size": batch_size,
+                        "rng": {"cpu": torch.get_rng_state(),
+                                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}},
+                       ckpt_path)
+            (out / "result.json").write_text(json.dumps(result, indent=1))
+            log(f"checkpoint: {ckpt_path}; " + save_loss_plot(losses, out / "loss.png", f"{name} ({task.name})"))
+        del net  # DDP's reducer holds the process group: drop it before the group goes
     return result
+
+
+def _threads_arg(text: str):
+    try:
+        return user_thread_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -190,6 +231,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", action="store_true", help="the test-sized model config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the metric (losses only)")
+    p.add_argument("--threads", type=_threads_arg, help="intra-op threads on CPU: N or auto (default: auto, measured during "
+                   "the run, unless OMP_NUM_THREADS is set)")
 
 
 def run(args) -> int:
@@ -200,9 +243,8 @@ def run(args) -> int:
         return 0
     result = train(args.model, steps=args.steps, backend=args.backend, device=args.device,
                    compile=args.compile, seed=args.seed, out=args.out, resume=args.resume, tiny=args.tiny,
-                   batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress, evaluate=not args.no_eval)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+                   batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress, evaluate=not args.no_eval,
+                   threads=args.threads if args.threads is not None else user_thread_count(None))
     return 0 if result["reached"] in (True, None) else 1
 
 

@@ -26,7 +26,7 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 BUILTIN_PROVIDERS = ("reference", "torch", "torch.compile", "triton", "cuda")
 # Tolerance floor in ulps of the largest value (see the module docstring).
 EPS_FLOOR = {torch.float32: 64, torch.float16: 2, torch.bfloat16: 2}
-COLUMNS = ("op", "case", "dtype", "mode", "provider", "ms", "ms_p20", "ms_p80", "gbps", "tflops",
+COLUMNS = ("op", "case", "dtype", "mode", "provider", "ms", "ms_p20", "ms_p80", "noisy", "gbps", "tflops",
            "roofline_pct", "speedup_vs_torch", "numerics", "max_err", "tol", "bytes", "flops")
 
 
@@ -54,28 +54,67 @@ class Row:
     def failed(self) -> bool:
         return self.numerics.startswith("FAIL")
 
+    @property
+    def noisy(self) -> bool:
+        """The timing's spread is too wide to support a ratio (see NOISY_SPREAD)."""
+        return bool(self.ms) and (self.ms_p80 - self.ms_p20) / self.ms > NOISY_SPREAD
+
 
 # ---------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------
+NOISY_SPREAD = 0.25   # (p80 - p20) / median above this: the row cannot support a ratio
+
+
+def cpu_clock():
+    """The clock CPU timings use, and its name. With one intra-op thread all of an op's work runs on
+    the calling thread, so its CPU time is the op's cost and does not grow while another process
+    holds the core (wall time would: a descheduled run comes out as multiples of the scheduler's
+    slice). With more threads the work is spread over threads this one does not see: wall time."""
+    if torch.get_num_threads() == 1:
+        return time.thread_time, "thread CPU time (1 intra-op thread)"
+    return time.perf_counter, f"wall time ({torch.get_num_threads()} intra-op threads)"
+
+
 def timeit(fn: Callable, device: torch.device, quick: bool = False) -> tuple[float, float, float]:
-    """(median, p20, p80) milliseconds of ``fn()``."""
+    """(median, p20, p80) milliseconds of ``fn()`` alone."""
+    return time_interleaved([fn], device, quick)[0]
+
+
+def time_interleaved(fns: list[Callable], device: torch.device, quick: bool = False) -> list[tuple]:
+    """(median, p20, p80) milliseconds of each of ``fns``, timed in the same run so that the ratios
+    between them are fair. On CPU the functions take turns, round after round (the order rotates),
+    so a change of the machine's load hits every provider alike instead of whichever ran then."""
+    if not fns:
+        return []
     if device.type == "cuda":
         import triton.testing
         warmup, rep = (5, 20) if quick else (25, 100)
-        return tuple(triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8]))
-    fn()  # warmup: first-call costs (allocator, lazy init) are not what we measure
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    budget_s, max_reps = (0.05, 20) if quick else (0.5, 200)
-    times = []
-    for _ in range(int(min(max(budget_s / once, 3), max_reps))):
-        start = time.perf_counter()
+        return [tuple(triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8]))
+                for fn in fns]
+    clock = cpu_clock()[0]
+    once = []
+    for fn in fns:
+        fn()  # warmup: first-call costs (allocator, lazy init) are not what we measure
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
-    p50, p20, p80 = np.percentile(np.array(times) * 1e3, [50, 20, 80])
-    return float(p50), float(p20), float(p80)
+        once.append(max(clock() - start, 1e-7))
+    budget_s, min_reps, max_reps = (0.05, 5, 20) if quick else (0.5, 7, 200)
+    reps = [int(min(max(budget_s / t, min_reps), max_reps)) for t in once]
+    samples = [[] for _ in fns]
+    for round_ in range(max(reps)):
+        order = list(range(len(fns)))
+        k = round_ % len(fns)
+        for i in order[k:] + order[:k]:
+            if len(samples[i]) < reps[i]:
+                start = clock()
+                fns[i]()
+                samples[i].append(clock() - start)
+    out = []
+    for times in samples:
+        p50, p20, p80 = np.percentile(np.array(times) * 1e3, [50, 20, 80])
+        out.append((float(p50), float(p20), float(p80)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +358,7 @@ def bench_case(op, sample: Sample, dtype, modes, providers: Providers, device, q
     truth = truth_for(op, sample, dtype, with_grads)
     cost = op.cost(sample)
     dname = str(dtype).removeprefix("torch.")
-    rows = []
+    rows, timed = [], []
     for name in providers.names():
         if on_provider:
             on_provider(name)
@@ -351,18 +390,31 @@ def bench_case(op, sample: Sample, dtype, modes, providers: Providers, device, q
             status = f"FAIL: {worst[3]}" if bad else "ok"
             r = row(mode, status, max_err=worst[1], tol=worst[2])
             try:
-                r.ms, r.ms_p20, r.ms_p80 = timeit(timed_closure(fn, _fresh(op, sample), mode, truth.cotangents),
-                                                  device, quick)
-                _metrics(r, ceilings)
+                timed.append((r, ours, timed_closure(fn, _fresh(op, sample), mode, truth.cotangents)))
             except Exception as exc:
                 r.numerics = f"FAIL: timing raised {_short(exc)}" if ours else f"unavailable: {_short(exc)}"
             rows.append(r)
-    for mode in modes:  # speedup against torch eager, same case, dtype and mode
-        base = next((r.ms for r in rows if r.provider == "torch" and r.mode == mode and r.ms), None)
-        for r in rows:
-            if r.mode == mode and r.ms and base:
-                r.speedup_vs_torch = base / r.ms
+    for mode in modes:  # every provider of one mode in the same interleaved run
+        _time_rows([t for t in timed if t[0].mode == mode], device, quick, ceilings)
+        base = next((r for r in rows if r.provider == "torch" and r.mode == mode and r.ms), None)
+        for r in rows:  # speedup against torch eager, same case, dtype and mode
+            if r.mode == mode and r.ms and base is not None:
+                r.speedup_vs_torch = base.ms / r.ms
     return rows
+
+
+def _time_rows(timed, device, quick, ceilings) -> None:
+    """Times the (row, ours, closure) triples together. Each closure first runs once alone: one that
+    raises is marked on its row (a failure if it is ours, a reason if not) and left out."""
+    ok = []
+    for r, ours, fn in timed:
+        try:
+            fn()
+            ok.append((r, fn))
+        except Exception as exc:
+            r.numerics = f"FAIL: timing raised {_short(exc)}" if ours else f"unavailable: {_short(exc)}"
+    for (r, _), (r.ms, r.ms_p20, r.ms_p80) in zip(ok, time_interleaved([fn for _, fn in ok], device, quick)):
+        _metrics(r, ceilings)
 
 
 def run(ops, device, dtypes, modes=MODES, providers=None, quick=False, ceilings=None,

@@ -54,7 +54,15 @@ def versions() -> dict:
     }
 
 
-def metadata(device, ceilings=None, argv=None) -> dict:
+def machine_load() -> dict:
+    """The machine's load as a run starts: other processes' work distorts CPU timings."""
+    load1, load5, _ = os.getloadavg()
+    return {"loadavg_1min": round(load1, 2), "loadavg_5min": round(load5, 2), "cores": os.cpu_count()}
+
+
+def metadata(device, ceilings=None, argv=None, load=None) -> dict:
+    import torch
+    from dlkern.bench.harness import cpu_clock
     return {
         "device": ceilings.device if ceilings else str(device),
         "device_type": str(device),
@@ -66,6 +74,9 @@ def metadata(device, ceilings=None, argv=None) -> dict:
         "dlkern_backend": os.environ.get("DLKERN_BACKEND", "auto"),
         "argv": list(sys.argv if argv is None else argv),
         "ceilings": dataclasses.asdict(ceilings) if ceilings else None,
+        "intra_op_threads": torch.get_num_threads(),
+        "cpu_clock": cpu_clock()[1] if str(device).startswith("cpu") else None,
+        "load_at_start": load if load is not None else machine_load(),
     }
 
 
@@ -107,12 +118,16 @@ def format_table(rows: list[Row], width: int = 70) -> str:
     head = ("op", "case", "dtype", "mode", "provider", "ms", "p20-p80", "GB/s", "TFLOP/s",
             "%roof", "speedup", "numerics")
     lines = [head]
+    noisy_base = {(r.op, r.case, r.dtype, r.mode) for r in rows if r.provider == "torch" and r.noisy}
     for r in _table_order(rows):
-        spread = f"{_num(r.ms_p20)}-{_num(r.ms_p80)}" if r.ms else "-"
+        # "~": the spread is too wide for the ratio (see harness.NOISY_SPREAD)
+        spread = f"{_num(r.ms_p20)}-{_num(r.ms_p80)}" + ("~" if r.noisy else "") if r.ms else "-"
+        unsupported = r.noisy or (r.op, r.case, r.dtype, r.mode) in noisy_base
         status = r.numerics if len(r.numerics) <= width else r.numerics[:width - 1] + "…"
         lines.append((r.op, r.case, r.dtype, r.mode, r.provider, _num(r.ms, 4), spread,
                       _num(r.gbps, 4), _num(r.tflops), _num(r.roofline_pct),
-                      _num(r.speedup_vs_torch) + "x" if r.speedup_vs_torch else "-", status))
+                      _num(r.speedup_vs_torch) + ("x?" if unsupported else "x") if r.speedup_vs_torch else "-",
+                      status))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     right = {5, 6, 7, 8, 9, 10}  # numbers align right
     out = []

@@ -21,7 +21,8 @@ def test_bench_adamw_step_rows(tmp_path, monkeypatch, device):
     # Triton's interpreter is left out (slow at 110k parameters; its kernels are tested in
     # test_optimizers); the (emulated) CUDA kernels stand for the kernel providers. Timing is
     # replaced by one call: what is checked is the wiring, numerics and cost model.
-    monkeypatch.setattr(harness, "timeit", lambda fn, device, quick: (fn(), (1.0, 1.0, 1.0))[1])
+    monkeypatch.setattr(harness, "time_interleaved",
+                        lambda fns, device, quick: [(fn(), (1.0, 1.0, 1.0))[1] for fn in fns])
     rc = cli.main(["bench", "adamw_step", "--quick", "--device", device.type, "--dtype", "float32", "--out",
                    str(tmp_path), "--no-plot", "--providers", "reference", "torch", "cuda"])
     assert rc == 0
