@@ -13,6 +13,58 @@ from dlkern.registry import OpSpec
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without torch.distributed
+        return None
+    return DTensor
+
+
+def dense_layout(t: torch.Tensor) -> bool:
+    """Dense and non-overlapping: the elements fill ``numel`` consecutive memory slots in some
+    order (contiguous, channels_last, any permutation of dims). An elementwise update may then run
+    over that memory as one flat array, provided every tensor of the step has the same strides."""
+    if t.is_contiguous():
+        return True
+    dims = sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1)
+    expected = 1
+    for st, n in dims:
+        if st != expected:
+            return False
+        expected *= n
+    return True
+
+
+def _local(t):
+    """What a kernel may address for ``t``: a DTensor's local shard (the update is elementwise,
+    so stepping each rank's shard is the whole step); any other tensor as it is."""
+    DTensor = _dtensor_type()
+    return t.to_local() if DTensor is not None and isinstance(t, DTensor) else t
+
+
+def _tensor_reasons(p: torch.Tensor) -> list[str]:
+    DTensor = _dtensor_type()
+    if DTensor is not None and isinstance(p, DTensor):
+        g = p.grad
+        if g is not None and (not isinstance(g, DTensor) or g.placements != p.placements
+                              or g.device_mesh != p.device_mesh):
+            return [f"a DTensor parameter's gradient must have its placements {p.placements}; got "
+                    + (str(g.placements) if isinstance(g, DTensor) else f"a plain {type(g).__name__}")]
+        p, g = p.to_local(), None if g is None else g.to_local()
+    elif type(p) not in (torch.Tensor, torch.nn.Parameter):
+        return [f"parameters of type {type(p).__module__}.{type(p).__name__} (a tensor subclass) cannot "
+                "be addressed by the multi-tensor kernels (plain tensors and DTensors can)"]
+    else:
+        g = p.grad
+    if g is not None and type(g) not in (torch.Tensor, torch.nn.Parameter):
+        return [f"gradients of type {type(g).__name__} (a tensor subclass) cannot be addressed by the kernels"]
+    if not dense_layout(p):
+        return ["parameters must be dense (contiguous, channels_last or another permutation of dims) "
+                "for the multi-tensor kernels"]
+    return []
+
+
 def _supports(backend, first_param, params, group):
     reasons = []
     if group.get("differentiable") or group.get("capturable"):
@@ -21,11 +73,12 @@ def _supports(backend, first_param, params, group):
         if p.dtype not in KERNEL_DTYPES:
             reasons.append(f"parameter dtype {p.dtype} is not supported (float32, float16, bfloat16)")
             break
-        if not p.is_contiguous():
-            reasons.append("parameters must be contiguous for the multi-tensor kernels")
-            break
         if p.grad is not None and p.grad.is_sparse:
             reasons.append("sparse gradients run torch's own implementation")
+            break
+        layout = _tensor_reasons(p)
+        if layout:
+            reasons += layout
             break
     return reasons
 
@@ -53,18 +106,39 @@ def params_with_grads(group, name, allow_sparse=False):
         if p.grad.is_sparse and not allow_sparse:
             raise RuntimeError(f"{name} does not support sparse gradients")
         params.append(p)
-        grads.append(p.grad if p.grad.is_sparse or p.grad.is_contiguous() else p.grad.contiguous())
+        grads.append(p.grad)
     return params, grads
 
 
+def same_layout(t, p):
+    """``t`` (a gradient or a state of ``p``) with ``p``'s strides, copied only if they differ (a
+    non-contiguous gradient; a state loaded from a checkpoint saved in another memory format)."""
+    if t is None or t.is_sparse or _local(t).stride() == _local(p).stride():
+        return t
+    return torch.empty_like(p, dtype=t.dtype).copy_(t)
+
+
 def by_dtype(*lists):
-    """Split parallel lists into groups with equal dtypes in every list: {key: lists}."""
+    """Split parallel lists into groups with equal dtypes in every list: {key: lists}. The tensors
+    come out as the kernels address them: a DTensor's local shard, every layout as a flat view of
+    its memory (the kernels run over ``numel`` consecutive elements). Each row's tensors must share
+    its first's strides (the step gives grads and states their parameter's layout first)."""
     groups = defaultdict(lambda: tuple([] for _ in lists))
     for items in zip(*lists):
         key = tuple(t.dtype if isinstance(t, torch.Tensor) else None for t in items)
+        tensors = [_local(t) for t in items if isinstance(t, torch.Tensor)]
+        if tensors and tensors[0].numel() == 0:
+            continue  # an empty shard (uneven sharding): nothing to step on this rank
+        if any(t.shape != tensors[0].shape or t.stride() != tensors[0].stride() for t in tensors[1:]):
+            raise RuntimeError("internal error: a gradient or state does not have its parameter's layout")
         for bucket, item in zip(groups[key], items):
-            bucket.append(item)
+            bucket.append(_flat(_local(item)) if isinstance(item, torch.Tensor) else item)
     return groups.values()
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a dense tensor's memory, in memory order (writes go to ``t`` itself)."""
+    return t.view(-1) if t.is_contiguous() else t.as_strided((t.numel(),), (1,), t.storage_offset())
 
 
 def scalar(v):
@@ -99,6 +173,12 @@ class KernelStepMixin:
             if chosen == "reference":
                 self._torch_step_group(group)
             elif params:
+                grads = [same_layout(g, p) for g, p in zip(grads, params)]
+                for p in params:  # states in the parameter's layout, so the flat views line up
+                    state = self.state.get(p, {})
+                    for key, value in state.items():
+                        if torch.is_tensor(value) and value.shape == p.shape and value.dim() > 0:
+                            state[key] = same_layout(value, p)
                 self._kernel_step_group(group, params, grads, chosen)
         return loss
 
