@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import math
 import os
 import sys
 import time
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -24,6 +22,7 @@ from tqdm import tqdm
 
 import dlkern
 import dlkern.optim
+from dlkern import distributed
 from dlkern.threads import ThreadTuner, user_thread_count
 from dlkern.models import create_model, get_entry, get_task, list_models, model_config
 
@@ -48,38 +47,6 @@ def lr_at(step, total, settings):
     return settings.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-@contextmanager
-def _process_group(device):
-    """(rank, world_size, device); under torchrun, the process group for the duration of a run.
-
-    A group this run created is torn down here, in a fixed order, while the interpreter is fully
-    alive: every rank waits at a barrier (no rank leaves while a peer still talks to it or rank 0
-    still writes its files), the caller has dropped the DDP wrapper (its reducer holds the group and
-    gloo's pending work), then the group is destroyed. Left to interpreter exit instead, gloo's
-    threads and the tensors their work holds are destroyed during finalization, which aborted rank 1
-    now and then ("terminate called without an active exception")."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        yield 0, 1, device
-        return
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    ok = False
-    try:
-        yield dist.get_rank(), world, device
-        ok = True
-    finally:
-        if owned:
-            if ok:  # after an exception a peer may never arrive: no barrier then
-                dist.barrier()
-            gc.collect()  # a DDP wrapper caught in a reference cycle still holds the group
-            dist.destroy_process_group()
-
-
 def save_loss_plot(losses, path, title) -> str:
     try:
         import matplotlib
@@ -101,12 +68,14 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
           stop_at: int | None = None, tiny: bool = False, batch_size: int | None = None,
           eval_every: int | None = None, evaluate: bool = True, progress: bool = True,
           lr: float | None = None, config: dict | None = None, optimizer_backend: str | None = None,
-          threads: int | str | None = None, log=print) -> dict:
+          threads: int | str | None = None, fsdp: bool = False, log=print) -> dict:
     """Run ``name``'s task; returns {"losses", "metric", "target", "reached", "steps", "seconds", ...}.
     ``stop_at``: stop (and checkpoint) after that step, as if interrupted; ``--resume`` continues.
     ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``.
     ``threads``: torch's intra-op threads on CPU: a count, ``"auto"`` (measured during the run by
-    :class:`dlkern.threads.ThreadTuner`), or None to leave torch's setting alone."""
+    :class:`dlkern.threads.ThreadTuner`), or None to leave torch's setting alone.
+    ``fsdp``: under torchrun, shard the model with FSDP2 (instead of DDP) and checkpoint with
+    ``torch.distributed.checkpoint`` into ``out/checkpoint/``."""
     entry = get_entry(name)
     task = get_task(entry.task)
     settings = entry.train if lr is None else dataclasses.replace(entry.train, lr=lr)
@@ -114,7 +83,7 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
     batch_size = batch_size or settings.batch_size
     eval_every = eval_every or settings.eval_every
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    with _process_group(device) as (rank, world, device):
+    with distributed.process_group(device) as (rank, world, device):
         out = Path(out) if out is not None else None
         main = rank == 0
         if out is not None and main:
@@ -122,29 +91,31 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
 
         cfg = model_config(name, tiny, **(config or {}))
         start, losses, ckpt = 0, [], None
-        ckpt_path = out / "checkpoint.pt" if out is not None else None
+        ckpt_path = (out / ("checkpoint" if fsdp else "checkpoint.pt")) if out is not None else None
         if resume:  # the checkpoint's model config, seed and batch size, whatever the command line says
             if ckpt_path is None or not ckpt_path.exists():
                 raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-            ckpt = torch.load(ckpt_path, map_location=device)
+            ckpt = (distributed.load_sharded_meta(ckpt_path) if fsdp
+                    else torch.load(ckpt_path, map_location=device))
             cfg, seed, batch_size = ckpt["config"], ckpt["seed"], ckpt["batch_size"]
         if batch_size % world:
             raise ValueError(f"batch_size={batch_size} must be divisible by the world size {world}")
         torch.manual_seed(seed)
         model = create_model(name, **cfg).to(device)
+        net = distributed.wrap(model, world, device, fsdp)   # FSDP2 shards model's parameters in place
         optimizer = make_optimizer(model, settings, optimizer_backend or backend)
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
+            if fsdp:
+                distributed.load_sharded(ckpt_path, model, optimizer)
+            else:
+                model.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
             start, losses = ckpt["step"], ckpt["losses"]
             steps = ckpt["total_steps"]
             # dropout / drop-path draws continue where the interrupted run stopped
             torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
             if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
-        net = model
-        if world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if compile:
             net = torch.compile(net)
 
@@ -178,10 +149,12 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
                 if tuner is not None:
                     tuner.after_step(time.perf_counter() - step_start)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-                if evaluate and main and (step + 1) % eval_every == 0 and step + 1 < steps:
+                # a sharded model evaluates on every rank (its forward gathers the parameters)
+                if evaluate and (main or fsdp) and (step + 1) % eval_every == 0 and step + 1 < steps:
                     metric = task.evaluate(model, device)
                     history.append((step + 1, metric))
-                    bar.write(f"step {step + 1:5d}  loss {losses[-1]:.4f}  {task.metric} {metric:.4f}")
+                    if main:
+                        bar.write(f"step {step + 1:5d}  loss {losses[-1]:.4f}  {task.metric} {metric:.4f}")
             seconds = time.perf_counter() - t0
             metric = task.evaluate(model, device) if evaluate and end == steps else None
         bar.close()
@@ -197,13 +170,16 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
             cmp = ">=" if task.higher_is_better else "<="
             log(f"{name}: {task.metric} {metric:.4f} (target {cmp} {task.target}, chance {task.chance:.3f}) "
                 f"{'REACHED' if result['reached'] else 'NOT reached'} after {end} steps in {seconds:.1f} s")
+        if out is not None:
+            meta = {"step": end, "total_steps": steps, "losses": losses, "config": cfg, "seed": seed,
+                    "batch_size": batch_size,
+                    "rng": {"cpu": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
+            if fsdp:  # every rank writes its shards
+                distributed.save_sharded(ckpt_path, model, optimizer, meta)
+            elif main:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **meta}, ckpt_path)
         if out is not None and main:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": end,
-                        "total_steps": steps, "losses": losses, "config": cfg, "seed": seed,
-                        "batch_size": batch_size,
-                        "rng": {"cpu": torch.get_rng_state(),
-                                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}},
-                       ckpt_path)
             (out / "result.json").write_text(json.dumps(result, indent=1))
             log(f"checkpoint: {ckpt_path}; " + save_loss_plot(losses, out / "loss.png", f"{name} ({task.name})"))
         del net  # DDP's reducer holds the process group: drop it before the group goes
@@ -231,6 +207,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", action="store_true", help="the test-sized model config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the metric (losses only)")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP2 "
+                   "(default: DDP) and save distributed checkpoints (OUT/checkpoint/)")
     p.add_argument("--threads", type=_threads_arg, help="intra-op threads on CPU: N or auto (default: auto, measured during "
                    "the run, unless OMP_NUM_THREADS is set)")
 
@@ -244,7 +222,8 @@ def run(args) -> int:
     result = train(args.model, steps=args.steps, backend=args.backend, device=args.device,
                    compile=args.compile, seed=args.seed, out=args.out, resume=args.resume, tiny=args.tiny,
                    batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress, evaluate=not args.no_eval,
-                   threads=args.threads if args.threads is not None else user_thread_count(None))
+                   threads=args.threads if args.threads is not None else user_thread_count(None),
+                   fsdp=args.fsdp)
     return 0 if result["reached"] in (True, None) else 1
 
 

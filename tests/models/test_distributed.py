@@ -1,5 +1,7 @@
 """``torchrun --nproc_per_node=2 -m dlkern.train``: two gloo processes, each on half of every
-global batch, follow the same loss curve as one process on the whole batch."""
+global batch, follow the same loss curve as one process on the whole batch: with DDP, and with
+FSDP2 (``--fsdp``: sharded parameters, dlkern's optimizers on the shards, on the reference path and
+on both kernel backends), whose distributed checkpoint resumes exactly."""
 import json
 import os
 import subprocess
@@ -9,24 +11,57 @@ from pathlib import Path
 import pytest
 import torch
 
+from dlkern.backend import availability
 from dlkern.train import train
 
 REPO = Path(__file__).resolve().parents[2]
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+KERNEL_BACKENDS = [b for b in ("triton", "cuda") if not availability(b, DEVICE)]
+needs_dist = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
+ARGS = ["gpt", "--tiny", "--steps", "6", "--batch-size", "8", "--device", "cpu", "--no-eval", "--no-progress"]
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
-def test_two_processes_match_one_on_the_combined_batch(tmp_path):
-    args = ["gpt", "--tiny", "--steps", "6", "--batch-size", "8", "--backend", "reference", "--device", "cpu",
-            "--no-eval", "--no-progress", "--out", str(tmp_path)]
+def _torchrun(args, tmp_path, module=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "dlkern.train", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    if DEVICE.type == "cpu":  # the kernel backends on CPU tensors: interpreter and emulation
+        env.update(TRITON_INTERPRET="1", DLKERN_CUDA_EMULATE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *(["-m", "dlkern.train"] if module else []), *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _single(backend, steps=6):
+    return train("gpt", tiny=True, steps=steps, batch_size=8, backend=backend, device="cpu",
+                 evaluate=False, progress=False)["losses"]
+
+
+@needs_dist
+def test_two_processes_match_one_on_the_combined_batch(tmp_path):
+    _torchrun([*ARGS, "--backend", "reference", "--out", str(tmp_path)], tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2
-    single = train("gpt", tiny=True, steps=6, batch_size=8, backend="reference", device="cpu",
-                   evaluate=False, progress=False)
-    torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(single["losses"]),
+    single = _single("reference")
+    torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(single), rtol=1e-5, atol=1e-6)
+    assert single[-1] != single[0]   # the parameters did move
+
+
+@needs_dist
+@pytest.mark.parametrize("backend", ["reference", *KERNEL_BACKENDS])
+def test_fsdp_two_processes_match_one_on_the_combined_batch(tmp_path, backend):
+    _torchrun([*ARGS, "--backend", backend, "--fsdp", "--out", str(tmp_path)], tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["world_size"] == 2
+    assert (tmp_path / "checkpoint" / "meta.pt").exists() and list((tmp_path / "checkpoint").glob("*.distcp"))
+    torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(_single(backend)),
                                rtol=1e-5, atol=1e-6)
-    assert single["losses"][-1] != single["losses"][0]   # the parameters did move
+
+
+@needs_dist
+def test_fsdp_distributed_checkpoint_resumes_exactly(tmp_path):
+    worker = Path(__file__).with_name("fsdp_worker.py")
+    _torchrun([str(worker), str(tmp_path), "reference", "3", "6"], tmp_path, module=False)
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert resumed["steps"] == 6 and len(resumed["losses"]) == 6
+    torch.testing.assert_close(torch.tensor(resumed["losses"]), torch.tensor(_single("reference")),
+                               rtol=1e-5, atol=1e-6)
