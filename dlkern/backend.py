@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 
 import torch
@@ -129,14 +130,25 @@ def _device_of(tensors) -> torch.device:
     return devices.pop() if devices else torch.device("cpu")
 
 
+def _has_dtensor(tensors) -> bool:
+    # No DTensor can exist before its module is imported: no import (and no cost) on the hot path.
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and any(isinstance(t, module.DTensor) for t in tensors)
+
+
 def reasons_against(op, backend: str, args, kwargs) -> list[str]:
     """Everything that stops ``backend`` from serving ``op`` on these inputs."""
     if backend == "reference":
         return []
     if backend not in op.backends:
         return [f"{op.name} has no {backend} implementation"]
-    device = _device_of(_tensors_in(args, kwargs))
+    tensors = _tensors_in(args, kwargs)
+    device = _device_of(tensors)
     reasons = availability(backend, device)
+    if op.family != "optim" and _has_dtensor(tensors):  # optimizer steps step DTensors' shards (optim/_engine)
+        reasons.append("DTensor inputs: the kernels take plain tensors and no DTensor sharding rule is "
+                       "registered for them (call the op on .to_local() tensors where the placement allows, "
+                       "or use the reference backend, which runs on DTensors)")
     if not reasons:
         missing = [name for name in op.launchers if not hasattr(launchers(backend, device), name)]
         if missing:

@@ -1,6 +1,7 @@
 """Run by test_layouts_and_subclasses.py under ``torchrun --nproc_per_node=2``: dlkern's AdamW and
 SGD on DTensor parameters (rows sharded unevenly over the ranks; replicated) against torch's
-optimizers on the same parameters, on each kernel backend named in DLKERN_TEST_BACKENDS."""
+optimizers on the same parameters, on each kernel backend named in DLKERN_TEST_BACKENDS; and an op
+on DTensor inputs refused by the kernel backends (BackendError), computed by the reference."""
 import os
 
 if not os.environ.get("CUDA_VISIBLE_DEVICES") and not __import__("torch").cuda.is_available():
@@ -46,6 +47,19 @@ def main():
                     torch.testing.assert_close(mine.full_tensor(), value.full_tensor(), rtol=1e-5, atol=1e-6)
             with open(os.path.join(os.environ["DLKERN_TEST_OUT"], f"rank{rank}.txt"), "a") as f:
                 f.write(f"checked {backend} {name} {placements}\n")
+        # the ops' kernels take plain tensors: a DTensor input is refused by name, never misread
+        x = distribute_tensor(torch.randn(6, 8, generator=torch.Generator().manual_seed(9)), mesh, [Shard(0)])
+        w = distribute_tensor(torch.rand(8) + 0.5, mesh, [Replicate()])
+        try:
+            dlkern.nn.functional.layer_norm(x, (8,), w, None, 1e-5, backend=backend)
+            raise AssertionError(f"{backend}: a DTensor input was not refused")
+        except dlkern.BackendError as exc:
+            assert "DTensor inputs" in str(exc), exc
+        y = dlkern.nn.functional.layer_norm(x, (8,), w, None, 1e-5, backend="reference")
+        torch.testing.assert_close(y.full_tensor(), torch.nn.functional.layer_norm(
+            x.full_tensor(), (8,), w.full_tensor(), None, 1e-5))
+        with open(os.path.join(os.environ["DLKERN_TEST_OUT"], f"rank{rank}.txt"), "a") as f:
+            f.write(f"checked {backend} layer_norm on DTensor refused\n")
     dist.barrier()
     dist.destroy_process_group()
 

@@ -104,4 +104,4 @@ def test_dtensor_parameters_step_on_their_local_shards(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for rank in (0, 1):   # each rank checked every backend x case
         lines = (tmp_path / f"rank{rank}.txt").read_text().splitlines()
-        assert len(lines) == len(BACKENDS) * 3 and all(line.startswith("checked ") for line in lines)
+        assert len(lines) == len(BACKENDS) * 4 and all(line.startswith("checked ") for line in lines)
