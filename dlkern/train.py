@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,21 +71,29 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
           stop_at: int | None = None, tiny: bool = False, batch_size: int | None = None,
           eval_every: int | None = None, evaluate: bool = True, progress: bool = True,
           lr: float | None = None, config: dict | None = None, optimizer_backend: str | None = None,
-          threads: int | str | None = None, fsdp: bool = False, log=print) -> dict:
+          threads: int | str | None = None, fsdp: bool = False, checkpoint_every: int | None = None,
+          log=print) -> dict:
     """Run ``name``'s task; returns {"losses", "metric", "target", "reached", "steps", "seconds", ...}.
     ``stop_at``: stop (and checkpoint) after that step, as if interrupted; ``--resume`` continues.
     ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``.
     ``threads``: torch's intra-op threads on CPU: a count, ``"auto"`` (measured during the run by
     :class:`dlkern.threads.ThreadTuner`), or None to leave torch's setting alone.
     ``fsdp``: under torchrun, shard the model with FSDP2 (instead of DDP) and checkpoint with
-    ``torch.distributed.checkpoint`` into ``out/checkpoint/``."""
+    ``torch.distributed.checkpoint`` into ``out/checkpoint/``.
+    ``checkpoint_every``: with ``out``, also checkpoint every that many steps (default: the eval
+    interval), so a killed run can ``resume``; Ctrl-C checkpoints the last whole step."""
+    for arg, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every),
+                       ("checkpoint_every", checkpoint_every)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
     entry = get_entry(name)
     task = get_task(entry.task)
     settings = entry.train if lr is None else dataclasses.replace(entry.train, lr=lr)
-    steps = steps or settings.steps
+    requested_steps, steps = steps, steps or settings.steps
     batch_size = batch_size or settings.batch_size
     eval_every = eval_every or settings.eval_every
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    checkpoint_every = checkpoint_every or eval_every
+    device = _usable_device(device, backend)
     with distributed.process_group(device) as (rank, world, device):
         out = Path(out) if out is not None else None
         main = rank == 0
@@ -111,7 +122,10 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
                 model.load_state_dict(ckpt["model"])
                 optimizer.load_state_dict(ckpt["optimizer"])
             start, losses = ckpt["step"], ckpt["losses"]
-            steps = ckpt["total_steps"]
+            steps = requested_steps or ckpt["total_steps"]   # --steps on resume: the new total
+            if steps <= start:
+                raise ValueError(f"the checkpoint is at step {start}; --steps {steps} leaves nothing to train "
+                                 f"(give a larger total)")
             # dropout / drop-path draws continue where the interrupted run stopped
             torch.set_rng_state(ckpt["rng"]["cpu"].cpu())
             if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
@@ -128,7 +142,15 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
         tuner = ThreadTuner() if threads == "auto" and device.type == "cpu" else None
         if isinstance(threads, int):
             torch.set_num_threads(threads)
-        with dlkern.use_backend(backend):
+        def checkpoint(done):
+            if out is not None:
+                _save_checkpoint(ckpt_path, fsdp, main, model, optimizer, {
+                    "step": done, "total_steps": steps, "losses": losses, "config": cfg, "seed": seed,
+                    "batch_size": batch_size,
+                    "rng": {"cpu": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}})
+
+        with dlkern.use_backend(backend), _deferred_interrupt() as interrupt:
             net.train()
             for step in bar:
                 if tuner is not None:
@@ -155,8 +177,18 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
                     history.append((step + 1, metric))
                     if main:
                         bar.write(f"step {step + 1:5d}  loss {losses[-1]:.4f}  {task.metric} {metric:.4f}")
+                if interrupt.requested:   # Ctrl-C: finish the step, checkpoint it, stop
+                    break
+                if (step + 1) % checkpoint_every == 0 and step + 1 < end:
+                    checkpoint(step + 1)   # a killed run loses at most checkpoint_every steps
             seconds = time.perf_counter() - t0
-            metric = task.evaluate(model, device) if evaluate and end == steps else None
+            if interrupt.requested:
+                checkpoint(len(losses))
+                bar.close()
+                raise KeyboardInterrupt(f"interrupted after step {len(losses)}"
+                                        + (f"; checkpoint in {ckpt_path}: continue with --resume" if out else ""))
+            # rank 0 reports (a sharded model evaluates on every rank: its forward is collective)
+            metric = task.evaluate(model, device) if evaluate and end == steps and (main or fsdp) else None
         bar.close()
 
         result = {"model": name, "task": task.name, "metric_name": task.metric, "metric": metric,
@@ -170,20 +202,70 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
             cmp = ">=" if task.higher_is_better else "<="
             log(f"{name}: {task.metric} {metric:.4f} (target {cmp} {task.target}, chance {task.chance:.3f}) "
                 f"{'REACHED' if result['reached'] else 'NOT reached'} after {end} steps in {seconds:.1f} s")
-        if out is not None:
-            meta = {"step": end, "total_steps": steps, "losses": losses, "config": cfg, "seed": seed,
-                    "batch_size": batch_size,
-                    "rng": {"cpu": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
-            if fsdp:  # every rank writes its shards
-                distributed.save_sharded(ckpt_path, model, optimizer, meta)
-            elif main:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **meta}, ckpt_path)
+        checkpoint(end)
         if out is not None and main:
             (out / "result.json").write_text(json.dumps(result, indent=1))
             log(f"checkpoint: {ckpt_path}; " + save_loss_plot(losses, out / "loss.png", f"{name} ({task.name})"))
         del net  # DDP's reducer holds the process group: drop it before the group goes
     return result
+
+
+def _usable_device(device: str | None, backend: str) -> torch.device:
+    """The device to train on, or a ValueError that says why the requested one cannot serve."""
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise ValueError(f"device must be cpu or cuda, got {device!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: no CUDA device is available")
+    if backend != "auto":
+        reasons = dlkern.backend.availability(dlkern.backend.check_backend_name(backend), device)
+        if reasons:
+            raise ValueError(f"backend {backend!r} cannot run on {device.type}: " + "; ".join(reasons))
+    return device
+
+
+def _save_checkpoint(path: Path, fsdp: bool, main: bool, model, optimizer, meta: dict) -> None:
+    if fsdp:  # every rank writes its shards
+        distributed.save_sharded(path, model, optimizer, meta)
+    elif main:  # written aside, then renamed: a run killed while saving keeps the previous one
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **meta}, tmp)
+        os.replace(tmp, path)
+
+
+class _Interrupt:
+    requested = False
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Ctrl-C during training sets a flag instead of raising in the middle of an optimizer step;
+    the loop then checkpoints the last whole step. A second Ctrl-C interrupts at once."""
+    flag = _Interrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag   # signal handlers belong to the main thread
+        return
+
+    def handler(signum, frame):
+        flag.requested = True
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def _threads_arg(text: str):
@@ -196,17 +278,20 @@ def _threads_arg(text: str):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="a registered model (omit to list them)")
     p.add_argument("--backend", default="auto", choices=("auto", "reference", "triton", "cuda"))
-    p.add_argument("--steps", type=int, help="training steps (default: the model's)")
+    p.add_argument("--steps", type=_positive_int, help="training steps (default: the model's; with --resume "
+                   "the new total)")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="train_out", help="folder for checkpoint.pt, loss.png, result.json")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--batch-size", type=int, help="global batch size (default: the model's)")
+    p.add_argument("--batch-size", type=_positive_int, help="global batch size (default: the model's)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the model's)")
     p.add_argument("--tiny", action="store_true", help="the test-sized model config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the metric (losses only)")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                   help="also checkpoint every N steps (default: the model's evaluation interval)")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP2 "
                    "(default: DDP) and save distributed checkpoints (OUT/checkpoint/)")
     p.add_argument("--threads", type=_threads_arg, help="intra-op threads on CPU: N or auto (default: auto, measured during "
@@ -219,11 +304,20 @@ def run(args) -> int:
             entry = get_entry(name)
             print(f"{name:20} task {entry.task:11} {entry.doc}")
         return 0
-    result = train(args.model, steps=args.steps, backend=args.backend, device=args.device,
-                   compile=args.compile, seed=args.seed, out=args.out, resume=args.resume, tiny=args.tiny,
-                   batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress, evaluate=not args.no_eval,
-                   threads=args.threads if args.threads is not None else user_thread_count(None),
-                   fsdp=args.fsdp)
+    try:
+        result = train(args.model, steps=args.steps, backend=args.backend, device=args.device,
+                       compile=args.compile, seed=args.seed, out=args.out, resume=args.resume, tiny=args.tiny,
+                       batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress,
+                       evaluate=not args.no_eval,
+                       threads=args.threads if args.threads is not None else user_thread_count(None),
+                       fsdp=args.fsdp, checkpoint_every=args.checkpoint_every)
+    except (ValueError, FileNotFoundError, dlkern.BackendError) as exc:  # the user's to fix: one line
+        print(f"dlkern train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"dlkern train: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
+    # under torchrun only rank 0 evaluates (metric None elsewhere): its verdict is the exit status
     return 0 if result["reached"] in (True, None) else 1
 
 
