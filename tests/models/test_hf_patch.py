@@ -1,6 +1,8 @@
-"""``dlkern.patch`` + ``dlkern.patch_sdpa`` on models from an independent implementation: HF
-transformers GPT-2, BERT and ViT from small configs with random weights give the same logits and
-parameter gradients patched (dlkern's Triton kernels) as unpatched (torch)."""
+"""``dlkern.patch`` + ``dlkern.patch_sdpa`` (+ ``dlkern.patch_functional`` for ConvNeXt, whose
+LayerNorm subclass permutes around torch's forward) on models from an independent implementation:
+HF transformers GPT-2, BERT, ViT and ConvNeXt from small configs with random weights give the same
+logits and parameter gradients patched (dlkern's Triton kernels) as unpatched (torch)."""
+import contextlib
 import copy
 
 import pytest
@@ -50,13 +52,20 @@ def vit():
             COMMON_OPS)
 
 
+def convnext():
+    cfg = transformers.ConvNextConfig(num_channels=1, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, image_size=16,
+                                      num_labels=10, patch_size=2)
+    ops = {"layer_norm_fwd", "layer_norm_bwd", "depthwise_conv2d_fwd", "depthwise_conv2d_bwd"}
+    return transformers.ConvNextForImageClassification(cfg), {"pixel_values": torch.randn(2, 1, 16, 16)}, ops
+
+
 def logits_and_grads(model, inputs):
     out = model(**inputs).logits
     out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
     return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("build", [gpt2, bert, vit], ids=["gpt2", "bert", "vit"])
+@pytest.mark.parametrize("build", [gpt2, bert, vit, convnext], ids=["gpt2", "bert", "vit", "convnext"])
 def test_patched_hf_model_matches_unpatched(build):
     torch.manual_seed(0)
     model, inputs, expected_ops = build()
@@ -65,7 +74,8 @@ def test_patched_hf_model_matches_unpatched(build):
     want, want_grads = logits_and_grads(model, inputs)
 
     seen = DlkernOpsSeen()
-    with dlkern.patch_sdpa(), dlkern.use_backend(KERNEL_BACKEND), seen:
+    functional = dlkern.patch_functional() if build is convnext else contextlib.nullcontext()
+    with dlkern.patch_sdpa(), functional, dlkern.use_backend(KERNEL_BACKEND), seen:
         got, got_grads = logits_and_grads(patched, inputs)
 
     assert expected_ops <= {op.split(".")[0] for op in seen.ops}, f"dlkern ops run: {sorted(seen.ops)}"
