@@ -290,7 +290,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", action="store_true", help="the test-sized model config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the metric (losses only)")
-    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+    p.add_argument("--debug", action="store_true", help="a traceback instead of a one-line error")
+    p.add_argument("--checkpoint-every", "--save-every", type=_positive_int, metavar="N",
                    help="also checkpoint every N steps (default: the model's evaluation interval)")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP2 "
                    "(default: DDP) and save distributed checkpoints (OUT/checkpoint/)")
@@ -312,7 +313,9 @@ def run(args) -> int:
                        threads=args.threads if args.threads is not None else user_thread_count(None),
                        fsdp=args.fsdp, checkpoint_every=args.checkpoint_every)
     except (ValueError, FileNotFoundError, dlkern.BackendError) as exc:  # the user's to fix: one line
-        print(f"dlkern train: error: {exc}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        print(f"dlkern train: error: {exc} (--debug for the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"dlkern train: {exc or 'interrupted'}", file=sys.stderr)
