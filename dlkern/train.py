@@ -72,7 +72,7 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
           eval_every: int | None = None, evaluate: bool = True, progress: bool = True,
           lr: float | None = None, config: dict | None = None, optimizer_backend: str | None = None,
           threads: int | str | None = None, fsdp: bool = False, checkpoint_every: int | None = None,
-          log=print) -> dict:
+          channels_last: bool = False, log=print) -> dict:
     """Run ``name``'s task; returns {"losses", "metric", "target", "reached", "steps", "seconds", ...}.
     ``stop_at``: stop (and checkpoint) after that step, as if interrupted; ``--resume`` continues.
     ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``.
@@ -81,7 +81,8 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
     ``fsdp``: under torchrun, shard the model with FSDP2 (instead of DDP) and checkpoint with
     ``torch.distributed.checkpoint`` into ``out/checkpoint/``.
     ``checkpoint_every``: with ``out``, also checkpoint every that many steps (default: the eval
-    interval), so a killed run can ``resume``; Ctrl-C checkpoints the last whole step."""
+    interval), so a killed run can ``resume``; Ctrl-C checkpoints the last whole step.
+    ``channels_last``: the model's 4-D parameters (conv weights) in channels_last memory format."""
     for arg, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every),
                        ("checkpoint_every", checkpoint_every)):
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -113,6 +114,8 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
             raise ValueError(f"batch_size={batch_size} must be divisible by the world size {world}")
         torch.manual_seed(seed)
         model = create_model(name, **cfg).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         net = distributed.wrap(model, world, device, fsdp)   # FSDP2 shards model's parameters in place
         optimizer = make_optimizer(model, settings, optimizer_backend or backend)
         if ckpt is not None:
@@ -293,6 +296,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="a traceback instead of a one-line error")
     p.add_argument("--checkpoint-every", "--save-every", type=_positive_int, metavar="N",
                    help="also checkpoint every N steps (default: the model's evaluation interval)")
+    p.add_argument("--channels-last", action="store_true", help="conv weights (4-D parameters) in "
+                   "channels_last memory format")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP2 "
                    "(default: DDP) and save distributed checkpoints (OUT/checkpoint/)")
     p.add_argument("--threads", type=_threads_arg, help="intra-op threads on CPU: N or auto (default: auto, measured during "
@@ -311,7 +316,8 @@ def run(args) -> int:
                        batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress,
                        evaluate=not args.no_eval,
                        threads=args.threads if args.threads is not None else user_thread_count(None),
-                       fsdp=args.fsdp, checkpoint_every=args.checkpoint_every)
+                       fsdp=args.fsdp, checkpoint_every=args.checkpoint_every,
+                       channels_last=args.channels_last)
     except (ValueError, FileNotFoundError, dlkern.BackendError) as exc:  # the user's to fix: one line
         if getattr(args, "debug", False):
             raise
