@@ -47,6 +47,14 @@ def main():
                     torch.testing.assert_close(mine.full_tensor(), value.full_tensor(), rtol=1e-5, atol=1e-6)
             with open(os.path.join(os.environ["DLKERN_TEST_OUT"], f"rank{rank}.txt"), "a") as f:
                 f.write(f"checked {backend} {name} {placements}\n")
+        # a gradient whose placement differs from its parameter's: refused by name, never misread
+        p = torch.nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh, [Shard(0)]))
+        p.grad = distribute_tensor(torch.randn(4, 3), mesh, [Replicate()])
+        try:
+            dlkern.optim.AdamW([p], lr=0.1, backend=backend).step()
+            raise AssertionError(f"{backend}: a gradient with other placements was not refused")
+        except dlkern.BackendError as exc:
+            assert "must have its placements" in str(exc), exc
         # the ops' kernels take plain tensors: a DTensor input is refused by name, never misread
         x = distribute_tensor(torch.randn(6, 8, generator=torch.Generator().manual_seed(9)), mesh, [Shard(0)])
         w = distribute_tensor(torch.rand(8) + 0.5, mesh, [Replicate()])
