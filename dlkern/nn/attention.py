@@ -35,6 +35,23 @@ def _sdpa_mask(attn_mask, key_padding_mask, n, h, lq, lk, dtype):
     return out
 
 
+def _check_mha_inputs(query, key, value, key_padding_mask, attn_mask, embed_dim, heads):
+    """torch's MultiheadAttention argument checks, on (N, L, E) inputs, naming the argument."""
+    n, lq, e = query.shape
+    if e != embed_dim:
+        raise ValueError(f"query: expected embedding dimension {embed_dim}, got {e}")
+    if key.shape[:2] != value.shape[:2] or key.shape[0] != n:
+        raise ValueError(f"key and value must have query's batch size {n} and one length; got key "
+                         f"{tuple(key.shape)}, value {tuple(value.shape)} (batch first)")
+    lk = key.shape[1]
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (n, lk):
+        raise ValueError(f"key_padding_mask: expected shape {(n, lk)} (batch, key length), got "
+                         f"{tuple(key_padding_mask.shape)}")
+    if attn_mask is not None and tuple(attn_mask.shape) not in ((lq, lk), (n * heads, lq, lk)):
+        raise ValueError(f"attn_mask: expected shape {(lq, lk)} or {(n * heads, lq, lk)}, got "
+                         f"{tuple(attn_mask.shape)}")
+
+
 class MultiheadAttention(torch.nn.MultiheadAttention):
     """``torch.nn.MultiheadAttention`` whose ``need_weights=False`` path runs dlkern's fused attention.
     ``need_weights=True`` (the attention matrix is asked for), ``add_bias_kv`` and ``add_zero_attn``
@@ -54,6 +71,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         n, lq, e = query.shape
         lk, h = key.shape[1], self.num_heads
+        _check_mha_inputs(query, key, value, key_padding_mask, attn_mask, self.embed_dim, h)
         if self._qkv_same_embed_dim:
             w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         else:

@@ -209,8 +209,13 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     if is_depthwise(input, weight, groups):
         return depthwise_conv2d(input, weight, bias, stride, padding, dilation, backend=backend)
     if backend not in (None, "auto", "reference"):
+        depthwise_shape = (isinstance(input, Tensor) and isinstance(weight, Tensor) and input.dim() == 4
+                           and weight.dim() == 4 and groups == input.shape[1] == weight.shape[0]
+                           and weight.shape[1] == 1)
+        why = (f"its filter {list(weight.shape[2:])} is larger than the kernels' {MAX_KERNEL}x{MAX_KERNEL} "
+               "(use backend='reference' or 'auto', which run torch's conv2d)") if depthwise_shape else (
+            "it serves depthwise convolutions only (groups == in_channels == out_channels, weight (C, 1, KH, KW))")
         raise _backend.BackendError(
-            f"dlkern.conv2d: backend {backend!r} only serves depthwise convolutions (groups == in_channels == "
-            f"out_channels, weight (C, 1, KH, KW)); got input {list(input.shape)}, weight {list(weight.shape)}, "
-            f"groups={groups}")
+            f"dlkern.conv2d: backend {backend!r} cannot serve this convolution: {why}; got input "
+            f"{list(input.shape)}, weight {list(weight.shape)}, groups={groups}")
     return F.conv2d(input, weight, bias, stride, padding, dilation, groups)

@@ -148,3 +148,15 @@ def test_compile_fullgraph_transformer_block(backend):
     torch.manual_seed(0)
     model = _TransformerBlock().to(DEVICE)
     assert_compiled_matches_eager(model, torch.randn(2, 11, 32, device=DEVICE, requires_grad=True), backend)
+
+
+@pytest.mark.parametrize("kwargs, inp_dim, message", [
+    (dict(key_padding_mask=torch.zeros(2, 4, dtype=torch.bool)), 16, r"key_padding_mask: expected shape \(2, 5\)"),
+    ({}, 12, "query: expected embedding dimension 16, got 12"),
+    (dict(attn_mask=torch.zeros(3, 3, dtype=torch.bool)), 16, r"attn_mask: expected shape \(5, 5\) or \(4, 5, 5\)"),
+])
+def test_fused_path_names_the_bad_argument(kwargs, inp_dim, message):
+    mha = dlkern.nn.MultiheadAttention(16, 2, batch_first=True)
+    x = torch.randn(2, 5, inp_dim)
+    with pytest.raises(ValueError, match=message):
+        mha(x, x, x, need_weights=False, **kwargs)

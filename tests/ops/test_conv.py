@@ -198,3 +198,14 @@ def test_compile_fullgraph_conv_ops(backend):
         got = torch.autograd.grad(compiled(x, w_dw, w_causal), (x, w_dw, w_causal))
     for g, e in zip(got, eager):
         torch.testing.assert_close(g, e)
+
+
+def test_named_backend_says_why_a_conv_is_not_served():
+    x = torch.randn(1, 4, 40, 40)
+    with pytest.raises(dlkern.BackendError, match=r"filter \[33, 33\] is larger than the kernels' 31x31"):
+        dlkern.nn.functional.conv2d(x, torch.randn(4, 1, 33, 33), groups=4, backend="cuda")
+    with pytest.raises(dlkern.BackendError, match="depthwise convolutions only"):
+        dlkern.nn.functional.conv2d(x, torch.randn(8, 4, 3, 3), backend="cuda")
+    # the others still run torch's conv
+    torch.testing.assert_close(dlkern.nn.functional.conv2d(x, torch.ones(4, 1, 33, 33), groups=4, padding=16),
+                               torch.nn.functional.conv2d(x, torch.ones(4, 1, 33, 33), groups=4, padding=16))
