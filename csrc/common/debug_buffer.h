@@ -1,11 +1,12 @@
-// New output tensors for the torch binding files (csrc/bindings.cpp for dlkern._C / _C_emu,
-// csrc/cpu/bindings.cpp for dlkern._C_cpu): NaN-filled in debug mode so that any element a kernel
-// fails to write shows up. Each extension is its own shared library with its own flag, set through
-// its `set_debug_nan_fill` (dlkern.debug sets every one that is built).
-// Torch-facing: include it only from a binding file.
+// New output tensors for the torch binding files (csrc/<family>/*_binding.cpp for dlkern._C /
+// _C_emu, csrc/cpu/bindings.cpp for dlkern._C_cpu): NaN-filled in debug mode so that any element a
+// kernel fails to write shows up. Each extension is its own shared library with its own flag, set
+// through its `set_debug_nan_fill` (dlkern.debug sets every one that is built).
+// Torch-facing (ATen's Tensor and at::empty only): include it only from a binding file.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <atomic>
 #include <limits>

@@ -9,6 +9,7 @@
 
 #include "common/debug_buffer.h"
 #include "scan/scan_inputs.h"
+#include "scan/scan_pydef.h"
 #include "scan/selective_scan.h"
 
 namespace {

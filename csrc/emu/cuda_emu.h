@@ -5,10 +5,10 @@
 // so this header comes first in every translation unit, and <cuda_runtime.h>, <cuda_fp16.h> and
 // <cuda_bf16.h> resolve to the shims in csrc/emu/include, which include it again (no-op).
 // Kernel translation units then include csrc/emu/poison.h, which turns the unsupported CUDA
-// features into compile errors. The runtime behind the declarations is cuda_emu.cpp; it must be
-// linked into every module built this way.
+// features into compile errors. The runtime behind the declarations is csrc/emu/cuda_emu_*.cpp;
+// it must be linked into every module built this way.
 //
-// Execution model (details in cuda_emu.cpp): blocks run one after another; the threads of a block
+// Execution model (details in cuda_emu_runtime.h): blocks run one after another; the threads of a block
 // are real threads that run one at a time, handing a token to each other at every __syncthreads,
 // warp shuffle/vote and thread exit, in a seeded pseudo-random order per barrier phase. Static and
 // dynamic shared memory is filled with 0xFF bytes (a NaN in every float type) before every block.
@@ -100,7 +100,7 @@ typedef enum cudaError cudaError_t;
 
 namespace dlk_emu {
 
-// ---- runtime (cuda_emu.cpp) -------------------------------------------------------------------
+// ---- runtime (cuda_emu_*.cpp) -----------------------------------------------------------------
 enum class WarpOp : unsigned char { ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All, SyncWarp };
 
 void syncthreads(const char* file, int line);

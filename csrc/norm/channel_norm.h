@@ -1,6 +1,6 @@
 // BatchNorm / GroupNorm (InstanceNorm = GroupNorm with G = C) over an (N, C, S) view of the input,
 // S = the flattened spatial dims, any strides: the interface between the torch binding and the
-// kernels in channel_norm.cu. Plain C++: no CUDA and no torch headers.
+// kernels in channel_norm_fwd.cu / channel_norm_bwd.cu. Plain C++: no CUDA and no torch headers.
 //
 // Statistics unit u of element (n, c, s): BatchNorm: u = c (over N*S elements); GroupNorm with G
 // groups of cg = C/G channels: u = n*G + c/cg (over cg*S elements). All math in fp32.

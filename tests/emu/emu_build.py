@@ -21,6 +21,11 @@ def emu_include_dirs() -> list[str]:
     return [str(CSRC / "emu" / "include"), str(CSRC), str(KERNELS)]
 
 
+def emu_runtime_sources() -> list[str]:
+    """The emulation runtime, as setup.py compiles it into dlkern._C_emu."""
+    return sorted(str(p) for p in (CSRC / "emu").glob("*.cpp"))
+
+
 def cxx_unavailable() -> str | None:
     if not (shutil.which("c++") or shutil.which("g++")):
         return "no C++ compiler on PATH"
@@ -39,7 +44,7 @@ def build_planted(build_dir: Path, name: str, asan: bool = False):
     wrapper.write_text('#include "emu/poison.h"\n#include "planted.cu"\n')
     return load(
         name=name,
-        sources=[str(KERNELS / "bindings.cpp"), str(wrapper), str(CSRC / "emu" / "cuda_emu.cpp")],
+        sources=[str(KERNELS / "bindings.cpp"), str(wrapper)] + emu_runtime_sources(),
         extra_cflags=emu_cflags(asan),
         extra_ldflags=["-pthread"] + (["-fsanitize=address"] if asan else []),
         extra_include_paths=emu_include_dirs(),

@@ -1,0 +1,187 @@
+// The torch binding of the fused attention kernels (attention_fwd.cu, attention_bwd.cu): checks,
+// output allocation and the params struct of each launcher (conventions: common/binding.h). The
+// Python-visible definitions with their docs are in csrc/module.cpp.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // no <ATen/Functions.h>: per-op headers only
+#include "attention/attention_binding.h"
+
+#include <cstdint>
+#include <tuple>
+
+#include "attention/attention.h"
+
+namespace dlk_bind {
+
+// ---- attention --------------------------------------------------------------------------------
+
+namespace {
+
+// q (B, Hq, Lq, D); k, v (B, Hkv, Lk, D); do like o. Any strides; copied only without unit stride
+// along D (an expanded gradient has stride 0 there).
+at::Tensor check_attention_operand(const at::Tensor& t, const char* name, const at::Tensor& q) {
+  TORCH_CHECK(t.defined(), name, " must be a tensor, got None");
+  TORCH_CHECK(on_kernel_device(t), name, " must be ", kDeviceKind, ", got a tensor on ", t.device());
+  TORCH_CHECK(t.device() == q.device(), name, " must be on q's device ", q.device(), ", got ",
+              t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf ||
+                  t.scalar_type() == at::kBFloat16,
+              name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " must have q's dtype ", q.scalar_type(),
+              ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 4, name, " must be 4-D (B, H, L, D), got shape ", t.sizes());
+  return t.size(3) <= 1 || t.stride(3) == 1 ? t : t.contiguous();
+}
+
+dlk::AttentionStrides seq_strides(const at::Tensor& t) {
+  return {t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// The checked inputs of attention_fwd / attention_bwd, with the params fields they define.
+struct AttentionInputs {
+  at::Tensor q, k, v, bias, scale;
+  dlk::AttentionShape shape;
+  dlk::AttentionMask mask;
+};
+
+AttentionInputs check_attention_inputs(const at::Tensor& q_in, const at::Tensor& k_in,
+                                       const at::Tensor& v_in, const OptTensor& bias_in,
+                                       const at::Tensor& scale_in, double dropout_p, int64_t seed,
+                                       bool is_causal, bool bottom_right) {
+  AttentionInputs in;
+  TORCH_CHECK(q_in.defined(), "q must be a tensor, got None");
+  in.q = check_attention_operand(q_in, "q", q_in);
+  in.k = check_attention_operand(k_in, "k", q_in);
+  in.v = check_attention_operand(v_in, "v", q_in);
+  const int64_t B = in.q.size(0), Hq = in.q.size(1), Lq = in.q.size(2), D = in.q.size(3);
+  const int64_t Hkv = in.k.size(1), Lk = in.k.size(2);
+  TORCH_CHECK(in.k.size(0) == B && in.k.size(3) == D, "k must have shape (B=", B, ", Hkv, Lk, D=",
+              D, "), got ", in.k.sizes());
+  TORCH_CHECK(in.v.sizes() == in.k.sizes(), "v must have k's shape ", in.k.sizes(), ", got ",
+              in.v.sizes());
+  TORCH_CHECK(Hkv >= 1 && Hq % Hkv == 0, "k's head count Hkv=", Hkv,
+              " must divide q's head count Hq=", Hq);
+  TORCH_CHECK(D >= 1 && D <= 256, "q's head dimension D must be in [1, 256], got ", D);
+  TORCH_CHECK(Lk >= 1, "k must hold at least one key (Lk >= 1), got shape ", in.k.sizes());
+  TORCH_CHECK(B <= 65535 && Hq <= 65535 && Lq < (int64_t(1) << 31) && Lk < (int64_t(1) << 31),
+              "q must have B, Hq <= 65535 and Lq, Lk < 2^31, got q ", in.q.sizes(), ", k ",
+              in.k.sizes());
+  in.shape = {int(B), int(Hq), int(Hkv), int(Lq), int(Lk), int(D)};
+
+  in.mask = dlk::AttentionMask{};
+  if (present(bias_in)) {
+    const at::Tensor& bias = *bias_in;
+    TORCH_CHECK(bias.device() == q_in.device(), "bias must be on q's device ", q_in.device(),
+                ", got ", bias.device());
+    TORCH_CHECK(bias.scalar_type() == at::kFloat || bias.scalar_type() == q_in.scalar_type(),
+                "bias must be float32 or q's dtype ", q_in.scalar_type(), ", got ",
+                bias.scalar_type());
+    TORCH_CHECK(bias.sizes() == at::IntArrayRef({B, Hq, Lq, Lk}), "bias must have shape (B, Hq, "
+                "Lq, Lk) = (", B, ", ", Hq, ", ", Lq, ", ", Lk, ") (expand broadcast dims), got ",
+                bias.sizes());
+    in.bias = bias;  // read through its strides (0 on expanded dims): never materialized
+    in.mask.bias = bias.data_ptr();
+    for (int d = 0; d < 4; ++d) in.mask.bias_strides[d] = bias.stride(d);
+    in.mask.bias_is_f32 = bias.scalar_type() == at::kFloat;
+  }
+  TORCH_CHECK(scale_in.defined(), "scale must be a tensor, got None");
+  TORCH_CHECK(scale_in.device() == q_in.device() && scale_in.scalar_type() == at::kFloat &&
+                  scale_in.sizes() == at::IntArrayRef({Hq}),
+              "scale must be a float32 tensor of shape (Hq,) = (", Hq, ",) on q's device, got ",
+              scale_in.scalar_type(), " ", scale_in.sizes(), " on ", scale_in.device());
+  in.scale = scale_in.contiguous();
+  in.mask.scale = in.scale.data_ptr<float>();
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "dropout_p must be in [0, 1), got ", dropout_p);
+  TORCH_CHECK(seed >= 0, "seed must be in [0, 2^63), got ", seed);
+  in.mask.dropout_p = float(dropout_p);
+  in.mask.seed = uint64_t(seed);
+  in.mask.is_causal = is_causal;
+  in.mask.bottom_right = bottom_right;
+  return in;
+}
+
+// The fields AttentionFwdParams and AttentionBwdParams share.
+template <typename Params>
+void fill_attention_inputs(Params& p, const AttentionInputs& in) {
+  p.q = in.q.data_ptr();
+  p.k = in.k.data_ptr();
+  p.v = in.v.data_ptr();
+  p.q_strides = seq_strides(in.q);
+  p.k_strides = seq_strides(in.k);
+  p.v_strides = seq_strides(in.v);
+  p.shape = in.shape;
+  p.mask = in.mask;
+  p.dtype = kernel_dtype(in.q);
+}
+
+}  // namespace
+
+// (o (B, Hq, Lq, D) in q's dtype, lse (B, Hq, Lq) float32), both contiguous.
+std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                 const at::Tensor& v_in, const OptTensor& bias,
+                                                 const at::Tensor& scale, double dropout_p,
+                                                 int64_t seed, bool is_causal, bool bottom_right) {
+  const AttentionInputs in = check_attention_inputs(q_in, k_in, v_in, bias, scale, dropout_p, seed,
+                                                    is_causal, bottom_right);
+  const dlk::AttentionShape& s = in.shape;
+  LaunchContext ctx(in.q);
+  at::Tensor o = new_buffer({s.B, s.Hq, s.Lq, s.D}, in.q.options());            // (B, Hq, Lq, D)
+  at::Tensor lse = new_buffer({s.B, s.Hq, s.Lq}, in.q.options().dtype(at::kFloat));  // (B, Hq, Lq)
+  if (o.numel() == 0) return {o, lse};
+  dlk::AttentionFwdParams p{};
+  fill_attention_inputs(p, in);
+  p.o = o.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  dlk::attention_fwd(p, ctx.stream());
+  return {o, lse};
+}
+
+// (dq, dk, dv in q's dtype, contiguous; dscores (B, Hq, Lq, Lk) float32 when bias_grad, else None)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, OptTensor> attention_bwd(
+    const at::Tensor& do_in, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& o_in, const at::Tensor& lse_in, const OptTensor& bias,
+    const at::Tensor& scale, double dropout_p, int64_t seed, bool is_causal, bool bottom_right,
+    bool bias_grad) {
+  const AttentionInputs in = check_attention_inputs(q_in, k_in, v_in, bias, scale, dropout_p, seed,
+                                                    is_causal, bottom_right);
+  const dlk::AttentionShape& s = in.shape;
+  const at::Tensor dout = check_attention_operand(do_in, "do", q_in);
+  TORCH_CHECK(dout.sizes() == in.q.sizes(), "do must have q's shape ", in.q.sizes(), ", got ",
+              dout.sizes());
+  const at::Tensor o = check_attention_operand(o_in, "o", q_in).contiguous();
+  TORCH_CHECK(o.sizes() == in.q.sizes(), "o must have q's shape ", in.q.sizes(), ", got ",
+              o.sizes());
+  TORCH_CHECK(lse_in.defined() && lse_in.device() == q_in.device() &&
+                  lse_in.scalar_type() == at::kFloat &&
+                  lse_in.sizes() == at::IntArrayRef({s.B, s.Hq, s.Lq}),
+              "lse must be the forward's float32 (B, Hq, Lq) = (", s.B, ", ", s.Hq, ", ", s.Lq,
+              ") tensor on q's device");
+  const at::Tensor lse = lse_in.contiguous();
+
+  LaunchContext ctx(in.q);
+  const at::TensorOptions f32 = in.q.options().dtype(at::kFloat);
+  at::Tensor dq = new_buffer({s.B, s.Hq, s.Lq, s.D}, in.q.options());   // (B, Hq, Lq, D)
+  at::Tensor dk = new_buffer({s.B, s.Hkv, s.Lk, s.D}, in.q.options());  // (B, Hkv, Lk, D)
+  at::Tensor dv = new_buffer({s.B, s.Hkv, s.Lk, s.D}, in.q.options());  // (B, Hkv, Lk, D)
+  OptTensor dscores;
+  if (bias_grad) dscores = new_buffer({s.B, s.Hq, s.Lq, s.Lk}, f32);   // (B, Hq, Lq, Lk)
+  if (dq.numel() == 0) {  // no queries: nothing flows to k and v
+    dk.zero_();
+    dv.zero_();
+    return {dq, dk, dv, dscores};
+  }
+  at::Tensor delta = new_buffer({s.B, s.Hq, s.Lq}, f32);                // (B, Hq, Lq) workspace
+  dlk::AttentionBwdParams p{};
+  fill_attention_inputs(p, in);
+  p.dout = dout.data_ptr();
+  p.dout_strides = seq_strides(dout);
+  p.o = o.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.dq = dq.data_ptr();
+  p.dk = dk.data_ptr();
+  p.dv = dv.data_ptr();
+  p.dscores = bias_grad ? dscores->data_ptr<float>() : nullptr;
+  p.delta = delta.data_ptr<float>();
+  dlk::attention_bwd(p, ctx.stream());
+  return {dq, dk, dv, dscores};
+}
+
+}  // namespace dlk_bind

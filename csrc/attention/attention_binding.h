@@ -1,0 +1,23 @@
+// Declarations of the fused attention launchers (attention_binding.cpp), for the module definition
+// in csrc/module.cpp (its m.def docstrings document them).
+#pragma once
+
+#include <cstdint>
+#include <tuple>
+
+#include "common/binding.h"
+
+namespace dlk_bind {
+
+std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                 const at::Tensor& v_in, const OptTensor& bias,
+                                                 const at::Tensor& scale, double dropout_p,
+                                                 int64_t seed, bool is_causal, bool bottom_right);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, OptTensor> attention_bwd(
+    const at::Tensor& do_in, const at::Tensor& q_in, const at::Tensor& k_in,
+    const at::Tensor& v_in, const at::Tensor& o_in, const at::Tensor& lse_in, const OptTensor& bias,
+    const at::Tensor& scale, double dropout_p, int64_t seed, bool is_causal, bool bottom_right,
+    bool bias_grad);
+
+}  // namespace dlk_bind

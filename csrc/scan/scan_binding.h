@@ -1,0 +1,22 @@
+// Declarations of the selective scan launchers (scan_binding.cpp), for the module definition in
+// csrc/module.cpp (its m.def docstrings document them).
+#pragma once
+
+#include <tuple>
+
+#include "common/binding.h"
+
+namespace dlk_bind {
+
+std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+    const at::Tensor& C, const OptTensor& D, const OptTensor& z, const OptTensor& delta_bias,
+    bool delta_softplus);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
+                   const at::Tensor& A, const at::Tensor& B, const at::Tensor& C, const OptTensor& D,
+                   const OptTensor& z, const OptTensor& delta_bias, bool delta_softplus,
+                   const at::Tensor& states, const OptTensor& dlast);
+
+}  // namespace dlk_bind
