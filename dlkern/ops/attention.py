@@ -227,6 +227,9 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, temperature, causal_alignment)
     args = (query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     chosen = choose(ATTENTION, args, {}, backend)
+    if chosen == "reference" and _backend.forward_ad_active([t for t in args if isinstance(t, Tensor)]):
+        # torch's SDPA has no forward-AD formula on CPU; the explicit math has one
+        return attention_ref(*args, temperature=temperature, causal_alignment=causal_alignment)
     if chosen == "reference":
         return _torch_path(*args, temperature, causal_alignment)
     *batch, hq, lq, d = query.shape
