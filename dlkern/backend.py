@@ -11,6 +11,10 @@ context, ``set_backend(...)``, the ``DLKERN_BACKEND`` environment variable (read
 * ``triton`` on CPU tensors runs Triton's interpreter, which must be enabled with
   ``TRITON_INTERPRET=1`` before :mod:`dlkern.kernels` is imported.
 * ``cuda`` on CPU tensors runs the emulation build ``dlkern._C_emu`` when ``DLKERN_CUDA_EMULATE=1``.
+* Empty inputs (a tensor argument with no elements; optimizer steps aside) run the reference on
+  every backend: there is nothing for a kernel to compute, and torch's answers for them (zeros
+  from attention over no keys, zero parameter gradients, untouched running statistics) are the
+  reference's.
 """
 from __future__ import annotations
 
@@ -211,6 +215,8 @@ def choose(op, args, kwargs, backend: str | None = None) -> str:
     name = check_backend_name(backend) if backend is not None else get_backend()
     if name == "reference":
         return name
+    if op.family != "optim" and any(t.numel() == 0 for t in _tensors_in(args, kwargs)):
+        return "reference"  # empty inputs: see the module docstring
     if name != "auto":
         reasons = reasons_against(op, name, args, kwargs)
         if reasons:

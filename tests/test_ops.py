@@ -41,7 +41,8 @@ def test_matches_reference(op, backend, dtype, sample_name):
     if reason:
         pytest.skip(reason)
     sample = next(s for s in op.samples(DEVICE, dtype) if s.name == sample_name)
-    if _interpreter_refuses(op, backend, dtype):
+    if _interpreter_refuses(op, backend, dtype) and not any(
+            isinstance(a, torch.Tensor) and a.numel() == 0 for a in sample.args):  # empty: the reference runs
         with pytest.raises(dlkern.BackendError, match="interpreter .* computes tl.dot with bfloat16 operands wrongly"):
             op.fn(*sample.args, backend=backend, **sample.kwargs)
         return
