@@ -25,6 +25,10 @@ _C_emu, _C_emu_error = _try_import("dlkern._C_emu")
 _C_cpu, _C_cpu_error = _try_import("dlkern._C_cpu")
 
 
+def triton_version() -> str:
+    return getattr(_triton, "__version__", "not installed")
+
+
 def triton_import_error() -> str | None:
     return kernels_error
 

@@ -11,6 +11,10 @@ context, ``set_backend(...)``, the ``DLKERN_BACKEND`` environment variable (read
 * ``triton`` on CPU tensors runs Triton's interpreter, which must be enabled with
   ``TRITON_INTERPRET=1`` before :mod:`dlkern.kernels` is imported.
 * ``cuda`` on CPU tensors runs the emulation build ``dlkern._C_emu`` when ``DLKERN_CUDA_EMULATE=1``.
+* Empty inputs (a tensor argument with no elements; optimizer steps aside) run the reference on
+  every backend: there is nothing for a kernel to compute, and torch's answers for them (zeros
+  from attention over no keys, zero parameter gradients, untouched running statistics) are the
+  reference's.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import sys
 import warnings
 
 import torch
+from torch.autograd import forward_ad
 
 from dlkern import _ext
 
@@ -37,7 +42,19 @@ def check_backend_name(name, argument="backend"):
     return name
 
 
-_global_backend = check_backend_name(os.environ.get("DLKERN_BACKEND", "auto") or "auto", "DLKERN_BACKEND")
+def _backend_from_env() -> tuple[str, str | None]:
+    """``DLKERN_BACKEND`` and, when its value is not a backend, why the reference runs instead:
+    ``import dlkern`` never fails on the environment (``dlkern info`` shows the reason)."""
+    value = os.environ.get("DLKERN_BACKEND", "auto") or "auto"
+    if value in BACKENDS:
+        return value, None
+    problem = (f"DLKERN_BACKEND={value!r} is not one of {', '.join(map(repr, BACKENDS))}; "
+               "the reference backend runs instead")
+    warnings.warn(f"dlkern: {problem}", RuntimeWarning, stacklevel=2)
+    return "reference", problem
+
+
+_global_backend, env_problem = _backend_from_env()
 _context_stack: list[str] = []
 _warned: set = set()
 
@@ -136,6 +153,35 @@ def _has_dtensor(tensors) -> bool:
     return module is not None and any(isinstance(t, module.DTensor) for t in tensors)
 
 
+def _transform_keys() -> set:
+    stack = getattr(torch._C._functorch, "get_interpreter_stack", lambda: None)() or ()
+    return {i.key() for i in stack}
+
+
+def forward_ad_active(tensors) -> bool:
+    """A tangent rides on this call: torch.func's jvp/jacfwd/hessian or ``forward_ad.make_dual``
+    (never while compiling: traced graphs take no tangents, and dynamo need not trace this)."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.TransformType.Jvp in _transform_keys():
+        return True
+    return forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def autodiff_transforms(tensors) -> list[str]:
+    """The differentiation modes active on this call that the kernels have no rule for: their
+    custom ops carry a reverse-mode (``torch.autograd``) formula only. Forward-mode AD would
+    otherwise see a zero tangent, functorch's grad transforms a generic error."""
+    if torch.compiler.is_compiling():  # as in forward_ad_active
+        return []
+    active = []
+    if forward_ad_active(tensors):
+        active.append("forward-mode AD (torch.func.jvp/jacfwd/hessian, forward_ad.make_dual)")
+    if torch._C._functorch.TransformType.Grad in _transform_keys():
+        active.append("a torch.func reverse-mode transform (grad, grad_and_value, vjp, jacrev)")
+    return active
+
+
 def reasons_against(op, backend: str, args, kwargs) -> list[str]:
     """Everything that stops ``backend`` from serving ``op`` on these inputs."""
     if backend == "reference":
@@ -149,6 +195,14 @@ def reasons_against(op, backend: str, args, kwargs) -> list[str]:
         reasons.append("DTensor inputs: the kernels take plain tensors and no DTensor sharding rule is "
                        "registered for them (call the op on .to_local() tensors where the placement allows, "
                        "or use the reference backend, which runs on DTensors)")
+    if backend == "triton" and op.uses_tl_dot and device.type == "cpu" and any(
+            t.dtype == torch.bfloat16 for t in tensors):
+        reasons.append(f"Triton's CPU interpreter (triton {_ext.triton_version()}) computes tl.dot with bfloat16 "
+                       f"operands wrongly and the triton kernels of {op.name} use it; use float16/float32 "
+                       "inputs, or the reference or cuda backend, on CPU")
+    for transform in autodiff_transforms(tensors):
+        reasons.append(f"{transform} is active and the {backend} kernels of {op.name} have no rule for it; "
+                       f"call it with backend=\"reference\" (auto does so on any device)")
     if not reasons:
         missing = [name for name in op.launchers if not hasattr(launchers(backend, device), name)]
         if missing:
@@ -161,6 +215,8 @@ def choose(op, args, kwargs, backend: str | None = None) -> str:
     name = check_backend_name(backend) if backend is not None else get_backend()
     if name == "reference":
         return name
+    if op.family != "optim" and any(t.numel() == 0 for t in _tensors_in(args, kwargs)):
+        return "reference"  # empty inputs: see the module docstring
     if name != "auto":
         reasons = reasons_against(op, name, args, kwargs)
         if reasons:

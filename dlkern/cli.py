@@ -98,7 +98,8 @@ def info_dict() -> dict:
         "dlkern._C_cpu": ("built (CPU kernels: the selective scan's default CPU path)"
                           if _ext.cpu_module() is not None else _ext.cpu_unavailable_reason()),
         "TRITON_INTERPRET": f"{os.environ.get('TRITON_INTERPRET', '0')} (interpreter for CPU tensors: {interpret})",
-        "backend": f"{dlkern.get_backend()} (DLKERN_BACKEND={os.environ.get('DLKERN_BACKEND', '')!r})",
+        "backend": f"{dlkern.get_backend()} (DLKERN_BACKEND={os.environ.get('DLKERN_BACKEND', '')!r}"
+                   + (f": {backend.env_problem})" if backend.env_problem else ")"),
         "ops_device": str(device),
         "ops": {op.name: op_status(op, device) for op in dlkern.all_ops()},
     }

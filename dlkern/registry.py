@@ -49,7 +49,9 @@ class OpSpec:
     dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16)
     launchers: tuple = ()              # names every kernel backend module must expose
     family: str = ""                   # "norm", "attention", ... (README grouping)
-    # The Triton kernels use tl.dot, which Triton's CPU interpreter gets wrong for bf16 operands.
+    # The Triton kernels use tl.dot, which Triton's CPU interpreter gets wrong for bf16 operands:
+    # the triton backend refuses bf16 inputs on CPU (dlkern/backend.py). tests/test_interpreter.py
+    # checks this flag against the kernels' source.
     uses_tl_dot: bool = False
     # Multiplies the tests' tolerance floor (tests/numerics.py) for ops whose intermediates are much
     # larger than their outputs, e.g. attention's scores: dot products over the whole head dim.

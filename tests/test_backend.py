@@ -48,9 +48,22 @@ def test_env_variable_sets_default_and_is_validated():
     env = dict(os.environ, DLKERN_BACKEND="reference")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "reference", out.stderr
-    env["DLKERN_BACKEND"] = "bogus"
+
+
+def test_bad_env_variable_warns_and_runs_the_reference():
+    """``import dlkern`` never fails on the environment: a value that is no backend warns, the
+    reference runs, and ``dlkern info`` says why."""
+    code = ("import torch, dlkern; print(dlkern.get_backend()); "
+            "print(dlkern.nn.functional.layer_norm(torch.ones(2, 4), (4,)).abs().sum().item())")
+    env = dict(os.environ, DLKERN_BACKEND="bogus")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode != 0 and "DLKERN_BACKEND must be one of" in out.stderr
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:2] == ["reference", "0.0"], out.stdout
+    assert "DLKERN_BACKEND='bogus' is not one of" in out.stderr and "reference backend runs instead" in out.stderr
+    info = subprocess.run([sys.executable, "-m", "dlkern", "info"], env=env, capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr
+    line = next(ln for ln in info.stdout.splitlines() if ln.startswith("backend:"))
+    assert "reference" in line and "'bogus' is not one of" in line, line
 
 
 def test_auto_on_cpu_is_reference_without_warning():

@@ -119,7 +119,7 @@ def attention_ref(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fa
         s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask.to(acc)
     if is_causal:
         s = s.masked_fill(~_causal_keep(s.shape[-2], s.shape[-1], causal_alignment, s.device), float("-inf"))
-    m = s.amax(dim=-1, keepdim=True)
+    m = s.amax(dim=-1, keepdim=True) if s.shape[-1] else s.new_zeros(*s.shape[:-1], 1)  # no keys: output 0
     m = torch.where(m == float("-inf"), torch.zeros_like(m), m)  # all-masked rows: exp(-inf) = 0
     e = torch.exp(s - m)
     denom = e.sum(dim=-1, keepdim=True)
@@ -227,6 +227,9 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, temperature, causal_alignment)
     args = (query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     chosen = choose(ATTENTION, args, {}, backend)
+    if chosen == "reference" and _backend.forward_ad_active([t for t in args if isinstance(t, Tensor)]):
+        # torch's SDPA has no forward-AD formula on CPU; the explicit math has one
+        return attention_ref(*args, temperature=temperature, causal_alignment=causal_alignment)
     if chosen == "reference":
         return _torch_path(*args, temperature, causal_alignment)
     *batch, hq, lq, d = query.shape
@@ -265,6 +268,8 @@ def _samples(device, dtype):
     yield Sample("d256", qkv(1, 1, 1, 8, 8, 256), {}, (0, 1, 2))
     q, k, v = (t.transpose(1, 2) for t in (r(2, 12, 2, 16), r(2, 12, 2, 16), r(2, 12, 2, 16)))
     yield Sample("strided_bshd_view", (q, k, v), {}, (0, 1, 2))
+    yield Sample("zero_keys", qkv(1, 2, 2, 3, 0, 16), {}, (0, 1, 2))
+    yield Sample("empty_batch", qkv(0, 2, 2, 5, 5, 16), {}, (0, 1, 2))
 
 
 def _bench_cases(device, dtype, quick):

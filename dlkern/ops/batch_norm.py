@@ -2,6 +2,8 @@
 momentum from the unbiased batch variance), running statistics in eval."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,7 +23,7 @@ def batch_norm_ref(input, running_mean, running_var, weight=None, bias=None, tra
 
 def check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum):
     check_stat_args(input, running_mean, running_var, weight, bias, training, momentum)
-    if training and input.numel() // input.shape[1] <= 1:
+    if training and input.shape[0] * math.prod(input.shape[2:]) == 1:  # torch's check: N = 0 is served
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(input.shape)}")
 
 

@@ -186,6 +186,7 @@ def layouts(device, dtype, gen, *, min_dim=2):
         ("spatial_1x1", r(8, 12, 1, 1)),
         ("batch1", r(1, 6, 4, 5)),
         ("odd_sizes", r(2, 10, 123)),
+        ("empty_batch", r(0, 6, 4, 5)),
     ]
     if min_dim <= 2:
         cases.insert(0, ("2d", r(7, 10)))

@@ -219,6 +219,7 @@ def norm_samples(device, dtype, *, with_bias: bool, with_residual: bool, seed: i
         ("4d_multi_dim", r(2, 3, 4, 6), (4, 6)),
         ("n1", r(3, 1), (1,)),
         ("long_row", r(3, 8192 + 37), (8192 + 37,)),
+        ("empty_batch", r(0, 3, 64), (64,)),
     ]
     for name, x, ns in cases:
         w = (1.0 + 0.1 * r(*ns))

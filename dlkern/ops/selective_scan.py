@@ -177,10 +177,13 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
             raise ValueError(f"{name} must be (dim,) = ({dim},); got shape {list(t.shape)}")
 
 
-def _cpu_path(u: Tensor, A: Tensor) -> bool:
-    """Whether the reference backend runs the C++ kernel (else the oracle itself)."""
+def _cpu_path(args) -> bool:
+    """Whether the reference backend runs the C++ kernel (else the oracle itself, which also serves
+    the differentiation modes the kernel has no rule for: forward AD, torch.func's grad)."""
+    u, A = args[0], args[2]
     return (u.device.type == "cpu" and u.dtype in KERNEL_DTYPES and A.shape[1] <= MAX_STATE
-            and _ext.cpu_module() is not None)
+            and _ext.cpu_module() is not None
+            and not _backend.autodiff_transforms([t for t in args if t is not None]))
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -195,7 +198,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     _check(u, delta, A, B, C, D, z, delta_bias)
     args = (u, delta, A, B, C, D, z, delta_bias)
     chosen = choose(SELECTIVE_SCAN, args, {}, backend)
-    if chosen == "reference" and not _cpu_path(u, A):
+    if chosen == "reference" and not _cpu_path(args):
         return selective_scan_ref(*args, delta_softplus, return_last_state)
     impl = "cpu" if chosen == "reference" else chosen
     dt = u.dtype

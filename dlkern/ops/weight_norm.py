@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from dlkern import backend as _backend
-from dlkern.backend import choose
+from dlkern.backend import choose, forward_ad_active
 from dlkern.registry import Cost, OpSpec, Sample, register_op
 
 
@@ -66,6 +66,12 @@ def _normalize_dim(v, g, dim):
     return dim
 
 
+def _weight_norm_math(v: Tensor, g: Tensor, d: int | None) -> Tensor:
+    """``g * v / ||v||`` in ops that have forward-AD formulas (``torch._weight_norm`` has none)."""
+    norm = torch.linalg.vector_norm(v, dim=[i for i in range(v.dim()) if i != d], keepdim=True)
+    return v * (g.reshape(norm.shape) / norm)
+
+
 def weight_norm(v: Tensor, g: Tensor, dim: int | None = 0, *, backend: str | None = None) -> Tensor:
     """``g * v / ||v||``; the norm runs over every dim but ``dim`` (None or -1: the whole tensor)."""
     for name, t in (("v", v), ("g", g)):
@@ -73,6 +79,8 @@ def weight_norm(v: Tensor, g: Tensor, dim: int | None = 0, *, backend: str | Non
             raise TypeError(f"{name} must be a floating-point tensor; got {type(t).__name__}")
     d = _normalize_dim(v, g, dim)
     chosen = choose(WEIGHT_NORM, (v, g, dim), {}, backend)
+    if chosen == "reference" and forward_ad_active((v, g)):
+        return _weight_norm_math(v, g, d)
     if chosen == "reference":
         return weight_norm_ref(v, g, dim)
     moved = v.movedim(d, 0) if d is not None else v.reshape(1, -1)

@@ -185,3 +185,22 @@ def test_training_losses_match_reference(backend, block, channels_last):
     got = _train_losses(copy.deepcopy(model), backend, channels_last=channels_last)
     assert expected[-1] < expected[0], "the reference run should learn"
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_patched_batch_norm_trains_on_an_empty_batch_as_torch(backend):
+    """N = 0 in training: torch returns an empty output and leaves the running statistics as they
+    were; so does a patched model on every backend (the reference serves empty inputs)."""
+    theirs = torch.nn.Sequential(torch.nn.BatchNorm2d(3)).train()
+    with torch.no_grad():
+        theirs[0].running_mean.normal_()
+    ours = dlkern.patch(copy.deepcopy(theirs))
+    assert type(ours[0]) is not torch.nn.BatchNorm2d
+    x = torch.randn(0, 3, 4, 5, device=DEVICE, requires_grad=True)
+    with dlkern.use_backend(backend):
+        y = ours.to(DEVICE)(x)
+        y.sum().backward()
+    expected = theirs.to(DEVICE)(x)
+    assert y.shape == expected.shape == (0, 3, 4, 5)
+    _assert_buffers_equal(ours, theirs)
+    assert torch.equal(ours[0].weight.grad, torch.zeros(3, device=DEVICE))
