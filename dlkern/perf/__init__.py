@@ -9,7 +9,7 @@ The pieces, in the order a run uses them:
 * :mod:`.sass`       disassemble, resources, hot loops, opcode classes;
 * :mod:`.traffic`    global bytes each Triton launch really moves (interpreter, mask-aware);
 * :mod:`.model`      ceilings, occupancy and the three lower bounds on time;
-* :mod:`.run`        the whole pipeline and its files; :mod:`.report` table, CSV, PNG, README block.
+* :mod:`.pipeline`        the whole pipeline and its files; :mod:`.report` table, CSV, PNG, README block.
 
 Nothing here is imported by ``import dlkern``; everything it prints is *predicted*.
 """
@@ -18,5 +18,5 @@ from __future__ import annotations
 
 def run(ops=(), quick=False, archs=("sm_90a", "sm_80"), out=None, **kwargs):
     """Python entry point: the same as ``dlkern perf``; returns the list of records."""
-    from dlkern.perf.run import run_perf
+    from dlkern.perf.pipeline import run_perf
     return run_perf(list(ops), quick=quick, archs=list(archs), out=out, **kwargs)

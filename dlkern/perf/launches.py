@@ -7,7 +7,7 @@ the duration of :func:`recording`:
 
 * ``JITFunction.run`` records (kernel, arguments, options, grid) instead of compiling and
   launching; ``Autotuner.run`` runs Triton's own pruner (``prune_configs``) and records one launch
-  per config it keeps (the autotuner would time them on a GPU; :mod:`dlkern.perf.run` marks as
+  per config it keeps (the autotuner would time them on a GPU; :mod:`dlkern.perf.pipeline` marks as
   ``picked`` the one the model predicts fastest);
 * dlkern's ``torch.library`` custom ops use their real implementation under the fake mode (their
   registered fake implementation would skip the launchers), and ``torch.cuda.get_device_properties``
@@ -182,9 +182,10 @@ def perf_ops():
     return {op.name: op for op in [*dlkern.all_ops(), *STEPS]}
 
 
-def _passes(op, sample):
+def _passes(op, sample, backprop=None):
     """(mode, thunk) pairs: the no-grad forward the bench times as ``fwd``, and the backward
-    (after a grad-enabled forward that is not recorded), or the one step of an optimizer."""
+    (after a grad-enabled forward that is not recorded), or the one step of an optimizer.
+    ``backprop(outs, cotangents)`` backpropagates (default: :func:`_run_graph`)."""
     from dlkern.bench.harness import _differentiable, _leaves, _tensors
 
     fn = lambda *a, **k: op.fn(*a, backend="triton", **k)  # noqa: E731
@@ -207,7 +208,7 @@ def _passes(op, sample):
 
     def backward():
         (outs, cots), _ = state["graph"]
-        _run_graph(outs, cots)
+        (backprop or _run_graph)(outs, cots)
 
     passes = [("fwd", forward)]
     if sample.grad_inputs:
@@ -265,8 +266,9 @@ def _run_graph(outs, cots):
 
 
 def enumerate_launches(op, dtype, quick, arch="sm_90a", errors=None):
-    """(case name, Cost, [Launch]) for every bench case of ``op`` in ``dtype`` on ``arch``.
-    A case that fails to run is reported in ``errors`` (op, case, message) and skipped."""
+    """(case name, Sample, Cost, [Launch]) for every bench case of ``op`` in ``dtype`` on ``arch``.
+    A pass that fails to run is reported in ``errors`` (op, case, message); its launches recorded
+    before the failure are kept."""
     out = []
     with recording(arch) as rec:
         try:
@@ -281,21 +283,23 @@ def enumerate_launches(op, dtype, quick, arch="sm_90a", errors=None):
             except Exception:
                 cost = None
             launches = []
-            try:
-                for mode, thunk in _passes(op, sample):
-                    start = len(rec.launches)
+            for mode, thunk in _passes(op, sample):
+                start = len(rec.launches)
+                try:
                     thunk()
+                except Exception as exc:
+                    if errors is not None:
+                        errors.append((op.name, sample.name, f"{mode}: {type(exc).__name__}: "
+                                                             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"))
                     if mode == "prepare":
-                        del rec.launches[start:]
-                        continue
-                    for i, la in enumerate(rec.launches[start:]):
+                        break
+                new = rec.launches[start:]
+                if mode != "prepare":
+                    for i, la in enumerate(new):
                         la.op, la.case, la.dtype, la.mode, la.index = op.name, sample.name, _dt(dtype), mode, i
-            except Exception as exc:
-                if errors is not None:
-                    errors.append((op.name, sample.name, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
-            launches = [la for la in rec.launches if la.case == sample.name and la.op == op.name]
-            rec.launches = [la for la in rec.launches if la.op]
-            out.append((sample.name, cost, launches))
+                    launches += new
+            rec.launches.clear()
+            out.append((sample.name, sample, cost, launches))
     return out
 
 

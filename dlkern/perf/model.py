@@ -25,6 +25,8 @@ class Arch:
     bandwidth: float     # B/s
     tensor_flops: float  # dense 16-bit tensor FLOP/s
     fma_flops: float     # fp32 FMA FLOP/s
+    mma_sync_fraction: float = 1.0   # mma.sync (HMMA) rate / tensor peak (Hopper's peak needs wgmma)
+    mufu_per_sm_clock: int = 16      # special-function results (exp2, rcp, ...) per SM per clock
     regs_per_sm: int = 65536
     max_regs_per_thread: int = 255
     max_threads_per_sm: int = 2048
@@ -41,7 +43,8 @@ class Arch:
 
 
 ARCHS = {
-    "sm_90a": Arch("sm_90a", "NVIDIA H200 (modelled)", 90, 132, 1.98e9, 4.3e12, 788e12, 67e12,
+    # mma.sync on Hopper: about 0.6 of the wgmma rate (an estimate from published microbenchmarks).
+    "sm_90a": Arch("sm_90a", "NVIDIA H200 (modelled)", 90, 132, 1.98e9, 4.3e12, 788e12, 67e12, 0.6,
                    memory_bytes=141 * 2**30, l2_bytes=60 * 2**20),
     "sm_80": Arch("sm_80", "NVIDIA A100-SXM4-80GB (modelled)", 80, 108, 1.41e9, 1.7e12, 312e12, 19.5e12,
                   smem_per_sm=164 * 1024, memory_bytes=80 * 2**30, l2_bytes=40 * 2**20),
@@ -68,11 +71,22 @@ def waves(arch: Arch, blocks: int, per_sm: int) -> float:
     return blocks / max(1, per_sm * arch.sms)
 
 
+def issue_inefficiency(arch: Arch, grid, per_sm: int) -> float:
+    """How much longer than ``instructions / issue rate`` the issue takes when the grid does not
+    fill the SMs evenly: SMs without a block issue nothing (fewer blocks than SMs), and the last
+    wave runs partly empty (``ceil(waves) / waves``)."""
+    blocks = grid[0] * grid[1] * grid[2]
+    if blocks < arch.sms:
+        return arch.sms / max(blocks, 1)
+    w = waves(arch, blocks, per_sm)
+    return -(-w // 1) / w if w > 1 else 1.0
+
+
 @dataclasses.dataclass
 class Bounds:
     memory_us: float
     math_us: float
-    issue_us: float
+    issue_us: float      # the larger of instruction issue and special-function (MUFU) throughput
     launch_us: float = LAUNCH_US
 
     @property
@@ -85,12 +99,18 @@ class Bounds:
         return max(named, key=named.get)
 
 
-def bounds(arch: Arch, bytes_moved: float, tensor_flops: float, fma_flops: float, instructions: float) -> Bounds:
-    """Lower bounds in µs: bytes / bandwidth, FLOPs / peak (tensor and FMA add: they share issue
-    slots only loosely, the larger one dominates anyway), thread-instructions / issue rate."""
-    return Bounds(memory_us=bytes_moved / arch.bandwidth * 1e6,
-                  math_us=(tensor_flops / arch.tensor_flops + fma_flops / arch.fma_flops) * 1e6,
-                  issue_us=instructions / arch.issue_rate * 1e6)
+def bounds(arch: Arch, bytes_moved: float, flops: float, instructions: float, mufu: float = 0.0,
+           tensor: str = "", grid=(1, 1, 1), per_sm: int = 1) -> Bounds:
+    """Lower bounds in µs. memory: bytes / bandwidth; math: FLOPs / the peak of the unit that does
+    them (``tensor`` "HGMMA": tensor peak, "HMMA": x mma_sync_fraction, "": FMA peak); issue:
+    thread-instructions / issue rate and MUFU results / SFU rate, each stretched by
+    :func:`issue_inefficiency`."""
+    peak = arch.fma_flops if not tensor else arch.tensor_flops * (1.0 if tensor == "HGMMA" else arch.mma_sync_fraction)
+    stretch = issue_inefficiency(arch, grid, per_sm)
+    issue = instructions / arch.issue_rate
+    sfu = mufu / (arch.sms * arch.mufu_per_sm_clock * arch.clock_hz)
+    return Bounds(memory_us=bytes_moved / arch.bandwidth * 1e6, math_us=flops / peak * 1e6,
+                  issue_us=max(issue, sfu) * stretch * 1e6)
 
 
 def roofline_us(arch: Arch, bytes_min: float, flops: float, tensor: bool) -> float:
