@@ -211,7 +211,9 @@ def records(op_names, dtypes, quick, arch, errors, progress=True, log=print) -> 
     from dlkern.perf.launches import enumerate_launches, perf_ops
     from dlkern.perf.pipeline import ATTENTION_OPS, _elements, attention_trips, dynamic_counts, tensor_unit
 
-    files = [f for f, ops in FILE_OPS.items() if any(o in op_names for o in ops)]
+    files = [f for f, ops in FILE_OPS.items() if any(o in op_names and (not quick or o in LAUNCH_RULES) for o in ops)]
+    if quick:  # the launched instances only: the files of the ops with launch rules (not attention_bwd)
+        files = [f for f in files if f != "attention/attention_bwd.cu"]
     found = []
     for rel in tqdm(files, desc=f"CUDA kernels {arch}", unit="file", disable=not progress):
         try:

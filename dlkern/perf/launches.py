@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import types
+import warnings
 from typing import Any
 
 import torch
@@ -90,6 +91,7 @@ class _Recorder:
         self.launches: list[Launch] = []
         self.group = 0
         self.tuning: tuple | None = None   # (group, kept, config) while an autotuned call records
+        self.first_config_only = False     # --quick: the first config the pruner keeps (the heaviest)
 
     def record(self, fn, args, kwargs, grid):
         from triton.runtime.jit import create_function_from_signature
@@ -120,10 +122,13 @@ def _jit_run(self, *args, grid, warmup, **kwargs):
 def _autotuner_run(self, *args, **kwargs):
     self.nargs = dict(zip(self.arg_names, args))
     kept = self.prune_configs(kwargs) if len(self.configs) > 1 else list(self.configs)
+    n_kept = len(kept)
+    if _recorder.first_config_only:
+        kept = kept[:1]
     _recorder.group += 1
     for config in kept:
         cfg = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
-        _recorder.tuning = (_recorder.group, len(kept), cfg)
+        _recorder.tuning = (_recorder.group, n_kept, cfg)
         try:
             self.fn.run(*args, **kwargs, **config.all_kwargs())
         finally:
@@ -141,7 +146,7 @@ def device_properties(arch):
 
 
 @contextlib.contextmanager
-def recording(arch="sm_90a"):
+def recording(arch="sm_90a", first_config_only=False):
     """Inside: fake CUDA tensors, Triton launches recorded into the yielded recorder."""
     global _recorder
     from torch._library.custom_ops import OPDEFS
@@ -156,12 +161,15 @@ def recording(arch="sm_90a"):
     opdefs = [d for name, d in list(OPDEFS.items()) if name.startswith("dlkern::")]
     fakes = [(d, d._abstract_fn) for d in opdefs]
     _recorder = _Recorder()
+    _recorder.first_config_only = first_config_only
     JITFunction.run, Autotuner.run = _jit_run, _autotuner_run
     torch.cuda.get_device_properties = lambda *a, **k: device_properties(arch)
     for d in opdefs:
         d._abstract_fn = d._init_fn   # the real implementation: it calls the launchers
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        with warnings.catch_warnings(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            # launchers compare or tabulate data pointers; fake tensors warn about it, harmlessly here
+            warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
             mode.cache_enabled = False  # a cached fake result would skip the launchers
             yield _recorder
     finally:
@@ -266,11 +274,12 @@ def _run_graph(outs, cots):
 
 
 def enumerate_launches(op, dtype, quick, arch="sm_90a", errors=None):
-    """(case name, Sample, Cost, [Launch]) for every bench case of ``op`` in ``dtype`` on ``arch``.
+    """(case name, Sample, Cost, [Launch]) for every bench case of ``op`` in ``dtype`` on ``arch``
+    (``quick``: the bench's quick cases, and of an autotuned call only the first config kept).
     A pass that fails to run is reported in ``errors`` (op, case, message); its launches recorded
     before the failure are kept."""
     out = []
-    with recording(arch) as rec:
+    with recording(arch, first_config_only=quick) as rec:
         try:
             cases = list(op.bench_cases(torch.device("cuda"), dtype, quick))
         except Exception as exc:

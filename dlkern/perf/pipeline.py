@@ -60,7 +60,8 @@ def _elements(op_name, sample) -> int:
 def _sources_hash() -> str:
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for pattern in ("kernels/*.py", "ops/*.py", "bench/optim.py", "optim/*.py", "perf/traffic.py", "perf/launches.py"):
+    for pattern in ("kernels/*.py", "ops/*.py", "bench/optim.py", "optim/*.py", "perf/traffic.py", "perf/launches.py",
+                    "registry.py"):
         for p in sorted(root.glob(pattern)):
             h.update(p.name.encode())
             h.update(p.read_bytes())
@@ -87,26 +88,32 @@ def traffic(op_names, dtype, log=print) -> dict:
     return {n: json.loads((folder / f"{n}.json").read_text()) for n in op_names}
 
 
-def _traffic_ratios(entries) -> dict:
-    """(mode, kernel, occurrence) -> {unique, loaded, ...} as fractions of the pass's bytes_min,
-    averaged over the counted cases; plus the raw counts of the first case."""
-    acc = {}
-    if not isinstance(entries, list):
-        return acc
-    for e in entries:
-        seen = {}
+def _counted(entries) -> list[dict]:
+    """Every counted launch with its pass's mode and minimum bytes."""
+    out = []
+    for e in entries if isinstance(entries, list) else []:
         for la in e["launches"]:
-            n = seen.get(la["kernel"], 0)
-            seen[la["kernel"]] = n + 1
-            key = (e["mode"], la["kernel"], n)
-            bmin = max(e["bytes_min"], 1)
-            acc.setdefault(key, []).append({
-                "unique": (la["unique_loaded"] + la["unique_stored"]) / bmin,
-                "loaded": la["loaded"] / bmin, "stored": la["stored"] / bmin, "case": e["case"],
-                "raw": la, "bytes_min": e["bytes_min"]})
-    return {k: {"unique": sum(x["unique"] for x in v) / len(v), "loaded": sum(x["loaded"] for x in v) / len(v),
-                "stored": sum(x["stored"] for x in v) / len(v), "case": v[0]["case"], "raw": v[0]["raw"],
-                "bytes_min_case": v[0]["bytes_min"]} for k, v in acc.items()}
+            out.append(dict(la, mode=e["mode"], case=e["case"], bytes_min=max(e["bytes_min"], 1)))
+    return out
+
+
+def match_traffic(counted, launch) -> dict | None:
+    """The counted launches of the same kernel and pass whose constexprs agree most with the
+    launch's (the flags that pick a code path: FUSED, HAS_W, ...; tile sizes count less), as
+    fractions of their pass's minimum bytes, averaged; None if the kernel was never counted."""
+    same = [c for c in counted if c["kernel"] == launch.kernel and c["mode"] == launch.mode]
+    if not same:
+        return None
+    flags = {k: v for k, v in launch.kwargs.items() if k.isupper() and isinstance(v, (bool, int, str))}
+
+    def score(c):
+        return sum((2 if not k.startswith("BLOCK") else 1) for k, v in flags.items() if c["meta"].get(k) == v)
+    best = max(map(score, same))
+    pick = [c for c in same if score(c) == best]
+    avg = lambda key: sum(c[key] / c["bytes_min"] for c in pick) / len(pick)  # noqa: E731
+    first = pick[0]
+    return {"unique": avg("unique_loaded") + avg("unique_stored"), "loaded": avg("loaded"), "stored": avg("stored"),
+            "cases": sorted({c["case"] for c in pick}), "raw": first, "bytes_min_case": first["bytes_min"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +184,7 @@ def _finish(records, arch):
     for (op, case, dtype, mode, backend), rs in passes.items():
         picked_total = sum(r["predicted_us"] for r in rs if r["picked"])
         r0 = rs[0]
-        ideal = model.roofline_us(spec, r0["bytes_min"], r0["flops"], r0["tensor_op"])
+        ideal = model.roofline_us(spec, r0["bytes_min"], r0["flops"], any(r["tensor_op"] for r in rs))
         for r in rs:
             same_group = [x for x in rs if x["group"] == r["group"] and x["picked"]]
             total = picked_total - sum(x["predicted_us"] for x in same_group) + r["predicted_us"]
@@ -199,14 +206,10 @@ def triton_records(op, dtype, quick, arch, compile_bar, errors, traffic_entries)
     from dlkern.perf.tcompile import compile_launch
 
     spec = model.ARCHS[arch]
-    ratios = _traffic_ratios(traffic_entries)
+    counted = _counted(traffic_entries)
     records = []
     for case, sample, cost, launches in enumerate_launches(op, dtype, quick, arch, errors):
         elements = _elements(op.name, sample)
-        seen = {}
-        pass_of = {}
-        for la in launches:
-            pass_of.setdefault(la.mode, []).append(la)
         for la in launches:
             try:
                 meta = compile_launch(la, arch)
@@ -216,14 +219,9 @@ def triton_records(op, dtype, quick, arch, compile_bar, errors, traffic_entries)
                 compile_bar.update(1)
                 continue
             compile_bar.update(1)
-            # occurrence of this kernel in its pass, counting each autotuned call once
-            occ_key = (la.mode, la.kernel, la.group)
-            if occ_key not in seen:
-                seen[occ_key] = sum(1 for k in seen if k[0] == la.mode and k[1] == la.kernel)
-            occurrence = seen[occ_key]
             bytes_min = (cost.bwd_bytes if la.mode == "bwd" else cost.fwd_bytes) if cost else 0.0
             flops = (cost.bwd_flops if la.mode == "bwd" else cost.fwd_flops) if cost else 0.0
-            t = ratios.get((la.mode, la.kernel, occurrence))
+            t = match_traffic(counted, la)
             threads = meta["num_warps"] * 32
             blocks = la.grid[0] * la.grid[1] * la.grid[2]
             shared = max(meta["shared_bytes"], facts["static_shared"])
@@ -245,7 +243,7 @@ def triton_records(op, dtype, quick, arch, compile_bar, errors, traffic_entries)
                 total_counts=facts["total_counts"], loop_trips=round(trips, 2),
                 instructions=instr, elements=elements, instructions_per_element=round(instr / max(elements, 1), 3),
                 bytes_min=bytes_min, bytes_actual=unique, bytes_requested=(loaded + stored) if t else None,
-                bytes_counted_case=({"case": t["case"], "bytes_min": t["bytes_min_case"], **{
+                bytes_counted_case=({"cases": t["cases"], "bytes_min": t["bytes_min_case"], **{
                     k: t["raw"][k] for k in ("loaded", "stored", "unique_loaded", "unique_stored", "atomic")}}
                     if t else None),
                 flops=flops, tensor_op=tensor_unit(facts), mufu=dyn.get("MUFU", 0.0),

@@ -30,8 +30,8 @@ class _Counter:
         self.launches = []
         self.current = None
 
-    def begin(self, name, grid):
-        self.current = {"kernel": name, "grid": list(grid), "loaded": 0, "stored": 0, "atomic": 0,
+    def begin(self, name, grid, meta):
+        self.current = {"kernel": name, "grid": list(grid), "meta": meta, "loaded": 0, "stored": 0, "atomic": 0,
                         "_ld": [], "_st": []}
 
     def end(self):
@@ -95,7 +95,8 @@ def install():
     call = itp.GridExecutor.__call__
 
     def grid_call(self, *args, **kwargs):
-        COUNTER.begin(self.fn.__name__, self.grid if not callable(self.grid) else ())
+        meta = {k: v for k, v in kwargs.items() if k.isupper() and isinstance(v, (bool, int, str))}
+        COUNTER.begin(self.fn.__name__, self.grid if not callable(self.grid) else (), meta)
         try:
             return call(self, *args, **kwargs)
         finally:
@@ -117,14 +118,12 @@ def _first_numel(sample) -> int:
 
 
 def cases(op, dtype):
-    """The samples counted: the quick CPU bench cases up to MAX_ELEMENTS, else the op's largest
-    test sample (the test suite runs those in the interpreter, so they are known to be quick)."""
+    """The samples counted: the quick CPU bench cases up to MAX_ELEMENTS and the op's test samples
+    (the test suite runs those in the interpreter, so they are known to be quick); together they
+    reach each kernel's code paths (e.g. fused and looped row norms)."""
     import torch
     bench = [s for s in op.bench_cases(torch.device("cpu"), dtype, True) if _first_numel(s) <= MAX_ELEMENTS]
-    if bench:
-        return bench
-    samples = [s for s in op.samples(torch.device("cpu"), dtype) if _first_numel(s) <= MAX_ELEMENTS]
-    return [max(samples, key=_first_numel)] if samples else []
+    return bench + [s for s in op.samples(torch.device("cpu"), dtype) if _first_numel(s) <= MAX_ELEMENTS]
 
 
 def count(op, dtype):
