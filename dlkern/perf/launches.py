@@ -113,6 +113,20 @@ class _Recorder:
 
 
 _recorder: _Recorder | None = None
+_tensor_inputs: dict = {}   # autograd node of a Python Function -> which of its inputs were tensors
+
+
+def _function_apply(cls, *args, **kwargs):
+    """torch.autograd.Function.apply, remembering which inputs were tensors: a Python Function's
+    node has an edge per tensor input only, while its backward returns a gradient per input."""
+    out = _ORIGINAL_APPLY.__get__(None, cls)(*args, **kwargs)
+    first = out[0] if isinstance(out, (tuple, list)) else out
+    if isinstance(first, torch.Tensor) and first.grad_fn is not None:
+        _tensor_inputs[first.grad_fn] = [isinstance(a, torch.Tensor) for a in args]
+    return out
+
+
+_ORIGINAL_APPLY = torch.autograd.Function.__dict__["apply"]
 
 
 def _jit_run(self, *args, grid, warmup, **kwargs):
@@ -157,12 +171,14 @@ def recording(arch="sm_90a", first_config_only=False):
     import dlkern.ops  # noqa: F401  (registers the custom ops)
 
     saved = [(JITFunction, "run", JITFunction.run), (Autotuner, "run", Autotuner.run),
+             (torch.autograd.Function, "apply", _ORIGINAL_APPLY),
              (torch.cuda, "get_device_properties", torch.cuda.get_device_properties)]
     opdefs = [d for name, d in list(OPDEFS.items()) if name.startswith("dlkern::")]
     fakes = [(d, d._abstract_fn) for d in opdefs]
     _recorder = _Recorder()
     _recorder.first_config_only = first_config_only
     JITFunction.run, Autotuner.run = _jit_run, _autotuner_run
+    torch.autograd.Function.apply = classmethod(_function_apply)
     torch.cuda.get_device_properties = lambda *a, **k: device_properties(arch)
     for d in opdefs:
         d._abstract_fn = d._init_fn   # the real implementation: it calls the launchers
@@ -178,6 +194,7 @@ def recording(arch="sm_90a", first_config_only=False):
         for d, fn in fakes:
             d._abstract_fn = fn
         _recorder = None
+        _tensor_inputs.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +283,9 @@ def _run_graph(outs, cots):
         n_out = max(_custom_op_outputs(node), max(given, default=0) + 1)
         results = call(*[given.get(i) for i in range(n_out)])
         results = results if isinstance(results, tuple) else (results,)
+        mask = _tensor_inputs.get(node)
+        if mask is not None:  # one gradient per input -> one per edge (tensor input)
+            results = tuple(g for g, is_tensor in zip(results, mask) if is_tensor)
         for (nxt, nr), g in zip(node.next_functions, results):
             if nxt is None or g is None:
                 continue
