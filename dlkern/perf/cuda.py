@@ -89,16 +89,16 @@ def short_name(demangled: str) -> str:
 
 def instances(arch, files=None) -> list[dict]:
     """Every function of every kernel file: {file, symbol, demangled, facts, cubin}."""
-    from dlkern.perf.pipeline import kernel_facts
+    from dlkern.perf.pipeline import function_facts
 
     out = []
     for rel in files or FILE_OPS:
         cubin = compile_file(rel, arch)
         funcs = sass.read_cubin(str(cubin))
         names = demangle(funcs)
-        for sym in funcs:
+        for sym, fn in funcs.items():
             out.append({"file": rel, "symbol": sym, "demangled": names[sym], "cubin": str(cubin),
-                        "facts": kernel_facts(str(cubin), sym)})
+                        "facts": function_facts(fn)})
     return out
 
 

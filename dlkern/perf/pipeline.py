@@ -122,7 +122,10 @@ def match_traffic(counted, launch) -> dict | None:
 def kernel_facts(cubin: str, function: str | None = None) -> dict:
     """Resources, loops and opcode counts of one function of a cubin (the only one if None)."""
     funcs = sass.read_cubin(cubin)
-    fn = funcs[function] if function else next(iter(funcs.values()))
+    return function_facts(funcs[function] if function else next(iter(funcs.values())))
+
+
+def function_facts(fn) -> dict:
     hot = fn.hot_loop()
     return {
         "function": fn.name, "registers": fn.registers, "spill_bytes": fn.stack, "local_bytes": fn.local,
