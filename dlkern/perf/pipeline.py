@@ -1,15 +1,21 @@
 """The ``dlkern perf`` pipeline: enumerate, compile, read, count, predict, write. All *predicted*.
 
-Per launched kernel (one record per autotune config the pruner keeps):
+Per launched kernel (one record per autotune config the pruner keeps; ``--quick``: the first):
 
-* issued instructions: the hot loop's trip count is not in the SASS; it is estimated from the
-  bytes the kernel loads (the interpreter's count, scaled to the case) divided by the bytes one
-  pass of the loop loads over all threads (its LDG / LDGSTS widths). Instructions outside the
-  hot loop count once per thread. ``instructions_per_element`` divides by the op's elements
-  (the first tensor's numel; attention: query x key pairs);
-* bounds: memory = the kernel's counted unique bytes (CUDA: the op's minimum) / bandwidth; math =
-  the pass's FLOPs, shared among its kernels by issued instructions, / tensor peak (if the kernel
-  has HGMMA/HMMA) or FMA peak; issue = instructions / issue rate; plus the launch floor;
+* bytes: the interpreter counts each Triton kernel on small CPU cases (:mod:`.traffic`); the
+  counted launches of the same kernel whose constexprs (code-path flags first) match the GPU
+  launch give its bytes as a multiple of the pass's minimum, applied to the GPU case
+  (``bytes_actual``: distinct addresses, ``bytes_requested``: every active lane);
+* issued instructions: the hot loop's trip count is not in the SASS; it is the bytes the kernel
+  requests divided by the bytes one pass of the loop loads over all threads (its LDG / LDGSTS
+  widths), except for attention, whose loop count is the number of key (or query) blocks.
+  Instructions outside the hot loop count once per thread. ``instructions_per_element`` divides
+  by the op's elements (the first tensor's numel; attention: query x key pairs);
+* bounds (:func:`dlkern.perf.model.bounds`): memory = the kernel's counted unique bytes (CUDA: the
+  op's minimum) / bandwidth; math = the pass's FLOPs, shared among its kernels by issued
+  instructions, / the peak of the unit its SASS uses (HGMMA, HMMA, else FMA); issue = the larger
+  of instructions / issue rate and MUFU results / SFU rate, stretched when the grid leaves SMs
+  idle or ends in a partial wave; plus the launch floor. The prediction is the largest;
 * ``picked``: of the configs an autotuned call keeps, the one with the smallest predicted time
   (the autotuner times them on a GPU; the model's choice stands in for it);
 * ``predicted_pct_roofline``: the pass's roofline time (its minimum bytes and FLOPs at peak) over
@@ -27,7 +33,6 @@ from pathlib import Path
 
 from dlkern.perf import model, sass
 
-DEFAULT_OUT = Path("dlkern-results") / "perf"
 ATTENTION_OPS = ("scaled_dot_product_attention",)
 
 # Best published figure per (op, mode), shared/PERF.md (H100 SXM, bf16): ("TB/s" | "TFLOP/s", value,

@@ -2,17 +2,13 @@
 without TRITON_INTERPRET (the tests' conftest enables the interpreter, which changes the launch
 configurations); compiled artifacts are cached under ~/.cache/dlkern/perf (DLKERN_PERF_CACHE)."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+from perf_helpers import clean_env
 
 pytest.importorskip("triton")
-
-
-def clean_env():
-    return {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "DLKERN_DEBUG_NAN_FILL")}
 
 
 @pytest.fixture(scope="session")
