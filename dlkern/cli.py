@@ -332,7 +332,7 @@ def cmd_perf(args) -> int:
     archs = [a.strip() for a in args.arch.split(",") if a.strip()]
     out = Path(args.out)
     if args.readme_only:
-        if not (out / "perf.json").exists():
+        if not (out / "perf.json").exists() and not (out / "perf.json.gz").exists():
             raise UsageError(f"--readme-only: no {out / 'perf.json'}; run dlkern perf --out {out} first")
     else:
         dtypes = [str(DTYPES[d]).removeprefix("torch.") for d in (args.dtype or ["bfloat16"])]

@@ -271,9 +271,14 @@ def _bounds(all_records, spec, case_records):
         for r in rs:
             firsts.setdefault(r["group"], r)
         total_instr = sum(r["instructions"] for r in firsts.values()) or 1
+        shares = {g: r["instructions"] / total_instr for g, r in firsts.items()}
+        # The scaled counts come from other shapes; the pass still moves at least its minimum.
+        counted = sum(r["bytes_actual"] if r["bytes_actual"] is not None else r["bytes_min"] * shares[g]
+                      for g, r in firsts.items())
+        floor = max(1.0, rs[0]["bytes_min"] / counted) if counted else 1.0
         for r in rs:
-            share = firsts[r["group"]]["instructions"] / total_instr
-            moved = r["bytes_actual"] if r["bytes_actual"] is not None else r["bytes_min"] * share
+            share = shares[r["group"]]
+            moved = (r["bytes_actual"] if r["bytes_actual"] is not None else r["bytes_min"] * share) * floor
             b = model.bounds(spec, moved, r["flops"] * share, r["instructions"], r["mufu"], r["tensor_op"],
                              r["grid"], r["blocks_per_sm"])
             r.update(memory_bound_us=round(b.memory_us, 3), math_bound_us=round(b.math_us, 3),

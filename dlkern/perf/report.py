@@ -10,18 +10,18 @@ CSV_COLUMNS = ("op", "case", "dtype", "arch", "backend", "mode", "kernel", "conf
                "spill_bytes", "shared_bytes", "blocks_per_sm", "waves", "instructions_per_element", "bytes_min",
                "bytes_actual", "flops", "memory_bound_us", "math_bound_us", "issue_bound_us", "predicted_us",
                "bound", "predicted_pct_roofline", "cubin")
-README_BEGIN = "<!-- dlkern perf --readme: begin (generated from benchmarks/results/perf/perf.json) -->"
+README_BEGIN = "<!-- dlkern perf --readme: begin (generated from benchmarks/results/perf/perf.json.gz) -->"
 README_END = "<!-- dlkern perf --readme: end -->"
 
 
 def write(records, meta, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "perf.json", "csv": out / "perf.csv", "png": out / "perf.png"}
-    paths["json"].write_text(json.dumps({"meta": meta, "records": records}, indent=1, default=str))
-    with open(paths["csv"], "w", newline="") as f:
+    paths["json"].write_text(json.dumps({"meta": meta, "records": records}, separators=(",", ":"), default=str))
+    with open(paths["csv"], "w", newline="") as f:  # launched kernels (perf.json also has every CUDA instance)
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
-        for r in records:
+        for r in (r for r in records if r.get("launched", True)):
             w.writerow([json.dumps(r.get(c)) if isinstance(r.get(c), (dict, list)) else r.get(c) for c in CSV_COLUMNS])
     try:
         plot(records, paths["png"])
@@ -108,9 +108,19 @@ def readme_block(data: dict, arch="sm_90a") -> str:
     return "\n".join(lines)
 
 
+def load(path: Path) -> dict:
+    """A perf.json, or the gzipped copy committed under benchmarks/results/perf."""
+    import gzip
+    path = Path(path)
+    if not path.exists() and path.with_suffix(".json.gz").exists():
+        path = path.with_suffix(".json.gz")
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return json.loads(raw)
+
+
 def update_readme(readme: Path, perf_json: Path) -> str:
     """Rewrite the marked block of ``readme`` (append the section if it has none); returns the block."""
-    block = readme_block(json.loads(perf_json.read_text()))
+    block = readme_block(load(perf_json))
     text = readme.read_text()
     if README_BEGIN in text and README_END in text:
         a, b = text.index(README_BEGIN), text.index(README_END) + len(README_END)

@@ -1,6 +1,5 @@
 """The perf model's machine-code facts agree with independent reads of the same binaries, and its
 byte counts and files are consistent."""
-import json
 import re
 import subprocess
 
@@ -96,11 +95,11 @@ def test_readme_block_is_generated_from_the_committed_run():
     """The README's block is what ``dlkern perf --readme-only`` makes of benchmarks/results/perf/perf.json."""
     from pathlib import Path
 
-    from dlkern.perf.report import README_BEGIN, README_END, readme_block
+    from dlkern.perf.report import README_BEGIN, README_END, load, readme_block
     root = Path(__file__).resolve().parents[2]
-    committed = root / "benchmarks" / "results" / "perf" / "perf.json"
+    committed = root / "benchmarks" / "results" / "perf" / "perf.json.gz"
     if not committed.exists():
         pytest.skip("no committed perf run under benchmarks/results/perf")
     text = (root / "README.md").read_text()
     block = text[text.index(README_BEGIN):text.index(README_END) + len(README_END)]
-    assert block == readme_block(json.loads(committed.read_text()))
+    assert block == readme_block(load(committed))
