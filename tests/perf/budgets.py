@@ -32,6 +32,21 @@ def _ldg(r, width):
     return r["total_counts"].get(f"LDG.{width}", 0)
 
 
+def vector_share(r) -> float:
+    """Share of a thread's global-load bytes (hot loop if any, else the whole kernel) that 128-bit
+    loads carry."""
+    counts = r["loop_counts"] if r["loop_counts"] else r["total_counts"]
+    by_width = {w: counts.get(f"LDG.{w}", 0) * w // 8 for w in (8, 16, 32, 64, 128)}
+    total = sum(by_width.values())
+    return by_width[128] / total if total else 1.0
+
+
+def _streams(r) -> bool:
+    """A kernel whose grid fills the GPU (not a one-block finalize step)."""
+    g = r["grid"]
+    return g[0] * g[1] * g[2] >= 100
+
+
 BUDGETS = [
     Budget("attention-fwd-hgmma", "sm_90 Triton attention forward runs its dots on wgmma (HGMMA)",
            dict(op="scaled_dot_product_attention", backend="triton", arch="sm_90a", kernel="_attn_fwd_kernel"),
@@ -46,10 +61,11 @@ BUDGETS = [
            dict(op="scaled_dot_product_attention", backend="cuda", mode="fwd"),
            lambda r: r["total_counts"].get("LDGSTS", 0) + r["total_counts"].get("UTMALDG", 0) > 0,
            lambda r: f"LDGSTS {r['total_counts'].get('LDGSTS', 0)}, UTMALDG {r['total_counts'].get('UTMALDG', 0)}"),
-    Budget("streaming-128bit", "memory-bound kernels load with 128-bit accesses on aligned inputs, no 16-bit ones",
-           dict(op=STREAMING, mode=("fwd", "bwd", "step")),
-           lambda r: _ldg(r, 128) > 0 and _ldg(r, 16) == 0,
-           lambda r: f"LDG.128 {_ldg(r, 128)}, LDG.64 {_ldg(r, 64)}, LDG.32 {_ldg(r, 32)}, LDG.16 {_ldg(r, 16)}"),
+    Budget("streaming-128bit", "memory-bound kernels move at least half their loaded bytes with 128-bit loads "
+           "(aligned bench inputs)", dict(op=STREAMING, mode=("fwd", "bwd", "step")),
+           lambda r: not _streams(r) or vector_share(r) >= 0.5,
+           lambda r: f"{vector_share(r):.0%} of load bytes in LDG.128 (LDG.128 {_ldg(r, 128)}, LDG.64 {_ldg(r, 64)}, "
+                     f"LDG.32 {_ldg(r, 32)}, LDG.16 {_ldg(r, 16)})"),
     Budget("scan-no-membar", "no MEMBAR (fences) in the selective scan's kernels",
            dict(op="selective_scan"),
            lambda r: r["total_counts"].get("MEMBAR", 0) == 0, lambda r: f"MEMBAR {r['total_counts'].get('MEMBAR', 0)}"),
@@ -72,4 +88,21 @@ BUDGETS = [
 ]
 
 # (budget id, op, backend) -> the issue that fixes it. Today's failures, from the quick run.
-KNOWN = {}
+KNOWN = {
+    ("attention-dkdv-hgmma", "scaled_dot_product_attention", "triton"):
+        "issue #17: the dK/dV tiles the pruner keeps (16-32 keys) are too small for wgmma; mma.sync only",
+    ("cuda-attention-async-copy", "scaled_dot_product_attention", "cuda"):
+        "issue #17: the CUDA attention loads K/V with plain LDG + STS, no cp.async / TMA pipeline",
+    ("streaming-128bit", "adamw_step", "triton"):
+        "issue #18: the bf16 Adam kernel loads 16-bit scalars (no 128-bit vectors)",
+    ("streaming-128bit", "causal_conv1d", "triton"):
+        "issue #19: causal conv1d loads 16-bit scalars along the sequence",
+    ("scan-no-membar", "selective_scan", "triton"):
+        "issue #19: the scan backward's atomics carry MEMBAR fences",
+    ("no-local-memory", "add_rms_norm", "triton"):
+        "issue #18: the row-norm backward with a residual spills 8 B on sm_80",
+    ("row-norm-fwd-instructions", "add_layer_norm", "cuda"):
+        "issue #18: the CUDA residual LayerNorm forward issues ~50 instructions per element",
+    ("row-norm-fwd-instructions", "add_rms_norm", "cuda"):
+        "issue #18: the CUDA residual RMSNorm forward issues ~38 instructions per element",
+}
