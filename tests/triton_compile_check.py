@@ -20,17 +20,20 @@ import sys
 # (arch, dtype) pairs compiled: bf16 on both targets, fp32 on sm_90a.
 TARGETS = [("sm_90a", "bfloat16"), ("sm_80", "bfloat16"), ("sm_90a", "float32")]
 
-# Kernels allowed to spill, with the reason (the test still reports their spills).
+# Kernels allowed to spill: (name marker, dtype, arch or None for any) -> the reason (the test still
+# reports their spills).
 SPILLS_ALLOWED = {
-    "_attn_": ("float32", "fp32 attention runs its dots in IEEE mode on CUDA cores (operands twice the "
-                          "size, no tensor cores): a correctness path, not a fast one"),
+    ("_attn_", "float32", None): "fp32 attention runs its dots in IEEE mode on CUDA cores (operands twice the "
+                                 "size, no tensor cores): a correctness path, not a fast one",
+    ("_row_norm_bwd_kernel", "bfloat16", "sm_80"): "issue #18: the fused row-norm backward spills 8 B on sm_80 "
+                                                   "(found once the compile test built the launched variants)",
 }
 
 
-def spill_allowed(kernel, dtype):
-    """The reason ``kernel`` in ``dtype`` may spill, or None."""
-    for marker, (dt, reason) in SPILLS_ALLOWED.items():
-        if marker in kernel and dtype == dt:
+def spill_allowed(kernel, dtype, arch=None):
+    """The reason ``kernel`` in ``dtype`` on ``arch`` may spill, or None."""
+    for (marker, dt, on), reason in SPILLS_ALLOWED.items():
+        if marker in kernel and dtype == dt and on in (None, arch):
             return reason
     return None
 

@@ -99,8 +99,6 @@ KNOWN = {
         "issue #19: causal conv1d loads 16-bit scalars along the sequence",
     ("scan-no-membar", "selective_scan", "triton"):
         "issue #19: the scan backward's atomics carry MEMBAR fences",
-    ("no-local-memory", "add_rms_norm", "triton"):
-        "issue #18: the row-norm backward with a residual spills 8 B on sm_80",
     ("row-norm-fwd-instructions", "add_layer_norm", "cuda"):
         "issue #18: the CUDA residual LayerNorm forward issues ~50 instructions per element",
     ("row-norm-fwd-instructions", "add_rms_norm", "cuda"):
