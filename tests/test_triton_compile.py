@@ -55,7 +55,7 @@ def test_compiles_without_spills(results, arch):
     assert not errors, "\n".join(errors)
     bad = []
     for r in rows:
-        line = (f"{r['name']} {arch}: {r['registers']} registers, {r['spill_bytes']} B spilled, "
+        line = (f"{r['name']} {r['dtype']} {arch}: {r['registers']} registers, {r['spill_bytes']} B spilled, "
                 f"{r['shared_bytes']} B shared, {r['num_warps']} warps")
         print(line)
         assert r["cubin_bytes"] > 0, line
