@@ -44,9 +44,9 @@ class Arch:
 
 ARCHS = {
     # mma.sync on Hopper: about 0.6 of the wgmma rate (an estimate from published microbenchmarks).
-    "sm_90a": Arch("sm_90a", "NVIDIA H200 (modelled)", 90, 132, 1.98e9, 4.3e12, 788e12, 67e12, 0.6,
+    "sm_90a": Arch("sm_90a", "NVIDIA H200 SXM (modelled)", 90, 132, 1.98e9, 4.3e12, 788e12, 67e12, 0.6,
                    memory_bytes=141 * 2**30, l2_bytes=60 * 2**20),
-    "sm_80": Arch("sm_80", "NVIDIA A100-SXM4-80GB (modelled)", 80, 108, 1.41e9, 1.7e12, 312e12, 19.5e12,
+    "sm_80": Arch("sm_80", "NVIDIA A100 SXM (modelled)", 80, 108, 1.41e9, 1.7e12, 312e12, 19.5e12,
                   smem_per_sm=164 * 1024, memory_bytes=80 * 2**30, l2_bytes=40 * 2**20),
 }
 

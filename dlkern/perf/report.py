@@ -93,17 +93,18 @@ def readme_block(data: dict, arch="sm_90a") -> str:
     ops = sorted({(op, mode) for op, mode, _ in s})
     c = meta["ceilings"][arch]
     lines = [README_BEGIN,
-             f"Predicted by `dlkern perf` on {meta['date'][:10]} for {c['device']} ({arch}: "
+             f"Predicted by `dlkern perf` on {meta['date'][:10]} for {c['device']}, {arch}: "
              f"{c['bandwidth'] / 1e12:.1f} TB/s, {c['tensor_flops'] / 1e12:.0f} TFLOP/s bf16, {c['sms']} SMs at "
-             f"{c['clock_hz'] / 1e9:.2f} GHz, {meta['launch_us']:.0f} µs launch floor); bf16, the median over "
-             "each op's bench cases of (roofline time / predicted time). **Predicted from the compiled SASS, "
-             "not measured.**", "",
+             f"{c['clock_hz'] / 1e9:.2f} GHz, {meta['launch_us']:.0f} µs launch floor; bf16, the median over "
+             "each op's bench cases of roofline time / predicted time. **Predicted from the compiled SASS, "
+             "not measured**: the prediction is the largest of the lower bounds, so it is an upper bound on "
+             "speed, and 100 % means that no bound above the op's roofline was found.", "",
              "| op | pass | Triton % roofline | CUDA % roofline |", "|---|---|---|---|"]
     for op, mode in ops:
         t, cu = s.get((op, mode, "triton")), s.get((op, mode, "cuda"))
         lines.append(f"| `{op}` | {mode} | {'—' if t is None else f'{t:.0f} %'} | {'—' if cu is None else f'{cu:.0f} %'} |")
-    lines += ["", "Not modelled: caches (re-reads are charged only once, at DRAM), latency hiding and "
-              "memory-level parallelism, clocks under load, bank conflicts, tail effects inside a wave.",
+    lines += ["", "Not modelled: caches (re-reads are charged once, at DRAM), latency hiding and memory-level "
+              "parallelism, clocks under load, shared-memory bank conflicts, dependency stalls.",
               README_END]
     return "\n".join(lines)
 
