@@ -21,7 +21,6 @@ Install with ``pip install -e . --no-build-isolation`` so the build sees the ins
 """
 import glob
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,32 +29,22 @@ import sysconfig
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-CUDA_ARCHS = ("80", "90")  # SASS for A100 and H100, plus PTX of the newest for later GPUs
+
+def _load_toolchain():
+    """dlkern/toolchain.py by path: the toolkit search and nvcc flags that ``dlkern perf`` shares."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_dlkern_toolchain", os.path.join(ROOT, "dlkern", "toolchain.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_toolchain = _load_toolchain()
+find_cuda_home, CUDA_ARCHS = _toolchain.find_cuda_home, _toolchain.CUDA_ARCHS
 
 
 def log(msg):
     print(f"[dlkern setup] {msg}", file=sys.stderr)
-
-
-def find_cuda_home():
-    """The CUDA toolkit root. `nvcc` on PATH may be a wrapper script (as in /usr/local/bin), so
-    ask nvcc itself where its toolkit lives instead of taking the parent of its path."""
-    if os.environ.get("CUDA_HOME"):
-        return os.environ["CUDA_HOME"]
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        return "/usr/local/cuda" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
-    try:
-        out = subprocess.run([nvcc, "-v", "--dryrun", "-x", "cu", os.devnull],
-                             capture_output=True, text=True, timeout=60).stderr
-        top = re.search(r"#\$ TOP=(\S+)", out)
-        if top:  # nvcc.profile: TOP = $(_HERE_)/.. is the toolkit root itself
-            for root in (top.group(1), os.path.join(top.group(1), "..")):
-                if os.path.exists(os.path.join(root, "bin", "nvcc")):
-                    return os.path.realpath(root)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return os.path.realpath(os.path.join(os.path.dirname(nvcc), ".."))
 
 
 def pip_cuda_include_dirs():
@@ -122,8 +111,7 @@ def cuda_extension():
         define_macros=[("DLK_WITH_CUDA", "1")],
         extra_compile_args={
             "cxx": ["-O3", "-std=c++20"],  # torch >= 2.10 headers require C++20
-            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
-                     "--expt-relaxed-constexpr", *gencode],
+            "nvcc": [*_toolchain.NVCC_FLAGS, *gencode],
         },
     )
 

@@ -3,7 +3,8 @@
 # test suite on the GPU, then benchmark every registered op. Everything lands in one folder:
 #   summary.json (the verdict: build, pytest counts, numerics FAILs, per-kernel speedups), pytest.log,
 #   build.log, <stamp>_<gpu>.csv/.json (plot them later with benchmarks/plot.py); in the time left,
-#   the model zoo's training steps (benchmarks/train_step.py: <stamp>_train_step_cuda.json).
+#   the model zoo's training steps (benchmarks/train_step.py: <stamp>_train_step_cuda.json) and the
+#   static model's predictions beside the measurements (perf/perf.json, perf/perf_vs_measured.csv).
 # Usage: bash benchmarks/gpu_validate.sh [extra dlkern validate options, e.g. --dtype bfloat16 float32]
 # Exit status 0 only if the build, every test and every provider's numerics pass.
 set -uo pipefail
@@ -30,6 +31,18 @@ budget=$(( DEADLINE_S - $(date +%s) + start ))
 "$PY" -m dlkern validate --out "$dest" --budget-s "$budget" \
     --build-rc "$build_rc" --build-log build.log --build-s "$build_s" "$@"
 rc=$?
+
+# The static model's predictions for the same bench cases, joined with what was just measured:
+# <dest>/perf/perf.json and <dest>/perf/perf_vs_measured.csv (measured / predicted per case).
+left=$(( DEADLINE_S - $(date +%s) + start ))
+bench_json=$(ls -t "$dest"/*.json 2>/dev/null | grep -v summary.json | head -n 1)
+if [ "$left" -gt 200 ] && [ -n "$bench_json" ]; then
+    echo "[gpu_validate] dlkern perf --quick, then measured vs predicted (log: $dest/perf.log)"
+    timeout $(( left - 60 )) "$PY" -m dlkern perf --quick --arch sm_90a --no-progress --out "$dest/perf" \
+        >"$dest/perf.log" 2>&1 \
+        && "$PY" benchmarks/perf_vs_measured.py "$bench_json" "$dest/perf/perf.json" | tee -a "$dest/perf.log" \
+        || echo "[gpu_validate] dlkern perf incomplete or failed (see perf.log)"
+fi
 
 # End-to-end training steps of the model zoo (kernels vs eager vs torch.compile), in the time left.
 left=$(( DEADLINE_S - $(date +%s) + start ))

@@ -1,10 +1,11 @@
-"""``dlkern info | bench | validate | train``.
+"""``dlkern info | bench | validate | perf | train``.
 
 * ``info``: versions, device, compiled parts, backend, and per op × backend whether it can run here.
 * ``bench``: the one harness over the registry; exits 1 if any provider's numerics FAIL, so
   ``dlkern bench --quick`` also verifies every op on its benchmark shapes.
 * ``validate``: the one-command GPU check: the whole test suite, then the full benchmark, into one
   results folder with a ``summary.json`` (``benchmarks/gpu_validate.sh`` wraps it).
+* ``perf``: a static GPU performance model of every kernel as it launches (no GPU; ``dlkern.perf``).
 * ``train``: a model of the zoo on its embedded task (``dlkern.train``).
 """
 from __future__ import annotations
@@ -373,6 +374,40 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# perf
+# ---------------------------------------------------------------------------------------------
+def cmd_perf(args) -> int:
+    from dlkern.perf import report
+    from dlkern.perf.pipeline import run_perf
+
+    # --quick models sm_90a alone unless --arch says otherwise (the CI subset; the compile test covers sm_80)
+    arch = args.arch or ("sm_90a" if args.quick else "sm_90a,sm_80")
+    archs = [a.strip() for a in arch.split(",") if a.strip()]
+    out = Path(args.out)
+    if args.readme_only:
+        if not (out / "perf.json").exists() and not (out / "perf.json.gz").exists():
+            raise UsageError(f"--readme-only: no {out / 'perf.json'}; run dlkern perf --out {out} first")
+    else:
+        dtypes = [str(DTYPES[d]).removeprefix("torch.") for d in (args.dtype or ["bfloat16"])]
+        try:
+            records = run_perf(args.ops, quick=args.quick, archs=archs, out=out, dtypes=list(dict.fromkeys(dtypes)),
+                               cuda=not args.no_cuda, progress=not args.no_progress)
+        except ValueError as exc:  # unknown op/arch, TRITON_INTERPRET set: the user's to fix
+            raise UsageError(str(exc)) from None
+        for arch in archs:
+            print(report.format_table(records, arch))
+        meta = json.loads((out / "perf.json").read_text())["meta"]
+        for op, case, message in meta["errors"]:
+            print(f"not modelled: {op} {case}: {message}", file=sys.stderr)
+        print(f"\n{len(records)} kernel records in {meta['duration_s']} s; wrote {out / 'perf.json'}, "
+              f"{out / 'perf.csv'} and {out / 'perf.png'} (all PREDICTED, not measured)")
+    if args.readme or args.readme_only:
+        report.update_readme(REPO / "README.md", out / "perf.json")
+        print(f"rewrote the 'Predicted performance (no GPU)' block of {REPO / 'README.md'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -412,6 +447,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-log", help="build log file name (recorded in the summary)")
     p.add_argument("--build-s", type=float, help="build duration (recorded in the summary)")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("perf", help="static GPU performance model of every launched kernel (PREDICTED, no GPU)")
+    p.add_argument("ops", nargs="*", help="ops to model (default: every registered op and optimizer step)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI subset: the bench's quick cases, the first config each autotuned call keeps, sm_90a")
+    p.add_argument("--arch", help="comma-separated targets (default: sm_90a,sm_80; sm_90a with --quick)")
+    p.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), metavar="DTYPE", help="default: bfloat16")
+    p.add_argument("--out", default=str(Path("dlkern-results") / "perf"), help="results folder (default: %(default)s)")
+    p.add_argument("--no-cuda", action="store_true", help="model the Triton kernels only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--readme", action="store_true", help="also rewrite the README's predicted-performance block")
+    p.add_argument("--readme-only", action="store_true", help="rewrite the README block from OUT/perf.json; run nothing")
+    p.set_defaults(func=cmd_perf)
 
     p = sub.add_parser("train", help="train a model of the zoo on its embedded task (no download)")
     add_train_arguments(p)

@@ -5,8 +5,9 @@ spec says ``mutates_inputs`` (every run gets its own copy of the state).
 ``adamw_step``: one AdamW step over a model-like list of tensors (10 matrices and 10 bias vectors,
 about 10M parameters; 110k on CPU under --quick): ``reference`` is torch's math as dlkern's default
 path runs it (torch's fused kernel on CPU), ``torch`` is ``torch.optim.AdamW(fused=True)``,
-``triton`` / ``cuda`` dlkern's multi-tensor kernels. Bytes: read p, g, m, v and write p, m, v,
-28 per fp32 parameter (shared/PERF.md)."""
+``triton`` / ``cuda`` dlkern's multi-tensor kernels. Bytes: read p, g, m, v and write p, m, v at
+their own dtypes: 28 per fp32 parameter, 14 when all four are bf16, 22 for bf16 params and grads with
+fp32 moments (shared/PERF.md)."""
 from __future__ import annotations
 
 import weakref
@@ -68,8 +69,9 @@ def _cases(device, dtype, quick):
 
 
 def _cost(sample):
-    params = sample.args[0]
-    return Cost(fwd_bytes=7 * sum(p.numel() * p.element_size() for p in params), bwd_bytes=0)
+    params, grads, exp_avgs, exp_avg_sqs = sample.args[:4]
+    size = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    return Cost(fwd_bytes=2 * size(params) + size(grads) + 2 * size(exp_avgs) + 2 * size(exp_avg_sqs), bwd_bytes=0)
 
 
 ADAMW_STEP = OpSpec(

@@ -82,7 +82,8 @@ BATCH_NORM = register_op(OpSpec(
     name="batch_norm", family="norm", fn=batch_norm, reference=batch_norm_ref,
     supports=lambda backend, x, rm, rv, w=None, b=None, *rest: kernel_support(x, rm, rv, w, b),
     samples=_samples, bench_cases=_bench_cases,
-    cost=lambda s: channel_norm_cost(s, stats_passes=1 if s.args[5] else 0),
+    cost=lambda s: channel_norm_cost(s, stats_passes=1 if s.args[5] else 0,
+                                     group_elems=s.args[0].numel() // max(1, s.args[0].shape[1])),
     torch_equivalent=F.batch_norm,
     launchers=("batch_norm_fwd", "batch_norm_bwd"),
 ))

@@ -193,7 +193,20 @@ def layouts(device, dtype, gen, *, min_dim=2):
     return cases
 
 
-def channel_norm_cost(sample: Sample, stats_passes: int = 1) -> Cost:
+# A statistics group (GroupNorm group, BatchNorm channel, InstanceNorm plane) of at most this many
+# bytes fits in one SM's shared memory (228 KiB on H100, 164 KiB on A100), so a kernel can read it
+# once and normalize it from chip.
+ON_CHIP_GROUP_BYTES = 160 * 1024
+
+
+def channel_norm_cost(sample: Sample, stats_passes: int = 1, group_elems: int | None = None) -> Cost:
+    """Minimum bytes (shared/PERF.md): with statistics to compute (``stats_passes`` 1), a group that
+    fits on chip is read once and written once (fwd 2·E·s) and its backward reads x and dy once and
+    writes dx (3·E·s); a larger group is read again after its statistics (3·E·s) and x, dy again
+    after the gradient sums (5·E·s). Eval-mode BatchNorm (``stats_passes`` 0) is a 2·E·s map."""
     x = sample.args[0]
     e, s = x.numel(), x.element_size()
-    return Cost(fwd_bytes=(2 + stats_passes) * e * s, bwd_bytes=5 * e * s, fwd_flops=8 * e, bwd_flops=14 * e)
+    group = group_elems if group_elems is not None else e
+    on_chip = stats_passes == 0 or group * s <= ON_CHIP_GROUP_BYTES
+    return Cost(fwd_bytes=(2 if on_chip else 3) * e * s, bwd_bytes=(3 if on_chip else 5) * e * s,
+                fwd_flops=8 * e, bwd_flops=14 * e)

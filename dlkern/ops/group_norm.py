@@ -86,11 +86,17 @@ def _bench_cases(device, dtype, quick, activation=None):
         yield Sample("x".join(map(str, shape)), args + ((activation,) if activation else ()), {}, (0, 2, 3))
 
 
+def _cost(sample):
+    """A statistics group is (C / G) x spatial elements."""
+    x, groups = sample.args[0], sample.args[1]
+    return channel_norm_cost(sample, group_elems=x.numel() // max(1, x.shape[0] * groups))
+
+
 _supports = lambda backend, x, g, w=None, b=None, *rest: kernel_support(x, w, b)  # noqa: E731
 
 GROUP_NORM = register_op(OpSpec(
     name="group_norm", family="norm", fn=group_norm, reference=group_norm_ref, supports=_supports,
-    samples=_samples, bench_cases=_bench_cases, cost=channel_norm_cost, torch_equivalent=F.group_norm,
+    samples=_samples, bench_cases=_bench_cases, cost=_cost, torch_equivalent=F.group_norm,
     launchers=("group_norm_fwd", "group_norm_bwd"),
 ))
 
@@ -98,6 +104,6 @@ GROUP_NORM_ACT = register_op(OpSpec(
     name="group_norm_silu", family="norm", fn=group_norm_act, reference=group_norm_act_ref,
     supports=_supports, samples=lambda device, dtype: _samples(device, dtype, "silu"),
     bench_cases=lambda device, dtype, quick: _bench_cases(device, dtype, quick, "silu"),
-    cost=channel_norm_cost, torch_equivalent=group_norm_act_ref,
+    cost=_cost, torch_equivalent=group_norm_act_ref,
     launchers=("group_norm_fwd", "group_norm_bwd"),
 ))

@@ -79,9 +79,18 @@ def _bench_cases(device, dtype, quick):
                      True, 0.1, 1e-5), {}, (0, 3, 4))
 
 
+def _cost(sample):
+    """A statistics group is one (n, c) plane; with running statistics (use_input_stats False) it
+    is a map."""
+    x = sample.args[0]
+    use_input_stats = sample.args[5] if len(sample.args) > 5 else True
+    return channel_norm_cost(sample, stats_passes=1 if use_input_stats else 0,
+                             group_elems=x.numel() // max(1, x.shape[0] * x.shape[1]))
+
+
 INSTANCE_NORM = register_op(OpSpec(
     name="instance_norm", family="norm", fn=instance_norm, reference=instance_norm_ref,
     supports=lambda backend, x, rm=None, rv=None, w=None, b=None, *rest: kernel_support(x, rm, rv, w, b),
-    samples=_samples, bench_cases=_bench_cases, cost=channel_norm_cost, torch_equivalent=F.instance_norm,
+    samples=_samples, bench_cases=_bench_cases, cost=_cost, torch_equivalent=F.instance_norm,
     launchers=("group_norm_fwd", "group_norm_bwd", "batch_norm_fwd", "batch_norm_bwd"),
 ))

@@ -60,7 +60,7 @@ RMS_NORM = register_op(OpSpec(
     supports=lambda backend, x, ns, w=None, eps=None: kernel_support(backend, x, ns, w),
     samples=lambda device, dtype: norm_samples(device, dtype, with_bias=False, with_residual=False),
     bench_cases=lambda device, dtype, quick: norm_bench_cases(device, dtype, quick, with_bias=False, with_residual=False),
-    cost=lambda s: norm_cost(s, with_residual=False),
+    cost=lambda s: norm_cost(s, with_residual=False, stats_bytes=4),
     torch_equivalent=rms_norm_ref,
     peers={"liger": peers.liger_rms_norm, "apex": peers.apex_rms_norm},
     launchers=LAUNCHERS,
@@ -71,7 +71,7 @@ ADD_RMS_NORM = register_op(OpSpec(
     supports=lambda backend, x, r, ns, w=None, eps=None: kernel_support(backend, x, ns, w),
     samples=lambda device, dtype: norm_samples(device, dtype, with_bias=False, with_residual=True),
     bench_cases=lambda device, dtype, quick: norm_bench_cases(device, dtype, quick, with_bias=False, with_residual=True),
-    cost=lambda s: norm_cost(s, with_residual=True),
+    cost=lambda s: norm_cost(s, with_residual=True, stats_bytes=4),
     torch_equivalent=add_rms_norm_ref,
     launchers=LAUNCHERS,
 ))

@@ -9,6 +9,8 @@ Custom ops cannot return ``None``; an absent output is an empty tensor at this l
 """
 from __future__ import annotations
 
+import math
+
 from typing import Optional
 
 import torch
@@ -256,14 +258,19 @@ def norm_bench_cases(device, dtype, quick, *, with_bias, with_residual):
         yield Sample(f"{m}x{n}", tuple(args), {}, grads)
 
 
-def norm_cost(sample: Sample, *, with_residual: bool) -> Cost:
+def norm_cost(sample: Sample, *, with_residual: bool, stats_bytes: int = 8) -> Cost:
+    """Minimum bytes: x (+ residual) in, y (+ the sum) out, the parameters, and ``stats_bytes`` per
+    row of saved statistics (LayerNorm: mean and rstd, 8; RMSNorm: rstd, 4). A row is the
+    normalized shape, which may span several trailing dims."""
     x = sample.args[0]
     e, s = x.numel(), x.element_size()
-    rows = e // max(1, x.shape[-1])
-    params = sum(t.numel() * t.element_size() for t in sample.args[1:] if isinstance(t, Tensor) and t.dim() == 1)
+    at = next(i for i, a in enumerate(sample.args) if isinstance(a, (tuple, list)))  # normalized_shape
+    n = max(1, math.prod(sample.args[at]))
+    rows = e // n
+    params = sum(t.numel() * t.element_size() for t in sample.args[at + 1:] if isinstance(t, Tensor))
     io = 2 if not with_residual else 4          # fwd: x (+res) in, y (+sum) out
-    fwd = io * e * s + params + 8 * rows
-    bwd = (3 + (1 if with_residual else 0)) * e * s + 2 * params + 8 * rows
+    fwd = io * e * s + params + stats_bytes * rows
+    bwd = (3 + (1 if with_residual else 0)) * e * s + 2 * params + stats_bytes * rows
     return Cost(fwd_bytes=fwd, bwd_bytes=bwd, fwd_flops=8 * e, bwd_flops=12 * e)
 
 

@@ -300,12 +300,15 @@ def _bench_cases(device, dtype, quick):
 
 
 def _cost(sample):
-    u, B = sample.args[0], sample.args[3]
+    """PERF.md: bytes of u, delta, z (if given), out and B, C (bwd: each read and its gradient
+    written, plus dout read); one exp per (b, d, t, n) and ~6 flops around it."""
+    u, B, C = sample.args[0], sample.args[3], sample.args[4]
+    z = sample.args[6] if len(sample.args) > 6 else sample.kwargs.get("z")
     batch, dim, L = u.shape
     N, s = sample.args[2].shape[1], u.element_size()
-    bc = 2 * B.numel() * s
-    # PERF.md: bytes (u, delta, z, out + B, C); one exp per (b, d, t, n) and ~6 flops around it.
-    return Cost(fwd_bytes=4 * u.numel() * s + bc, bwd_bytes=8 * u.numel() * s + 2 * bc,
+    bc = (B.numel() * B.element_size() + C.numel() * C.element_size())
+    streams = 3 + (1 if z is not None else 0)     # u, delta, (z), out
+    return Cost(fwd_bytes=streams * u.numel() * s + bc, bwd_bytes=2 * streams * u.numel() * s + 2 * bc,
                 fwd_flops=8.0 * batch * dim * L * N, bwd_flops=20.0 * batch * dim * L * N)
 
 

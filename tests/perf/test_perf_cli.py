@@ -1,0 +1,32 @@
+"""``dlkern perf``'s command line: user mistakes are one-line errors, and ``import dlkern`` does not
+import the perf package."""
+import subprocess
+import sys
+
+import pytest
+from perf_helpers import clean_env
+
+
+@pytest.mark.parametrize("args,message", [
+    (["no_such_op"], "unknown op(s) 'no_such_op'"),
+    (["--arch", "sm_70"], "unknown arch(s) sm_70"),
+    (["--readme-only", "--out", "/nonexistent/perf"], "no /nonexistent/perf/perf.json"),
+])
+def test_usage_errors_are_one_line(args, message):
+    proc = subprocess.run([sys.executable, "-m", "dlkern", "perf", "--no-progress", *args],
+                          capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_interpreter_set_is_a_usage_error():
+    env = dict(clean_env(), TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-m", "dlkern", "perf", "layer_norm"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 2 and "unset TRITON_INTERPRET" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_import_dlkern_does_not_load_the_perf_model():
+    code = "import sys, dlkern; print(any(m.startswith('dlkern.perf') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
