@@ -14,8 +14,9 @@
 * ``dlkern._C_cpu``: CPU C++ kernels (``csrc/cpu`` binding + ``csrc/**/*_cpu.cpp``), the fast
   default path on CPU tensors of ops whose reference is a slow recurrence (selective scan). Built
   whenever a C++20 compiler works (``DLKERN_BUILD_CPU=0|1`` forces it off/on).
-* The Triton kernels in ``kernels/`` ship as the subpackage ``dlkern.kernels`` (a PyPI package
-  called ``kernels`` exists, so the folder is never importable as a top-level name).
+* The Triton kernels in ``kernels/`` ship as the subpackage ``dlkern.kernels``. A package called
+  ``kernels`` exists (the Hub's, which transformers imports): imported under that top-level name
+  from a checkout's root, ``kernels/__init__.py`` hands over to it (see that file).
 
 Install with ``pip install -e . --no-build-isolation`` so the build sees the installed torch.
 """
