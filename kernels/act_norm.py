@@ -114,18 +114,3 @@ def act_norm_bwd(dy3, x3, m):
     else:
         part.zero_()
     return dx, part[0].sum(0), part[1].sum(0)
-
-
-def compile_specs():
-    """Both kernels for long planes, short planes and vectors, fp32 and bf16."""
-    for dtype, ptr in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16")):
-        t = str(dtype)[6:]
-        sizes = {"B": "i32", "C": "i32", "S": "i32"}
-        meta = {"BLOCK_B": "constexpr", "BLOCK_S": "constexpr"}
-        fwd = {"X": ptr, "M": "*fp32", "K": "*fp32", "Y": ptr, **sizes, "stride_xb": "i64", "stride_xc": "i64", **meta}
-        bwd = {"DY": ptr, "X": ptr, "M": "*fp32", "DX": ptr, "PART": "*fp32", **sizes, "stride_dyb": "i64",
-               "stride_dyc": "i64", "stride_xb": "i64", "stride_xc": "i64", **meta}
-        for block_b, block_s in ((1, TILE), (16, 64), (TILE, 1)):
-            consts = {"BLOCK_B": block_b, "BLOCK_S": block_s}
-            yield (f"fwd_{t}_b{block_b}_s{block_s}", _act_norm_fwd_kernel, fwd, consts, 4)
-            yield (f"bwd_{t}_b{block_b}_s{block_s}", _act_norm_bwd_kernel, bwd, consts, 4)

@@ -171,20 +171,3 @@ def affine_coupling_bwd(dy2, dlogdet, x2, h2, reverse, scale, clamp):
             dy2, dlogdet, x2, h2, dx, dh, N, chunks, dy2.stride(0), x2.stride(0), h2.stride(0), float(clamp),
             REVERSE=bool(reverse), SCALE=SCALES[scale], BLOCK_N=block, num_warps=4)
     return dx, dh
-
-
-def compile_specs():
-    """Every scale map × direction at the largest block, fp32 and bf16."""
-    for dtype, ptr in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16")):
-        t = str(dtype)[6:]
-        fwd = {"X": ptr, "H": ptr, "Y": ptr, "PART": "*fp32", "N": "i32", "num_chunks": "i32",
-               "stride_xb": "i64", "stride_hb": "i64", "clamp": "fp32"}
-        bwd = {"DY": ptr, "DLD": "*fp32", "X": ptr, "H": ptr, "DX": ptr, "DH": ptr, "N": "i32",
-               "num_chunks": "i32", "stride_dyb": "i64", "stride_xb": "i64", "stride_hb": "i64", "clamp": "fp32"}
-        meta = {"REVERSE": "constexpr", "SCALE": "constexpr", "BLOCK_N": "constexpr"}
-        for scale, code in SCALES.items():
-            for reverse in (False, True):
-                c = {"REVERSE": reverse, "SCALE": code, "BLOCK_N": BLOCK}
-                d = "rev" if reverse else "fwd"
-                yield (f"fwd_{t}_{scale}_{d}", _coupling_fwd_kernel, {**fwd, **meta}, c, 4)
-                yield (f"bwd_{t}_{scale}_{d}", _coupling_bwd_kernel, {**bwd, **meta}, c, 4)

@@ -385,27 +385,3 @@ def attention_bwd(do, q, k, v, o, lse, bias, scale, dropout_p, seed, is_causal, 
         q, k, v, bias_arg, scale, do, lse, delta, dq, ds if ds is not None else delta, *strides,
         Hq, Hq // Hkv, Lq, Lk, D, offset, p, int(seed), *keys, BIAS_GRAD=bool(bias_grad), **meta)
     return dq, dk, dv, ds
-
-
-def compile_specs():
-    """Forward, dK/dV and dQ kernels for the head dims the GPU runs, bf16 and fp32, with bias and
-    causal mask (and, at d64, dropout), each at the first configuration its autotune list keeps:
-    the one with the most live values per thread."""
-    variants = [(dtype, d, False) for dtype in ("bf16", "fp32") for d in (64, 128, 256)]
-    variants += [("bf16", 64, True)]
-    for dtype, d, dropout in variants:
-        types = {n: f"*{dtype}" for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
-        types.update({n: "*fp32" for n in ("Bias", "Scale", "LSE", "DELTA", "DS")})
-        types.update({n: "i32" for n in ("Hq", "Hkv", "GROUP", "Lq", "Lk", "D", "causal_offset",
-                                         "LQ_KEY", "LK_KEY")})
-        types.update(dropout_p="fp32", seed="i64")
-        base = {"HAS_BIAS": True, "IS_CAUSAL": True, "DROPOUT": dropout, "BIAS_GRAD": True,
-                "PRECISION": "ieee" if dtype == "fp32" else "tf32", "BLOCK_D": d}
-        for kind, kernel, configs in (("fwd", _attn_fwd_kernel, fwd_configs()),
-                                      ("dkdv", _attn_bwd_dkdv_kernel, bwd_configs()),
-                                      ("dq", _attn_bwd_dq_kernel, bwd_configs())):
-            cfg = next(c for c in configs if _keep(c, kind, d, 4 if dtype == "fp32" else 2, dropout))
-            fn = kernel.fn
-            meta = {k: v for k, v in {**base, **cfg.kwargs}.items() if k in fn.arg_names}
-            sig = {a: ("constexpr" if a in meta else types.get(a, "i32")) for a in fn.arg_names}
-            yield f"{kind}_{dtype}_d{d}" + ("_dropout" if dropout else ""), fn, sig, meta, cfg.num_warps

@@ -187,29 +187,3 @@ def causal_conv1d_update(x, conv_state, weight, bias, silu):
         *x.stride(), *conv_state.stride(), *y.stride(),
         WIDTH=width, HAS_BIAS=bias is not None, SILU=bool(silu), BLOCK_D=block, num_warps=4)
     return y
-
-
-def compile_specs():
-    """Widest filter (W = 4 is Mamba's; 8 the largest), both tile shapes, fp32 and bf16, SiLU on."""
-    for dtype, ptr in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16")):
-        t = str(dtype)[6:]
-        for width in (4, MAX_WIDTH):
-            for cl in (False, True):
-                bd, bl = _tiles(cl)
-                meta = {"WIDTH": width, "HAS_BIAS": True, "SILU": True, "BLOCK_D": bd, "BLOCK_L": bl}
-                bd_b, bl_b = _tiles(cl, backward=True)
-                meta_b = {**meta, "BLOCK_D": bd_b, "BLOCK_L": bl_b}
-                fwd = {"X": ptr, "Wt": ptr, "Bias": ptr, "Y": ptr, "D": "i32", "L": "i32",
-                       **{s: "i64" for s in ("sxb", "sxd", "sxl", "syb", "syd", "syl")},
-                       **{k: "constexpr" for k in meta}}
-                bwd = {"DY": ptr, "X": ptr, "Wt": ptr, "Bias": ptr, "DX": ptr, "DWP": "*fp32", "DBP": "*fp32",
-                       "D": "i32", "L": "i32",
-                       **{s: "i64" for s in ("sdyb", "sdyd", "sdyl", "sxb", "sxd", "sxl", "sdxb", "sdxd", "sdxl")},
-                       **{k: "constexpr" for k in meta}}
-                yield (f"fwd_{t}_w{width}_d{bd}", _causal_conv1d_fwd_kernel, fwd, meta, 4)
-                yield (f"bwd_{t}_w{width}_d{bd_b}", _causal_conv1d_bwd_kernel, bwd, meta_b, 4)
-            upd_meta = {"WIDTH": width, "HAS_BIAS": True, "SILU": True, "BLOCK_D": 256}
-            upd = {"X": ptr, "S": ptr, "Wt": ptr, "Bias": ptr, "Y": ptr, "D": "i32",
-                   **{s: "i64" for s in ("sxb", "sxd", "ssb", "ssd", "ssw", "syb", "syd")},
-                   **{k: "constexpr" for k in upd_meta}}
-            yield (f"update_{t}_w{width}", _causal_conv1d_update_kernel, upd, upd_meta, 4)

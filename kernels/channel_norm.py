@@ -482,21 +482,3 @@ def _signature(kernel, dtype):
         else:
             sig[a] = "i32"
     return sig
-
-
-def compile_specs():
-    for dtype in (torch.float32, torch.bfloat16):
-        t = str(dtype)[6:]
-        for bu, br in ((1, TILE), (64, TILE // 64)):
-            meta = dict(BLOCK_U=bu, BLOCK_R=br)
-            yield (f"stats_{t}_u{bu}_r{br}", _partial_stats_kernel, _signature(_partial_stats_kernel, dtype),
-                   meta, num_warps(bu * br))
-            yield (f"grad_sums_{t}_u{bu}_r{br}", _partial_grad_kernel, _signature(_partial_grad_kernel, dtype),
-                   dict(meta, HAS_W=True, HAS_B=True, ACT=2), num_warps(bu * br))
-        for bc, bs in ((1, TILE), (128, TILE // 128)):
-            meta = dict(BLOCK_C=bc, BLOCK_S=bs, HAS_W=True, HAS_B=True, ACT=2)
-            yield (f"apply_{t}_c{bc}_s{bs}", _apply_kernel, _signature(_apply_kernel, dtype), meta, num_warps(bc * bs))
-            yield (f"grad_apply_{t}_c{bc}_s{bs}", _grad_apply_kernel, _signature(_grad_apply_kernel, dtype),
-                   dict(meta, HAS_C=True), num_warps(bc * bs))
-    yield ("finalize_u1024", _finalize_stats_kernel, _signature(_finalize_stats_kernel, torch.float32),
-           dict(HAS_VAR=True, BLOCK_U=1024), 4)

@@ -184,25 +184,3 @@ def depthwise_conv2d_bwd(dy, x, weight, has_bias, stride, padding, dilation):
         BLOCK_T=bt, BLOCK_C=bc, num_warps=4)
     dbias = dbp.sum(0).to(x.dtype) if has_bias else None
     return dx, dwp.sum(0).view(C, KH, KW).to(weight.dtype), dbias
-
-
-def compile_specs():
-    """Both tile shapes (NCHW, channels_last), fp32 and bf16; taps are runtime loops, so one
-    configuration serves every kernel size."""
-    sizes = {k: "i32" for k in ("C", "H", "W", "OH", "OW", "KH", "KW", "sh", "sw", "ph", "pw", "dh", "dw")}
-    for dtype, ptr in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16")):
-        t = str(dtype)[6:]
-        for bp, bc in ((128, 2), (16, 32)):
-            fwd = {"X": ptr, "Wt": ptr, "Bias": ptr, "Y": ptr, **sizes,
-                   **{s: "i64" for s in ("sxn", "sxc", "sxh", "sxw", "syn", "syc", "syh", "syw")},
-                   "HAS_BIAS": "constexpr", "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
-            dx = {"DY": ptr, "Wt": ptr, "DX": ptr, **sizes,
-                  **{s: "i64" for s in ("sdyn", "sdyc", "sdyh", "sdyw", "sdxn", "sdxc", "sdxh", "sdxw")},
-                  "BLOCK_P": "constexpr", "BLOCK_C": "constexpr"}
-            yield (f"fwd_{t}_p{bp}", _dw_fwd_kernel, fwd, {"HAS_BIAS": True, "BLOCK_P": bp, "BLOCK_C": bc}, 4)
-            yield (f"dx_{t}_p{bp}", _dw_dx_kernel, dx, {"BLOCK_P": bp, "BLOCK_C": bc}, 4)
-        for bc in (8, 32):
-            dwk = {"DY": ptr, "X": ptr, "DWP": "*fp32", "DBP": "*fp32", **sizes, "NP": "i32", "CHUNK": "i32",
-                   **{s: "i64" for s in ("sdyn", "sdyc", "sdyh", "sdyw", "sxn", "sxc", "sxh", "sxw")},
-                   "BLOCK_T": "constexpr", "BLOCK_C": "constexpr"}
-            yield (f"dweight_{t}_c{bc}", _dw_dweight_kernel, dwk, {"BLOCK_T": TAP_BLOCK, "BLOCK_C": bc}, 4)

@@ -141,24 +141,3 @@ def dilated_conv1d_bwd(dy, x, weight, has_bias, dilation, left):
         dy, x, dw, db, B, CIN, COUT, L, K, dilation, left, *dy.stride(), *x.stride(),
         HAS_BIAS=has_bias, BLOCK_CO=bco, BLOCK_CI=bci, BLOCK_L=_block(L, hi=32), num_warps=NUM_WARPS)
     return dx, dw.to(weight.dtype), db.to(x.dtype) if has_bias else None
-
-
-def compile_specs():
-    """The largest tiles, fp16 and bf16 (the tensor-core paths) and fp32 (IEEE products)."""
-    sizes = {k: "i32" for k in ("CIN", "COUT", "L", "K", "dil", "left")}
-    for dtype, ptr in ((torch.float32, "*fp32"), (torch.float16, "*fp16"), (torch.bfloat16, "*bf16")):
-        t = str(dtype)[6:]
-        fwd = {"X": ptr, "Wt": ptr, "Bias": ptr, "Y": ptr, **sizes,
-               **{s: "i64" for s in ("sxb", "sxc", "sxl", "syb", "syc", "syl")},
-               "HAS_BIAS": "constexpr", "BLOCK_CO": "constexpr", "BLOCK_CI": "constexpr", "BLOCK_L": "constexpr"}
-        dx = {"DY": ptr, "Wt": ptr, "DX": ptr, **sizes,
-              **{s: "i64" for s in ("sdyb", "sdyc", "sdyl", "sdxb", "sdxc", "sdxl")},
-              "BLOCK_CI": "constexpr", "BLOCK_CO": "constexpr", "BLOCK_L": "constexpr"}
-        dwk = {"DY": ptr, "X": ptr, "DW": "*fp32", "DB": "*fp32", "B": "i32", **sizes,
-               **{s: "i64" for s in ("sdyb", "sdyc", "sdyl", "sxb", "sxc", "sxl")},
-               "HAS_BIAS": "constexpr", "BLOCK_CO": "constexpr", "BLOCK_CI": "constexpr", "BLOCK_L": "constexpr"}
-        yield (f"fwd_{t}", _dconv_fwd_kernel, fwd,
-               {"HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": 32, "BLOCK_L": 64}, NUM_WARPS)
-        yield (f"dx_{t}", _dconv_dx_kernel, dx, {"BLOCK_CI": 64, "BLOCK_CO": 32, "BLOCK_L": 64}, NUM_WARPS)
-        yield (f"dweight_{t}", _dconv_dweight_kernel, dwk,
-               {"HAS_BIAS": True, "BLOCK_CO": 64, "BLOCK_CI": _dweight_ci(dtype), "BLOCK_L": 32}, NUM_WARPS)

@@ -116,18 +116,3 @@ def inv_conv1x1_bwd(dy3, x3, w):
         part.zero_()
     dx = inv_conv1x1_fwd(dy3, w.float().t())
     return dx, part.sum(0)
-
-
-def compile_specs():
-    """Both kernels at the smallest and largest channel counts, fp32 and bf16."""
-    for dtype, ptr in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16")):
-        t = str(dtype)[6:]
-        sizes = {"R": "i64", "S": "i64", "C": "i32"}
-        mm = {"X": ptr, "W": "*fp32", "Y": ptr, **sizes, "stride_xb": "i64", "stride_xc": "i64"}
-        dw = {"DY": ptr, "X": ptr, "PART": "*fp32", **sizes, "stride_dyb": "i64", "stride_dyc": "i64",
-              "stride_xb": "i64", "stride_xc": "i64"}
-        meta = {"C_PAD": "constexpr", "BLOCK_R": "constexpr"}
-        for c_pad in (16, MAX_CHANNELS):
-            consts = {"C_PAD": c_pad, "BLOCK_R": TILE_ELEMS // c_pad}
-            yield (f"matmul_{t}_c{c_pad}", _matmul_kernel, {**mm, **meta}, consts, _warps(c_pad))
-            yield (f"dw_{t}_c{c_pad}", _dw_kernel, {**dw, **meta}, consts, _warps(c_pad))

@@ -353,18 +353,3 @@ def _signature(kernel, dtype):
         else:
             sig[a] = "constexpr"
     return sig
-
-
-def compile_specs():
-    """(name, kernel, signature, constexprs, num_warps) for every configuration to compile."""
-    configs = all_launch_configs()
-    extremes = [configs[-1], max((c for c in configs if c["FUSED"]), key=lambda c: c["BLOCK_N"])]
-    variants = [(cfg, False, torch.float32) for cfg in configs] + \
-               [(cfg, rms, dt) for cfg in extremes for rms, dt in ((True, torch.bfloat16), (False, torch.float16))]
-    for cfg, is_rms, dtype in variants:
-        meta = {k: v for k, v in cfg.items() if k != "num_warps"}
-        tag = f"{'rms' if is_rms else 'ln'}_{str(dtype)[6:]}_m{cfg['BLOCK_M']}_n{cfg['BLOCK_N']}_{'fused' if cfg['FUSED'] else 'looped'}"
-        fwd = dict(meta, IS_RMS=is_rms, HAS_W=True, HAS_B=not is_rms, HAS_RES=True)
-        bwd = dict(meta, IS_RMS=is_rms, HAS_W=True, HAS_DB=not is_rms, HAS_DRES=True)
-        yield (f"fwd_{tag}", _row_norm_fwd_kernel, _signature(_row_norm_fwd_kernel, dtype), fwd, cfg["num_warps"])
-        yield (f"bwd_{tag}", _row_norm_bwd_kernel, _signature(_row_norm_bwd_kernel, dtype), bwd, cfg["num_warps"])

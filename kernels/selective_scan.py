@@ -258,22 +258,3 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus
     empty = lambda: u.new_empty(0, dtype=f32)  # noqa: E731  (a fresh one each: outputs may not alias)
     return (du, ddelta, dA.sum(0), dB if s["var_b"] else dB.sum(0), dC if s["var_c"] else dC.sum(0),
             dD.sum(0) if dD is not None else empty(), dz, dbias.sum(0) if dbias is not None else empty())
-
-
-def compile_specs():
-    """Both kernels with every option on (the heaviest variant): fp32 at N = 16 (Mamba's) and bf16
-    at N = 32 (the largest the op sends here, 8 warps)."""
-    for dtype, ptr, block_n in ((torch.float32, "*fp32", 16), (torch.bfloat16, "*bf16", 32)):
-        t = f"{str(dtype)[6:]}_n{block_n}"
-        meta = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, VAR_B=True, VAR_C=True,
-                    BLOCK_N=block_n, CHUNK_T=CHUNK)
-        sizes = {"dim": "i32", "L": "i32", "N": "i32", "dim_per_group": "i32", "n_chunks": "i32"}
-        fwd = {"U": ptr, "DELTA": ptr, "A": "*fp32", "B": ptr, "C": ptr, "D": "*fp32", "Z": ptr,
-               "BIAS": "*fp32", "OUT": ptr, "STATES": "*fp32", **sizes, **{k: "constexpr" for k in meta}}
-        yield (f"fwd_{t}", _selective_scan_fwd_kernel, fwd, meta, _num_warps(block_n))
-        bmeta = dict(meta, HAS_DLAST=True)
-        bwd = {"U": ptr, "DELTA": ptr, "A": "*fp32", "B": ptr, "C": ptr, "D": "*fp32", "Z": ptr,
-               "BIAS": "*fp32", "STATES": "*fp32", "DOUT": ptr, "DLAST": "*fp32", "DU": ptr,
-               "DDELTA": ptr, "DZ": ptr, "DA": "*fp32", "DB": "*fp32", "DC": "*fp32", "DD": "*fp32",
-               "DBIAS": "*fp32", **sizes, **{k: "constexpr" for k in bmeta}}
-        yield (f"bwd_{t}", _selective_scan_bwd_kernel, bwd, bmeta, _num_warps(block_n))

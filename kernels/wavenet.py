@@ -194,25 +194,3 @@ def wavenet_layer_bwd(dout, dskip, x, h, w_dil, w_res, w_skip, has_b_dil, has_b_
     dw_skip, db_skip = _weight_grad_1x1(dskip, z, has_b_skip)
     cast = lambda t: t.to(w_res.dtype) if t is not None else None  # noqa: E731
     return dx, dw_dil, db_dil, dh, cast(dw_res), cast(db_res), cast(dw_skip), cast(db_skip)
-
-
-def compile_specs():
-    """The widest layer (C = 128 residual channels; the skip count is a loop bound); fp16 and bf16
-    (tensor cores) and fp32 (IEEE products)."""
-    for dtype, ptr in ((torch.float32, "*fp32"), (torch.float16, "*fp16"), (torch.bfloat16, "*bf16")):
-        t = str(dtype)[6:]
-        bc, bci, bl = _blocks(MAX_C, 1 << 14, dtype)
-        fwd = {"X": ptr, "WD": ptr, "BD": ptr, "COND": ptr, "WR": ptr, "BR": ptr, "WS": ptr, "BS": ptr,
-               "OUT": ptr, "SKIP": ptr, "H": ptr, "C": "i32", "S": "i32", "L": "i32", "K": "i32", "dil": "i32",
-               **{s: "i64" for s in ("sxb", "sxc", "sxl", "scb", "scc", "scl")},
-               **{k: "constexpr" for k in ("HAS_BD", "HAS_COND", "HAS_BR", "HAS_BS", "BLOCK_C", "BLOCK_O",
-                                           "BLOCK_CI", "BLOCK_L")}}
-        meta = {"HAS_BD": True, "HAS_COND": True, "HAS_BR": True, "HAS_BS": True,
-                "BLOCK_C": bc, "BLOCK_O": BLOCK_O, "BLOCK_CI": bci, "BLOCK_L": bl}
-        yield (f"fwd_{t}_c{bc}", _wavenet_fwd_kernel, fwd, meta, NUM_WARPS)
-        bwd = {"DOUT": ptr, "DSKIP": ptr, "H": ptr, "WR": ptr, "WS": ptr, "DH": ptr, "Z": ptr,
-               "C": "i32", "S": "i32", "L": "i32",
-               **{s: "i64" for s in ("sob", "soc", "sol", "ssb", "ssc", "ssl")},
-               "BLOCK_C": "constexpr", "BLOCK_O": "constexpr", "BLOCK_L": "constexpr"}
-        yield (f"gate_bwd_{t}_c{bc}", _wavenet_gate_bwd_kernel, bwd,
-               {"BLOCK_C": bc, "BLOCK_O": BLOCK_O, "BLOCK_L": bl}, NUM_WARPS)

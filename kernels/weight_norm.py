@@ -73,13 +73,3 @@ def weight_norm_bwd(dw2, v2, g1, norm):
     dg = new_empty(D, dtype=g1.dtype, device=v2.device)
     _weight_norm_bwd_kernel[(D,)](dw2, v2, g1, norm, dv, dg, K, BLOCK_K=_block(K), num_warps=4)
     return dv, dg
-
-
-def compile_specs():
-    """The compile test builds both kernels at the largest block, fp32 and bf16."""
-    for dtype, ptr in ((torch.float32, "*fp32"), (torch.bfloat16, "*bf16")):
-        t = str(dtype)[6:]
-        fwd = {"V": ptr, "G": ptr, "W": ptr, "NORM": "*fp32", "K": "i32", "BLOCK_K": "constexpr"}
-        bwd = {"DW": ptr, "V": ptr, "G": ptr, "NORM": "*fp32", "DV": ptr, "DG": ptr, "K": "i32", "BLOCK_K": "constexpr"}
-        yield (f"fwd_{t}_k{BLOCK}", _weight_norm_fwd_kernel, fwd, {"BLOCK_K": BLOCK}, 4)
-        yield (f"bwd_{t}_k{BLOCK}", _weight_norm_bwd_kernel, bwd, {"BLOCK_K": BLOCK}, 4)
