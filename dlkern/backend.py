@@ -11,6 +11,8 @@ context, ``set_backend(...)``, the ``DLKERN_BACKEND`` environment variable (read
 * ``triton`` on CPU tensors runs Triton's interpreter, which must be enabled with
   ``TRITON_INTERPRET=1`` before :mod:`dlkern.kernels` is imported.
 * ``cuda`` on CPU tensors runs the emulation build ``dlkern._C_emu`` when ``DLKERN_CUDA_EMULATE=1``.
+* Differentiation modes the kernels have no rule for (forward AD, torch.func's grad transforms;
+  they carry a reverse-mode autograd formula only) are reasons against every kernel backend.
 * Empty inputs (a tensor argument with no elements; optimizer steps aside) run the reference on
   every backend: there is nothing for a kernel to compute, and torch's answers for them (zeros
   from attention over no keys, zero parameter gradients, untouched running statistics) are the
