@@ -44,7 +44,7 @@ class ThreadTuner:
     while the choice stays the same). A candidate ``drop_factor`` times slower than the best step
     so far gets no more probe steps: a bad choice costs a few steps, not a probe's worth."""
 
-    def __init__(self, candidates=None, rounds: int = 3, warmup: int = 1, recheck_s: float = 20.0,
+    def __init__(self, candidates=None, rounds: int = 5, warmup: int = 3, recheck_s: float = 10.0,
                  drop_factor: float = 3.0, clock=time.perf_counter):
         cores = os.cpu_count() or 1
         self.candidates = sorted(set(candidates or (1, torch.get_num_threads(), cores)))

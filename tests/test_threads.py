@@ -40,7 +40,7 @@ def test_picks_the_faster_count_and_follows_a_load_change():
         return 0.01 if n == 1 else 0.006
 
     loop = SimulatedLoop(cost)
-    tuner = threads.ThreadTuner(candidates=(1, 2), recheck_s=5.0, clock=loop.clock)
+    tuner = threads.ThreadTuner(candidates=(1, 2), warmup=1, recheck_s=5.0, clock=loop.clock)
     loop.run(tuner, 200)
     assert tuner.history[0]["chosen"] == 1
     loop.run(tuner, 6000)
