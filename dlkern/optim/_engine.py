@@ -43,6 +43,14 @@ def _local(t):
     return t.to_local() if DTensor is not None and isinstance(t, DTensor) else t
 
 
+def _plain(t) -> bool:
+    """A tensor the kernels can address: a plain tensor or parameter, or one of the subclasses
+    tracing uses to stand for one (FakeTensor, FunctionalTensor: torch.compile, dlkern perf)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+    return type(t) in (torch.Tensor, torch.nn.Parameter) or isinstance(t, (FakeTensor, FunctionalTensor))
+
+
 def _tensor_reasons(p: torch.Tensor) -> list[str]:
     DTensor = _dtensor_type()
     if DTensor is not None and isinstance(p, DTensor):
@@ -52,12 +60,12 @@ def _tensor_reasons(p: torch.Tensor) -> list[str]:
             return [f"a DTensor parameter's gradient must have its placements {p.placements}; got "
                     + (str(g.placements) if isinstance(g, DTensor) else f"a plain {type(g).__name__}")]
         p, g = p.to_local(), None if g is None else g.to_local()
-    elif type(p) not in (torch.Tensor, torch.nn.Parameter):
+    elif not _plain(p):
         return [f"parameters of type {type(p).__module__}.{type(p).__name__} (a tensor subclass) cannot "
                 "be addressed by the multi-tensor kernels (plain tensors and DTensors can)"]
     else:
         g = p.grad
-    if g is not None and type(g) not in (torch.Tensor, torch.nn.Parameter):
+    if g is not None and not _plain(g):
         return [f"gradients of type {type(g).__name__} (a tensor subclass) cannot be addressed by the kernels"]
     if not dense_layout(p):
         return ["parameters must be dense (contiguous, channels_last or another permutation of dims) "
