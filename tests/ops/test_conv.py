@@ -89,7 +89,7 @@ def test_conv2d_routes_depthwise_to_the_kernel_and_the_rest_to_torch(backend):
     w_dw, w_full = _randn(4, 1, 3, 3, seed=2), _randn(6, 4, 3, 3, seed=3)
     y = dlkern.nn.functional.conv2d(x, w_dw, None, 1, "same", 1, 4, backend=backend)
     torch.testing.assert_close(y, F.conv2d(x, w_dw, None, 1, "same", 1, 4))
-    with pytest.raises(BackendError, match="only serves depthwise"):
+    with pytest.raises(BackendError, match="serves depthwise convolutions only"):
         dlkern.nn.functional.conv2d(x, w_full, backend=backend)
     with dlkern.use_backend(backend):  # a backend in force (not named per call) leaves the rest to torch
         torch.testing.assert_close(dlkern.nn.functional.conv2d(x, w_full, padding=1), F.conv2d(x, w_full, padding=1))
