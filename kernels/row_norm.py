@@ -300,7 +300,7 @@ def _row_norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms):
     if M == 0:  # no program ran: the partial sums are empty sums
         dw_part, db_part = [p.zero_() if p is not None else None for p in (dw_part, db_part)]
     dw = dw_part.sum(0).to(weight.dtype) if weight is not None else None
-    db = db_part.sum(0).to(x.dtype) if has_bias else None
+    db = db_part.sum(0) if has_bias else None  # fp32: the op casts it to bias's dtype
     return dx, dw, db
 
 
@@ -319,7 +319,8 @@ def rms_norm_fwd(x, weight, residual, eps):
 
 
 def layer_norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias):
-    """-> (dx (M, N), dweight (N,) or None, dbias (N,) or None); dresidual is added to dx."""
+    """-> (dx (M, N), dweight (N,) in weight's dtype or None, dbias (N,) fp32 or None); dresidual is
+    added to dx. weight may have another floating dtype than x (fp32 parameters, half x)."""
     return _row_norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms=False)
 
 

@@ -18,12 +18,17 @@ namespace dlk_bind {
 
 namespace {
 
-// weight, bias: (cols,) like x.
+// weight, bias: (cols,) on x's device, floating point of any dtype. The kernels read the
+// parameters in x's dtype, so fp32 parameters with fp16/bf16 x (mixed precision) are rounded to
+// it here: one rounding of each parameter, within the output's own rounding. dweight/dbias are
+// summed in fp32 whatever the dtypes, and returned in the parameters' own dtypes.
 at::Tensor check_vector(const at::Tensor& t, const char* name, const at::Tensor& x) {
-  check_like_x(t, name, x);
+  TORCH_CHECK(t.device() == x.device(), name, " must be on x's device ", x.device(), ", got ",
+              t.device());
+  TORCH_CHECK(t.is_floating_point(), name, " must be floating point, got ", t.scalar_type());
   TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(1), name, " must have shape (", x.size(1),
               ",), got ", t.sizes());
-  return t.contiguous();
+  return t.to(x.scalar_type()).contiguous();
 }
 
 // mean, rstd: (rows,) float32.
@@ -108,8 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_norm_backward(
   LaunchContext ctx(x);
   at::Tensor dx = new_buffer({rows, cols}, x.options());  // (M, N)
   if (rows == 0 || cols == 0) {  // nothing to launch; dweight/dbias are empty sums
-    return {dx, weight.defined() ? at::zeros({cols}, x.options()) : at::Tensor(),
-            has_bias ? at::zeros({cols}, x.options()) : at::Tensor()};
+    return {dx, weight.defined() ? at::zeros({cols}, weight_in->options()) : at::Tensor(),
+            has_bias ? at::zeros({cols}, x.options().dtype(at::kFloat)) : at::Tensor()};
   }
 
   dlk::RowNormBwdParams p{};
@@ -143,8 +148,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_norm_backward(
   p.dbias_partial = ptr_or_null<float>(db_partial);
   dlk::row_norm_bwd(p, ctx.stream());
 
-  at::Tensor dweight = p.has_weight ? dw_partial.sum(0).to(x.scalar_type()) : at::Tensor();
-  at::Tensor dbias = p.has_bias ? db_partial.sum(0).to(x.scalar_type()) : at::Tensor();
+  at::Tensor dweight = p.has_weight ? dw_partial.sum(0).to(weight_in->scalar_type()) : at::Tensor();
+  at::Tensor dbias = p.has_bias ? db_partial.sum(0) : at::Tensor();  // fp32: the op casts it to bias's dtype
   return {dx, dweight, dbias};
 }
 

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from dlkern.autocast import NONE, follows_autocast
 from dlkern import backend as _backend
 from dlkern.backend import choose
 from dlkern.registry import Cost, OpSpec, Sample, register_op
@@ -91,6 +92,7 @@ def _check(x, bias, logscale):
             raise ValueError(f"{name} must be on x's device {x.device}; got {t.device}")
 
 
+@follows_autocast(NONE)
 def act_norm(x: Tensor, bias: Tensor, logscale: Tensor, *, reverse: bool = False,
              backend: str | None = None) -> tuple[Tensor, Tensor]:
     """``(y, logdet)``: ``y = (x + bias) · exp(logscale)`` per channel (``reverse``:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.autocast import NONE, follows_autocast
 from dlkern import backend as _backend
 from dlkern.backend import choose
 from dlkern.registry import Cost, OpSpec, Sample, register_op
@@ -103,6 +104,7 @@ def _check(x, h, scale, clamp):
         raise ValueError(f"clamp applies to scale='softclamp' only; got clamp={clamp!r} with scale={scale!r}")
 
 
+@follows_autocast(NONE)
 def affine_coupling(x: Tensor, h: Tensor, *, reverse: bool = False, scale: str = "exp",
                     clamp: float | None = None, backend: str | None = None) -> tuple[Tensor, Tensor]:
     """``(y, logdet)``: ``y = x · s + t`` (``reverse``: ``(x - t) / s``), ``logdet`` per sample

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.autocast import LOWER, follows_autocast
 from dlkern import backend as _backend
 from dlkern.backend import choose
 from dlkern.ops.peers import flash_attn_sdpa
@@ -107,7 +108,9 @@ def attention_ref(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fa
     """Reference (explicit math, the oracle of the tests). query (*, Hq, Lq, D), key/value
     (*, Hkv, Lk, D); attn_mask bool (True = attend) or additive float, broadcastable to
     (*, Hq, Lq, Lk). Scores in fp32 (fp64 for fp64 inputs); the probabilities are rounded to the
-    input dtype before the product with value, as the kernels do. Dropout uses torch's RNG."""
+    input dtype before the product with value, as the kernels do. Dropout uses torch's RNG.
+    Leading dims broadcast as in torch (2-D inputs, one shared key/value head; see _broadcast)."""
+    query, key, value, enable_gqa, out_shape = _broadcast(query, key, value, enable_gqa)
     hq, hkv = query.shape[-3], key.shape[-3]
     acc = torch.float64 if query.dtype == torch.float64 else torch.float32
     k, v = key, value
@@ -126,7 +129,7 @@ def attention_ref(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fa
     p = e / torch.where(denom == 0, torch.ones_like(denom), denom)
     if dropout_p > 0:
         p = torch.dropout(p, dropout_p, train=True)
-    return torch.matmul(p.to(value.dtype), v)
+    return torch.matmul(p.to(value.dtype), v).reshape(out_shape[:-1] + (value.shape[-1],))
 
 
 def _torch_path(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, temperature,
@@ -169,8 +172,8 @@ def _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, temperatu
     if hq != hkv and not (enable_gqa and hq % hkv == 0):
         raise ValueError(f"query has {hq} heads and key/value {hkv}: that needs enable_gqa=True and "
                          f"query heads divisible by key/value heads")
-    if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be a float in [0, 1); got {dropout_p!r}")
+    if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1]; got {dropout_p!r}")
     if scale is not None and not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None; got {type(scale).__name__}")
     if causal_alignment not in ALIGNMENTS:
@@ -217,6 +220,7 @@ def _to_bias(attn_mask, shape):
     return bias.expand(shape)
 
 
+@follows_autocast(LOWER)
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
                                  dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
                                  enable_gqa: bool = False, *, temperature=1.0, causal_alignment: str = "top_left",
@@ -224,7 +228,48 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     """``torch.nn.functional.scaled_dot_product_attention`` plus ``temperature`` and
     ``causal_alignment`` (see the module docstring). query (*, Hq, Lq, D), key/value (*, Hkv, Lk, D)
     -> (*, Hq, Lq, D)."""
+    query, key, value, enable_gqa, out_shape = _broadcast(query, key, value, enable_gqa)
+    if isinstance(dropout_p, (int, float)) and dropout_p == 1.0:
+        # torch drops every weight: zeros, with zero gradients for query, key and value
+        _check(query, key, value, attn_mask, 0.0, scale, enable_gqa, temperature, causal_alignment)
+        zero = (query.sum() + key.sum() + value.sum()) * 0.0
+        return zero.expand(out_shape[:-1] + (value.shape[-1],)).contiguous()
     _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, temperature, causal_alignment)
+    return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, temperature,
+                      causal_alignment, backend).reshape(out_shape[:-1] + (value.shape[-1],))
+
+
+def _broadcast(query, key, value, enable_gqa):
+    """torch's broadcasting of SDPA's leading dims, made explicit: inputs of 2 dims (L, E) or of
+    different ranks, batch dims of size 1, and one key/value head shared by all query heads (or one
+    query head against several) without ``enable_gqa``. Returns views of 3 dims or more with equal batch
+    dims, the ``enable_gqa`` that serves them, and the output shape torch gives."""
+    if not all(isinstance(t, Tensor) for t in (query, key, value)):
+        return query, key, value, enable_gqa, tuple(getattr(query, "shape", ()))
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have at least 2 dims (*, length, head_dim); got shape {list(t.shape)}")
+    rank = max(query.dim(), key.dim(), value.dim())
+    out_rank = rank
+    q, k, v = (t.reshape((1,) * (max(rank, 3) - t.dim()) + tuple(t.shape)) for t in (query, key, value))
+    try:
+        batch = torch.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+    except RuntimeError:
+        raise ValueError(f"the batch dims of query {list(query.shape)}, key {list(key.shape)} and value "
+                         f"{list(value.shape)} do not broadcast") from None
+    hq, hkv = q.shape[-3], k.shape[-3]
+    if hq != hkv and not enable_gqa:
+        if hkv == 1:
+            enable_gqa = True  # one shared key/value head: exactly grouped-query attention
+        elif hq == 1:
+            q = q.expand(*q.shape[:-3], hkv, *q.shape[-2:])
+    q, k, v = (t.expand(*batch, *t.shape[-3:]) for t in (q, k, v))
+    out_shape = (*batch, q.shape[-3], q.shape[-2], q.shape[-1])
+    return q, k, v, enable_gqa, out_shape[len(out_shape) - out_rank:]
+
+
+def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, temperature,
+               causal_alignment, backend):
     args = (query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     chosen = choose(ATTENTION, args, {}, backend)
     if chosen == "reference" and _backend.forward_ad_active([t for t in args if isinstance(t, Tensor)]):
@@ -268,6 +313,11 @@ def _samples(device, dtype):
     yield Sample("d256", qkv(1, 1, 1, 8, 8, 256), {}, (0, 1, 2))
     q, k, v = (t.transpose(1, 2) for t in (r(2, 12, 2, 16), r(2, 12, 2, 16), r(2, 12, 2, 16)))
     yield Sample("strided_bshd_view", (q, k, v), {}, (0, 1, 2))
+    # torch's broadcasting: a 3-D query against 4-D key/value, one key/value head for several query
+    # heads without enable_gqa, 2-D (L, E) inputs
+    yield Sample("q3d_kv4d", (r(2, 7, 16), r(3, 2, 9, 16), r(3, 2, 9, 16)), {}, (0, 1, 2))
+    yield Sample("one_kv_head_no_gqa", (r(2, 3, 6, 16), r(2, 1, 10, 16), r(2, 1, 10, 16)), {}, (0, 1, 2))
+    yield Sample("two_d_causal", (r(12, 16), r(12, 16), r(12, 16), None, 0.0, True), {}, (0, 1, 2))
     yield Sample("zero_keys", qkv(1, 2, 2, 3, 0, 16), {}, (0, 1, 2))
     yield Sample("empty_batch", qkv(0, 2, 2, 5, 5, 16), {}, (0, 1, 2))
 
@@ -283,14 +333,16 @@ def _bench_cases(device, dtype, quick):
 
 
 def _cost(sample):
-    q, k, v = sample.args[:3]
+    q, k, v, _, out_shape = _broadcast(*sample.args[:3], False)
     causal = len(sample.args) > 5 and sample.args[5]
-    b, hq, lq, d = q.shape
+    *_, lq, d = out_shape
+    b, hq = math.prod(out_shape[:-3]), (out_shape[-3] if len(out_shape) > 2 else 1)
     lk = k.shape[-2]
     flops = 4 * b * hq * lq * lk * d * (0.5 if causal else 1.0)
     s = q.element_size()
-    io = (2 * q.numel() + k.numel() + v.numel()) * s
-    return Cost(fwd_bytes=io, bwd_bytes=2 * io + k.numel() * s + v.numel() * s,
+    q0, k0, v0 = sample.args[:3]  # the bytes of the tensors as given (broadcast dims are not read twice)
+    io = (q0.numel() + math.prod(out_shape) + k0.numel() + v0.numel()) * s
+    return Cost(fwd_bytes=io, bwd_bytes=2 * io + k0.numel() * s + v0.numel() * s,
                 fwd_flops=flops, bwd_flops=2.5 * flops)
 
 

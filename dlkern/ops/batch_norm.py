@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.autocast import NONE, follows_autocast
 from dlkern.backend import choose
 from dlkern.ops.channel_norm import (batch_norm_fwd_op, channel_norm_cost, check_stat_args, kernel_support,
                                      layouts, _randn)
@@ -27,10 +28,14 @@ def check_batch_norm_args(input, running_mean, running_var, weight, bias, traini
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(input.shape)}")
 
 
+@follows_autocast(NONE)
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5, *, backend: str | None = None) -> Tensor:
-    """Drop-in for ``torch.nn.functional.batch_norm`` (2-D to 5-D input, any layout)."""
+    """Drop-in for ``torch.nn.functional.batch_norm`` (2-D input or more, any layout)."""
+    if isinstance(input, Tensor) and input.dim() > 5:  # as torch: the spatial dims are one axis here
+        return batch_norm(input.flatten(2), running_mean, running_var, weight, bias, training, momentum, eps,
+                          backend=backend).view(input.shape)
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum)
     args = (input, running_mean, running_var, weight, bias, training, momentum, eps)
     chosen = choose(BATCH_NORM, args, {}, backend)
@@ -60,6 +65,9 @@ def _samples(device, dtype):
             yield Sample(f"eval_{name}", (x, *params(torch.float32), False, 0.1, 1e-5), {}, (0, 3, 4))
         if name == "4d_nchw" and dtype != torch.float32:
             yield Sample("train_params_in_input_dtype", (x, *params(dtype), True, 0.1, 1e-5), {}, (0, 3, 4))
+    x6 = _randn((2, 3, 2, 3, 2, 3), device, dtype, gen)  # torch takes any rank >= 2
+    yield Sample("train_6d", (x6, None, None, _randn((3,), device, torch.float32, gen, 0.2, 1.0),
+                              _randn((3,), device, torch.float32, gen, 0.2), True, 0.1, 1e-5), {}, (0, 3, 4))
     x = _randn((6, 5, 4, 3), device, dtype, gen)
     yield Sample("no_affine_no_running", (x, None, None, None, None, True, 0.1, 1e-5), {}, (0,))
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.autocast import LOWER, NONE, follows_autocast
 from dlkern import backend as _backend
 from dlkern.backend import choose
 from dlkern.ops.conv_common import dtype_reasons
@@ -114,6 +115,7 @@ def _check(x, weight, bias, activation, x_dims=(3,), x_shape="(B, D, L)"):
         raise ValueError(f"activation must be None or 'silu'; got {activation!r}")
 
 
+@follows_autocast(LOWER)
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None, *,
                   backend: str | None = None) -> Tensor:
     """Causal depthwise conv1d: x (B, D, L), channel-first or channel-last (a (B, L, D) tensor
@@ -126,6 +128,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activat
     return causal_conv1d_fwd_op(x, weight.contiguous(), bias, activation == "silu", chosen)
 
 
+@follows_autocast(NONE)
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None = None,
                          activation: str | None = None, *, backend: str | None = None) -> Tensor:
     """One decoding step of :func:`causal_conv1d`. x (B, D) or (B, D, 1); conv_state (B, D, W - 1)

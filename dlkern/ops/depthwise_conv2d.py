@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.autocast import LOWER, follows_autocast
 from dlkern import backend as _backend
 from dlkern.backend import choose
 from dlkern.ops.conv_common import dtype_reasons
@@ -124,6 +125,7 @@ def _check(input, weight, bias):
                          f"{list(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__}")
 
 
+@follows_autocast(LOWER)
 def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, *,
                      backend: str | None = None) -> Tensor:
     """``F.conv2d(..., groups=C)`` for weight (C, 1, KH, KW), KH, KW <= 31. NCHW or channels_last
@@ -201,6 +203,7 @@ def is_depthwise(input, weight, groups) -> bool:
             and max(weight.shape[2:]) <= MAX_KERNEL)
 
 
+@follows_autocast(LOWER)
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1, groups=1, *,
            backend: str | None = None) -> Tensor:
     """Mirrors ``torch.nn.functional.conv2d``: depthwise convolutions (see :func:`is_depthwise`) run

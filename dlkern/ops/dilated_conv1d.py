@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.autocast import LOWER, follows_autocast
 from dlkern import backend as _backend
 from dlkern.backend import choose
 from dlkern.ops.conv_common import dtype_reasons
@@ -92,6 +93,7 @@ def check_dilated_conv1d_args(x, weight, bias, dilation, causal):
         raise TypeError(f"causal must be True or False; got {causal!r}")
 
 
+@follows_autocast(LOWER)
 def dilated_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, dilation: int = 1, causal: bool = True, *,
                    backend: str | None = None) -> Tensor:
     """Length-preserving dilated conv1d: x (B, Cin, L) (any strides), weight (Cout, Cin, K), bias

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.autocast import FP32_ON_CUDA, follows_autocast
 from dlkern.backend import choose
 from dlkern.ops.channel_norm import (ACTIVATIONS, channel_norm_cost, check_channel_param, check_input,
                                      group_norm_fwd_op, kernel_support, layouts, _randn)
@@ -42,6 +43,7 @@ def _run(op, input, num_groups, weight, bias, eps, activation, backend):
     return group_norm_fwd_op(input, num_groups, weight, bias, float(eps), activation, chosen)[0]
 
 
+@follows_autocast(FP32_ON_CUDA)
 def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
                eps: float = 1e-5, *, backend: str | None = None) -> Tensor:
     """Drop-in for ``torch.nn.functional.group_norm`` (2-D to 5-D, channels_last kept)."""
@@ -49,6 +51,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bia
     return _run(GROUP_NORM, input, num_groups, weight, bias, eps, "none", backend)
 
 
+@follows_autocast(FP32_ON_CUDA)
 def group_norm_act(input: Tensor, num_groups: int, weight: Tensor | None = None,
                    bias: Tensor | None = None, eps: float = 1e-5, activation: str | None = "silu", *,
                    backend: str | None = None) -> Tensor:

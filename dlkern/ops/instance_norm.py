@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.autocast import NONE, follows_autocast
 from dlkern.backend import choose
 from dlkern.ops.channel_norm import (batch_norm_fwd_op, channel_norm_cost, check_stat_args, group_norm_fwd_op,
                                      kernel_support, layouts, _randn)
@@ -27,19 +28,26 @@ def _check(input, running_mean, running_var, weight, bias, use_input_stats, mome
         raise ValueError(f"Expected more than 1 spatial element when training, got input size {list(input.shape)}")
 
 
+@follows_autocast(NONE)
 def instance_norm(input: Tensor, running_mean: Tensor | None = None, running_var: Tensor | None = None,
                   weight: Tensor | None = None, bias: Tensor | None = None, use_input_stats: bool = True,
                   momentum: float = 0.1, eps: float = 1e-5, *, backend: str | None = None) -> Tensor:
-    """Drop-in for ``torch.nn.functional.instance_norm`` (3-D to 5-D input)."""
+    """Drop-in for ``torch.nn.functional.instance_norm`` (3-D input or more). The output is
+    contiguous (N, C, *spatial) whatever the input's layout, as torch's."""
+    if isinstance(input, Tensor) and input.dim() > 5:  # as torch: the spatial dims are one axis here
+        return instance_norm(input.flatten(2), running_mean, running_var, weight, bias, use_input_stats,
+                             momentum, eps, backend=backend).view(input.shape)
     _check(input, running_mean, running_var, weight, bias, use_input_stats, momentum)
     args = (input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
     chosen = choose(INSTANCE_NORM, args, {}, backend)
     if chosen == "reference":
         return instance_norm_ref(*args)
     if not use_input_stats:
-        return batch_norm_fwd_op(input, weight, bias, running_mean, running_var, False, float(eps), chosen)[0]
+        y = batch_norm_fwd_op(input, weight, bias, running_mean, running_var, False, float(eps), chosen)[0]
+        return y.contiguous()
     n, c = input.shape[:2]
     y, mean, rstd = group_norm_fwd_op(input, c, weight, bias, float(eps), "none", chosen)
+    y = y.contiguous()  # the kernels keep a channels_last layout; torch's instance norm does not
     if running_mean is not None:
         with torch.no_grad():  # as torch: the batch average of the per-instance statistics
             s = input[0, 0].numel()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dlkern.autocast import NONE, follows_autocast
 from dlkern import backend as _backend
 from dlkern.backend import choose
 from dlkern.ops.act_norm import as_bcs, pixel_logdet
@@ -96,6 +97,7 @@ def _check(x, lower, upper, log_s, sign_s, perm):
         raise TypeError(f"perm must be an int64 permutation of range(C); got dtype {perm.dtype}")
 
 
+@follows_autocast(NONE)
 def inv_conv1x1(x: Tensor, lower: Tensor, upper: Tensor, log_s: Tensor, sign_s: Tensor, perm: Tensor, *,
                 reverse: bool = False, backend: str | None = None) -> tuple[Tensor, Tensor]:
     """``(y, logdet)``: ``y = W x`` per pixel with the LU-parametrized W (``reverse``: ``W⁻¹ x``),

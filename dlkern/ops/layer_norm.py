@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.autocast import FP32_ON_CUDA, follows_autocast
 from dlkern.backend import choose
 from dlkern.ops import peers
 from dlkern.ops.row_norm import (row_norm, kernel_support, norm_bench_cases, norm_cost,
@@ -29,6 +30,7 @@ def add_layer_norm_ref(input: Tensor, residual: Tensor, normalized_shape, weight
     return layer_norm_ref(s, normalized_shape, weight, bias, eps), s
 
 
+@follows_autocast(FP32_ON_CUDA)
 def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
                eps: float = 1e-5, *, backend: str | None = None) -> Tensor:
     """Drop-in for ``torch.nn.functional.layer_norm``; ``backend`` overrides the backend choice."""
@@ -41,6 +43,7 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bi
     return row_norm(input, None, weight, bias, n, float(eps), False, chosen)[0]
 
 
+@follows_autocast(FP32_ON_CUDA)
 def add_layer_norm(input: Tensor, residual: Tensor, normalized_shape, weight: Tensor | None = None,
                    bias: Tensor | None = None, eps: float = 1e-5, *,
                    backend: str | None = None) -> tuple[Tensor, Tensor]:

@@ -6,6 +6,7 @@ import functools
 import torch
 from torch import Tensor
 
+from dlkern.autocast import FP32_ON_CUDA, follows_autocast
 from dlkern.backend import choose
 from dlkern.ops import peers
 from dlkern.ops.row_norm import (row_norm, default_eps, kernel_support, norm_bench_cases,
@@ -29,6 +30,7 @@ def add_rms_norm_ref(input: Tensor, residual: Tensor, normalized_shape, weight=N
     return rms_norm_ref(s, normalized_shape, weight, eps), s
 
 
+@follows_autocast(FP32_ON_CUDA)
 def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, eps: float | None = None,
              *, backend: str | None = None) -> Tensor:
     """Drop-in for ``torch.nn.functional.rms_norm``; ``backend`` overrides the backend choice."""
@@ -42,6 +44,7 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, eps:
     return row_norm(input, None, weight, None, n, eps, True, chosen)[0]
 
 
+@follows_autocast(FP32_ON_CUDA)
 def add_rms_norm(input: Tensor, residual: Tensor, normalized_shape, weight: Tensor | None = None,
                  eps: float | None = None, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
     """``s = input + residual; return rms_norm(s), s`` in one pass over memory."""

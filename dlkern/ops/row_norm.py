@@ -74,7 +74,7 @@ def _(x, weight, residual, eps, backend):
 @layer_norm_bwd_op.register_fake
 def _(dy, x, weight, mean, rstd, dresidual, has_bias, backend):
     dw = torch.empty_like(weight) if weight is not None else x.new_empty(0)
-    db = x.new_empty(x.shape[1]) if has_bias else x.new_empty(0)
+    db = x.new_empty(x.shape[1], dtype=torch.float32) if has_bias else x.new_empty(0)
     return torch.empty_like(x, memory_format=torch.contiguous_format), dw, db
 
 
@@ -98,6 +98,7 @@ def _setup_context(ctx, inputs, output, is_rms):
     # The backward needs the tensor that was normalized: x, or x + residual as stored.
     ctx.save_for_backward(res_out if residual is not None else x, weight, mean, rstd)
     ctx.has_bias, ctx.has_residual, ctx.backend = bias is not None, residual is not None, backend
+    ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
 def _backward(ctx, dy, dres_out, is_rms):
@@ -111,7 +112,7 @@ def _backward(ctx, dy, dres_out, is_rms):
     else:
         dx, dw, db = layer_norm_bwd_op(dy, x, weight, mean, rstd, dres, ctx.has_bias, ctx.backend)
     dw = dw if weight is not None else None
-    db = db if ctx.has_bias else None
+    db = db.to(ctx.bias_dtype) if ctx.has_bias else None  # the launchers sum it in fp32
     dresidual = dx if ctx.has_residual else None
     if is_rms:
         return dx, dw, dresidual, None, None
@@ -194,9 +195,9 @@ def kernel_support(backend: str, input, normalized_shape, weight=None, bias=None
     reasons = []
     if input.dtype not in KERNEL_DTYPES:
         reasons.append(f"input dtype {input.dtype} is not supported (float32, float16, bfloat16)")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if isinstance(t, Tensor) and t.dtype != input.dtype:
-            reasons.append(f"{name} dtype {t.dtype} differs from input dtype {input.dtype}")
+    for name, t in (("weight", weight), ("bias", bias)):  # any float dtype: fp32 params, half input
+        if isinstance(t, Tensor) and t.dtype not in KERNEL_DTYPES:
+            reasons.append(f"{name} dtype {t.dtype} is not supported (float32, float16, bfloat16)")
     return reasons
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.autocast import NONE, follows_autocast
 from dlkern import _ext
 from dlkern import backend as _backend
 from dlkern.backend import choose
@@ -186,6 +187,7 @@ def _cpu_path(args) -> bool:
             and not _backend.autodiff_transforms([t for t in args if t is not None]))
 
 
+@follows_autocast(NONE)
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
                    return_last_state: bool = False, *, backend: str | None = None):
@@ -209,6 +211,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     return (out, states[:, :, -1]) if return_last_state else out
 
 
+@follows_autocast(NONE)
 def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                            D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
                            dt_softplus: bool = False) -> Tensor:

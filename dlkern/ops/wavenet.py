@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.autocast import LOWER, follows_autocast
 from dlkern import backend as _backend
 from dlkern.backend import choose
 from dlkern.ops.conv_common import dtype_reasons
@@ -119,6 +120,7 @@ def _check(x, dil_weight, dil_bias, res_weight, res_bias, skip_weight, skip_bias
         raise ValueError(f"dilation must be an int >= 1; got {dilation!r}")
 
 
+@follows_autocast(LOWER)
 def wavenet_layer(x: Tensor, dil_weight: Tensor, dil_bias: Tensor | None, res_weight: Tensor,
                   res_bias: Tensor | None, skip_weight: Tensor, skip_bias: Tensor | None, dilation: int = 1,
                   cond: Tensor | None = None, *, backend: str | None = None) -> tuple[Tensor, Tensor]:

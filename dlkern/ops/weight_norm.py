@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from dlkern.autocast import NONE, follows_autocast
 from dlkern import backend as _backend
 from dlkern.backend import choose, forward_ad_active
 from dlkern.registry import Cost, OpSpec, Sample, register_op
@@ -72,6 +73,7 @@ def _weight_norm_math(v: Tensor, g: Tensor, d: int | None) -> Tensor:
     return v * (g.reshape(norm.shape) / norm)
 
 
+@follows_autocast(NONE)
 def weight_norm(v: Tensor, g: Tensor, dim: int | None = 0, *, backend: str | None = None) -> Tensor:
     """``g * v / ||v||``; the norm runs over every dim but ``dim`` (None or -1: the whole tensor)."""
     for name, t in (("v", v), ("g", g)):

@@ -218,7 +218,9 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="enable_gqa"):
         sdpa(q, kv, kv)
     with pytest.raises(ValueError, match="dropout_p"):
-        sdpa(q, q, q, dropout_p=1.0)
+        sdpa(q, q, q, dropout_p=1.5)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        sdpa(torch.randn(2, 4, 5, 8), torch.randn(3, 4, 5, 8), torch.randn(3, 4, 5, 8))
     with pytest.raises(ValueError, match="causal_alignment"):
         sdpa(q, q, q, causal_alignment="left")
     with pytest.raises(ValueError, match="temperature"):
@@ -233,3 +235,15 @@ def test_bad_arguments_name_the_argument():
         sdpa(q, q.double(), q.double())
     with pytest.raises(dlkern.BackendError, match="value head dim"):
         sdpa(q, q, torch.randn(1, 4, 5, 4), backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+def test_dropout_one_gives_zeros_as_torch(backend):
+    """dropout_p=1 drops every weight: zeros, and zero (not missing) gradients."""
+    q = torch.randn(2, 2, 5, 8, device=DEVICE, requires_grad=True)
+    if backend != "reference":
+        need(backend, q, q, q)
+    out = sdpa(q, q, q, dropout_p=1.0, backend=backend)
+    assert out.shape == (2, 2, 5, 8) and torch.equal(out, torch.zeros_like(out))
+    (g,) = torch.autograd.grad(out.sum(), q)
+    assert torch.equal(g, torch.zeros_like(q))

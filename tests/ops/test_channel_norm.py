@@ -204,3 +204,33 @@ def test_patched_batch_norm_trains_on_an_empty_batch_as_torch(backend):
     assert y.shape == expected.shape == (0, 3, 4, 5)
     _assert_buffers_equal(ours, theirs)
     assert torch.equal(ours[0].weight.grad, torch.zeros(3, device=DEVICE))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("use_input_stats", [True, False])
+def test_instance_norm_output_is_contiguous_as_torch(backend, use_input_stats):
+    """torch's instance norm returns a contiguous (N, C, H, W) tensor for a channels_last input
+    (unlike batch and group norm, which keep the layout); so does dlkern's on every backend."""
+    x = torch.randn(2, 3, 5, 4, device=DEVICE).to(memory_format=torch.channels_last)
+    rm, rv = torch.zeros(3, device=DEVICE), torch.ones(3, device=DEVICE)
+    expected = torch.nn.functional.instance_norm(x, rm.clone(), rv.clone(), use_input_stats=use_input_stats)
+    got = F.instance_norm(x, rm.clone(), rv.clone(), use_input_stats=use_input_stats, backend=backend)
+    assert expected.is_contiguous() and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_six_dim_batch_and_instance_norm_as_torch(backend):
+    x = torch.randn(2, 3, 2, 3, 2, 3, device=DEVICE, requires_grad=True)
+    w = torch.randn(3, device=DEVICE, requires_grad=True)
+    for ours, theirs in ((lambda t: F.batch_norm(t, None, None, w, None, True, backend=backend),
+                          lambda t: torch.nn.functional.batch_norm(t, None, None, w, None, True)),
+                         (lambda t: F.instance_norm(t, None, None, w, backend=backend),
+                          lambda t: torch.nn.functional.instance_norm(t, None, None, w))):
+        got, expected = ours(x), theirs(x)
+        assert got.shape == expected.shape == x.shape
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        g = torch.autograd.grad(got.square().sum(), (x, w))
+        e = torch.autograd.grad(expected.square().sum(), (x, w))
+        for a, b in zip(g, e):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
