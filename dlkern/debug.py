@@ -36,3 +36,37 @@ def new_empty_like(t: torch.Tensor, dtype=None) -> torch.Tensor:
     if _nan_fill and out.is_floating_point():
         out.fill_(float("nan"))
     return out
+
+
+class OpsServed:
+    """Context manager recording which dlkern kernel ops ran while active, and how often: proof that
+    a patched model really runs dlkern (``with OpsServed() as seen: model(x).sum().backward()`` ->
+    ``seen.counts == {"layer_norm_fwd": 4, "layer_norm_bwd": 4, ...}``; ``seen.families`` ->
+    ``{"layer_norm", ...}``). It sees the custom ops below autograd, on every backend."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self._mode = None
+
+    @property
+    def families(self) -> set[str]:
+        """Op families served: ``layer_norm`` for ``layer_norm_fwd`` / ``layer_norm_bwd``."""
+        return {name.rsplit("_", 1)[0] if name.endswith(("_fwd", "_bwd")) else name for name in self.counts}
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counts = self.counts
+
+        class _Record(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.namespace == "dlkern":
+                    counts[func._opname] = counts.get(func._opname, 0) + 1
+                return func(*args, **(kwargs or {}))
+
+        self._mode = _Record()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)

@@ -7,27 +7,14 @@ import copy
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import dlkern
+from dlkern.debug import OpsServed
 
 transformers = pytest.importorskip("transformers", reason="HF transformers is not installed (pip install transformers)")
 
 KERNEL_BACKEND = "triton"   # interpreted on CPU (tests/conftest.py)
 COMMON_OPS = {"attention_fwd", "attention_bwd", "layer_norm_fwd", "layer_norm_bwd"}
-
-
-class DlkernOpsSeen(TorchDispatchMode):
-    """Records the dlkern custom ops dispatched while active: proves the kernels ran."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "dlkern":
-            self.ops.add(func._opname)
-        return func(*args, **(kwargs or {}))
 
 
 def gpt2():
@@ -73,12 +60,12 @@ def test_patched_hf_model_matches_unpatched(build):
     patched = dlkern.patch(copy.deepcopy(model))
     want, want_grads = logits_and_grads(model, inputs)
 
-    seen = DlkernOpsSeen()
+    seen = OpsServed()
     functional = dlkern.patch_functional() if build is convnext else contextlib.nullcontext()
     with dlkern.patch_sdpa(), functional, dlkern.use_backend(KERNEL_BACKEND), seen:
         got, got_grads = logits_and_grads(patched, inputs)
 
-    assert expected_ops <= {op.split(".")[0] for op in seen.ops}, f"dlkern ops run: {sorted(seen.ops)}"
+    assert expected_ops <= seen.counts.keys(), f"dlkern ops run: {seen.counts}"
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert got_grads.keys() == want_grads.keys() and len(want_grads) > 10
     for name, grad in want_grads.items():
