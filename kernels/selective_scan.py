@@ -20,12 +20,10 @@ import triton.language as tl
 from dlkern.debug import new_empty
 
 CHUNK = 64      # must equal dlkern.ops.selective_scan.CHUNK (the size of ``states``)
-FWD_CHUNK = 128  # steps per forward iteration (a multiple of CHUNK): fewer, longer scans
-
-
-def _fwd_chunk(L):
-    """FWD_CHUNK, or CHUNK for sequences that fit one (no padded rows to scan)."""
-    return CHUNK if L <= CHUNK else FWD_CHUNK
+# Steps per forward iteration, a multiple of CHUNK. 128 was tried (sm_90, bf16, N = 16): 4 warps
+# need 255 registers, 8 warps issue ~25 % more instructions per (t, n) than 64 with 4 warps (the
+# associative scan's cross-warp steps grow with the tile), so the forward stays at 64.
+FWD_CHUNK = CHUNK
 
 
 def _num_warps(block_n):
@@ -33,7 +31,7 @@ def _num_warps(block_n):
 
 
 def _fwd_warps(chunk, block_n):
-    return 4 if chunk * block_n <= 2048 else 8
+    return _num_warps(block_n * chunk // CHUNK)   # the same elements per thread as a 64-step tile
 
 
 @triton.jit
@@ -225,7 +223,7 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     f = lambda t: t.float().contiguous() if t is not None else None  # noqa: E731
     return (c(u), c(delta), f(A), c(B), c(C), f(D), c(z), f(delta_bias),
             dict(batch=batch, dim=dim, L=L, N=N, groups=groups, var_b=var_b, var_c=var_c,
-                 n_chunks=triton.cdiv(L, CHUNK), fwd_chunk=_fwd_chunk(L)))
+                 n_chunks=triton.cdiv(L, CHUNK), fwd_chunk=FWD_CHUNK))
 
 
 def _meta(s, D, z, bias, softplus):
