@@ -177,6 +177,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("bias"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
         py::arg("is_causal"), py::arg("bottom_right"), py::arg("bias_grad"));
   dlk_scan::def_selective_scan(m, &selective_scan_fwd, &selective_scan_bwd);
+  m.def("selective_state_update", &selective_state_update,
+        "One decoding step of the selective scan (csrc/scan/state_update.h). state (batch, dim, N), fp32"
+        " or x's dtype, is updated in place; B, C: (batch, G, N).\nReturns out (batch, dim) in x's dtype.",
+        py::arg("state"), py::arg("x"), py::arg("dt"), py::arg("A"), py::arg("B"), py::arg("C"),
+        py::arg("D"), py::arg("z"), py::arg("dt_bias"), py::arg("dt_softplus"));
   m.def("set_debug_nan_fill", &set_debug_nan_fill,
         "When enabled, every output and partial buffer is filled with NaN before its kernel runs.",
         py::arg("enabled"));

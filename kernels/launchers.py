@@ -16,3 +16,4 @@ from .depthwise_conv2d import depthwise_conv2d_bwd, depthwise_conv2d_fwd
 from .dilated_conv1d import dilated_conv1d_bwd, dilated_conv1d_fwd
 from .wavenet import wavenet_layer_bwd, wavenet_layer_fwd
 from .selective_scan import selective_scan_bwd, selective_scan_fwd
+from .selective_state_update import selective_state_update

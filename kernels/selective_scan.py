@@ -1,14 +1,17 @@
 """Triton selective scan (math: csrc/scan/selective_scan.h) and its backward.
 
-One program per (batch, channel). The sequence is walked in chunks of CHUNK steps; inside a chunk
-the recurrence h_t = a_t h_{t-1} + x_t is a parallel scan (``tl.associative_scan`` over a
-(CHUNK, N) tile, combining (a1, x1), (a2, x2) -> (a1 a2, a2 x1 + x2)), and the state carries from
-chunk to chunk in registers. The forward stores the state at each chunk's end; the backward walks
+One program per (batch, channel). The sequence is walked in chunks (FWD_CHUNK steps forward, CHUNK
+backward); inside a chunk the recurrence h_t = a_t h_{t-1} + x_t is a parallel scan
+(``tl.associative_scan`` over a (chunk, N) tile, combining (a1, x1), (a2, x2) -> (a1 a2, a2 x1 +
+x2)), and the state carries from chunk to chunk in registers. The forward stores the state at the
+end of every CHUNK steps (the layout every backend shares); the backward walks
 the chunks from the last, recomputes h_{t-1} inside the chunk from the previous chunk's end (a scan
 of the inputs shifted by one step) and gets the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} from a
 reverse scan. dB and dC of variable (time-dependent) B/C are summed over the channels of a group
 with fp32 atomics (run to run, their last bits may differ); every other reduction is a per-program
-partial summed by the launcher in a fixed order.
+partial summed by the launcher in a fixed order. The atomics are relaxed: their sums are read only
+after the kernel, so the default acquire-release order (a GPU-wide MEMBAR and an L1 invalidation
+around every atomic on sm_90) buys nothing; relaxed they compile to one fire-and-forget REDG.
 """
 import torch
 import triton
@@ -17,10 +20,18 @@ import triton.language as tl
 from dlkern.debug import new_empty
 
 CHUNK = 64      # must equal dlkern.ops.selective_scan.CHUNK (the size of ``states``)
+# Steps per forward iteration, a multiple of CHUNK. 128 was tried (sm_90, bf16, N = 16): 4 warps
+# need 255 registers, 8 warps issue ~25 % more instructions per (t, n) than 64 with 4 warps (the
+# associative scan's cross-warp steps grow with the tile), so the forward stays at 64.
+FWD_CHUNK = CHUNK
 
 
 def _num_warps(block_n):
     return 4 if block_n <= 16 else 8   # the (64, 32) tiles of the backward spill with 4 warps
+
+
+def _fwd_warps(chunk, block_n):
+    return _num_warps(block_n * chunk // CHUNK)   # the same elements per thread as a 64-step tile
 
 
 @triton.jit
@@ -50,15 +61,18 @@ def _selective_scan_fwd_kernel(
     # D, BIAS (dim,) fp32; STATES (batch, dim, n_chunks, N) fp32
     U, DELTA, A, B, C, D, Z, BIAS, OUT, STATES,
     # sizes
-    dim, L, N, dim_per_group, n_chunks,
+    dim, L, N, dim_per_group, n_iters,
     # meta
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VAR_B: tl.constexpr, VAR_C: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_T: tl.constexpr,
+    STATE_EVERY: tl.constexpr,
 ):
+    """CHUNK_T steps per iteration (a multiple of STATE_EVERY, the spacing of the stored states)."""
     b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1).to(tl.int64)
     groups = dim // dim_per_group
     row = (b * dim + d) * L
+    n_states = tl.cdiv(L, STATE_EVERY)
     g_off = (b * groups + d // dim_per_group) * N * L
     Bp = B + (g_off if VAR_B else d * N)
     Cp = C + (g_off if VAR_C else d * N)
@@ -68,7 +82,7 @@ def _selective_scan_fwd_kernel(
     bias = tl.load(BIAS + d) if HAS_BIAS else 0.0
     Dd = tl.load(D + d) if HAS_D else 0.0
     h = tl.zeros([BLOCK_N], tl.float32)
-    for c in range(0, n_chunks):
+    for c in range(0, n_iters):
         t = c * CHUNK_T + tl.arange(0, CHUNK_T)
         t_ok = t < L
         m2 = t_ok[:, None] & n_ok[None, :]
@@ -83,9 +97,13 @@ def _selective_scan_fwd_kernel(
             zt = tl.load(Z + row + t, mask=t_ok, other=0.0).to(tl.float32)
             y = y * zt * tl.sigmoid(zt)
         tl.store(OUT + row + t, y.to(OUT.dtype.element_ty), mask=t_ok)
-        last = tl.minimum(L - c * CHUNK_T, CHUNK_T) - 1
-        h = tl.sum(tl.where(tl.arange(0, CHUNK_T)[:, None] == last, hs, 0.0), axis=0)
-        tl.store(STATES + ((b * dim + d) * n_chunks + c) * N + n, h, mask=n_ok)
+        for s in tl.static_range(CHUNK_T // STATE_EVERY):   # the state after each STATE_EVERY steps
+            start = c * CHUNK_T + s * STATE_EVERY
+            last = s * STATE_EVERY + tl.minimum(L - start, STATE_EVERY) - 1
+            h = tl.sum(tl.where(tl.arange(0, CHUNK_T)[:, None] == last, hs, 0.0), axis=0)
+            state = c * (CHUNK_T // STATE_EVERY) + s
+            tl.store(STATES + ((b * dim + d) * n_states + state) * N + n, h, mask=n_ok & (start < L))
+        # h: the carry into the next chunk (every chunk but the last is full)
 
 
 @triton.jit
@@ -167,11 +185,11 @@ def _selective_scan_bwd_kernel(
         gdu = g * (dt * u)[:, None]
         dyh = dy[:, None] * ht
         if VAR_B:
-            tl.atomic_add(DB + g_off + n[None, :] * L + t[:, None], gdu, mask=m2)
+            tl.atomic_add(DB + g_off + n[None, :] * L + t[:, None], gdu, mask=m2, sem="relaxed")
         else:
             dB_acc += tl.sum(tl.where(m2, gdu, 0.0), axis=0)
         if VAR_C:
-            tl.atomic_add(DC + g_off + n[None, :] * L + t[:, None], dyh, mask=m2)
+            tl.atomic_add(DC + g_off + n[None, :] * L + t[:, None], dyh, mask=m2, sem="relaxed")
         else:
             dC_acc += tl.sum(tl.where(m2, dyh, 0.0), axis=0)
         du = dt * tl.sum(g * Bt, axis=1) + Dd * dy
@@ -205,13 +223,13 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     f = lambda t: t.float().contiguous() if t is not None else None  # noqa: E731
     return (c(u), c(delta), f(A), c(B), c(C), f(D), c(z), f(delta_bias),
             dict(batch=batch, dim=dim, L=L, N=N, groups=groups, var_b=var_b, var_c=var_c,
-                 n_chunks=triton.cdiv(L, CHUNK)))
+                 n_chunks=triton.cdiv(L, CHUNK), fwd_chunk=FWD_CHUNK))
 
 
 def _meta(s, D, z, bias, softplus):
     return dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None,
                 SOFTPLUS=bool(softplus), VAR_B=s["var_b"], VAR_C=s["var_c"],
-                BLOCK_N=triton.next_power_of_2(s["N"]), CHUNK_T=CHUNK)
+                BLOCK_N=triton.next_power_of_2(s["N"]))
 
 
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
@@ -222,8 +240,9 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     if s["batch"]:
         _selective_scan_fwd_kernel[(s["batch"], s["dim"])](
             u, delta, A, B, C, D, z, bias, out, states,
-            s["dim"], s["L"], s["N"], s["dim"] // s["groups"], s["n_chunks"],
-            **_meta(s, D, z, bias, delta_softplus), num_warps=_num_warps(triton.next_power_of_2(s["N"])))
+            s["dim"], s["L"], s["N"], s["dim"] // s["groups"], triton.cdiv(s["L"], s["fwd_chunk"]),
+            **_meta(s, D, z, bias, delta_softplus), CHUNK_T=s["fwd_chunk"], STATE_EVERY=CHUNK,
+            num_warps=_fwd_warps(s["fwd_chunk"], triton.next_power_of_2(s["N"])))
     return out, states
 
 
@@ -249,7 +268,7 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus
             u, delta, A, B, C, D, z, bias, states.contiguous(), dout, dlast,
             du, ddelta, dz, dA, dB, dC, dD, dbias,
             dim, L, N, dim // s["groups"], s["n_chunks"],
-            **_meta(s, D, z, bias, delta_softplus), HAS_DLAST=dlast is not None,
+            **_meta(s, D, z, bias, delta_softplus), HAS_DLAST=dlast is not None, CHUNK_T=CHUNK,
             num_warps=_num_warps(triton.next_power_of_2(N)))
     else:
         for t in (dA, dB, dC, dD, dbias):

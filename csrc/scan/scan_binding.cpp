@@ -11,6 +11,7 @@
 
 #include "scan/scan_inputs.h"
 #include "scan/selective_scan.h"
+#include "scan/state_update.h"
 
 namespace dlk_bind {
 
@@ -87,6 +88,72 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
   return {du, ddelta, dA.sum(0), finish(dB, p.variable_B), finish(dC, p.variable_C),
           dD.defined() ? dD.sum(0) : at::empty({0}, f32), dz,
           dbias.defined() ? dbias.sum(0) : at::empty({0}, f32)};
+}
+
+// ---- selective state update (one decoding step) ------------------------------------------------
+
+// out (batch, dim) in x's dtype; state updated in place. dt, z, B, C are read in x's dtype, A, D,
+// dt_bias in fp32 (copies only where the given tensors differ: all of them are small).
+at::Tensor selective_state_update(const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt,
+                                  const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                                  const OptTensor& D, const OptTensor& z, const OptTensor& dt_bias,
+                                  bool dt_softplus) {
+  const dlk_scan::Layout& lay = kScanLayout;
+  for (auto [t, name] : {std::pair{&state, "state"}, {&x, "x"}, {&dt, "dt"}, {&A, "A"}, {&B, "B"}, {&C, "C"}})
+    dlk_scan::check_tensor(*t, name, lay);
+  TORCH_CHECK(state.dim() == 3, "state must be (batch, dim, N), got shape ", state.sizes());
+  const int64_t batch = state.size(0), dim = state.size(1), N = state.size(2);
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == batch && x.size(1) == dim, "x must be (batch, dim) = (", batch,
+              ", ", dim, "), got shape ", x.sizes());
+  const dlk::DType io = kernel_dtype(x);
+  TORCH_CHECK(state.scalar_type() == x.scalar_type() || state.scalar_type() == at::kFloat,
+              "state must be float32 or x's dtype ", x.scalar_type(), ", got ", state.scalar_type());
+  TORCH_CHECK(dt.sizes() == x.sizes(), "dt must have x's shape ", x.sizes(), ", got ", dt.sizes());
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == dim && A.size(1) == N, "A must be (dim, N) = (", dim, ", ", N,
+              "), got shape ", A.sizes());
+  TORCH_CHECK(B.dim() == 3 && B.size(0) == batch && B.size(2) == N && B.size(1) >= 1 && dim % B.size(1) == 0,
+              "B must be (batch, G, N) with G dividing dim, got shape ", B.sizes());
+  TORCH_CHECK(C.sizes() == B.sizes(), "C must have B's shape ", B.sizes(), ", got ", C.sizes());
+  const auto as_x = [&](const at::Tensor& t) { return t.to(x.scalar_type()); };
+  const auto as_f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
+  const at::Tensor dt_x = as_x(dt), A_f = as_f32(A), B_c = as_x(B).contiguous(), C_c = as_x(C).contiguous();
+  at::Tensor z_x, D_f, bias_f;
+  if (present(z)) {
+    TORCH_CHECK(z->sizes() == x.sizes(), "z must have x's shape ", x.sizes(), ", got ", z->sizes());
+    z_x = as_x(*z);
+  }
+  if (present(D)) D_f = as_f32(*D);
+  if (present(dt_bias)) bias_f = as_f32(*dt_bias);
+  for (auto [t, name] : {std::pair{&D_f, "D"}, {&bias_f, "dt_bias"}})
+    TORCH_CHECK(!t->defined() || t->numel() == dim, name, " must be (dim,), got shape ", t->sizes());
+  LaunchContext ctx(x);
+  at::Tensor out = new_buffer({batch, dim}, x.options());
+  dlk::SelectiveStateUpdateParams p{};
+  p.state = state.data_ptr();
+  p.x = x.data_ptr();
+  p.dt = dt_x.data_ptr();
+  p.z = z_x.defined() ? z_x.data_ptr() : nullptr;
+  p.A = A_f.data_ptr<float>();
+  p.B = B_c.data_ptr();
+  p.C = C_c.data_ptr();
+  p.D = D_f.defined() ? D_f.data_ptr<float>() : nullptr;
+  p.dt_bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  p.out = out.data_ptr();
+  p.batch = batch;
+  p.dim = dim;
+  p.N = N;
+  p.groups = B.size(1);
+  for (int i = 0; i < 3; ++i) p.state_stride[i] = state.stride(i);
+  for (int i = 0; i < 2; ++i) {
+    p.x_stride[i] = x.stride(i);
+    p.dt_stride[i] = dt_x.stride(i);
+    p.z_stride[i] = z_x.defined() ? z_x.stride(i) : 0;
+  }
+  p.dt_softplus = dt_softplus;
+  p.dtype = io;
+  p.state_dtype = kernel_dtype(state);
+  dlk::selective_state_update(p, ctx.stream());
+  return out;
 }
 
 }  // namespace dlk_bind

@@ -19,4 +19,10 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
                    const OptTensor& z, const OptTensor& delta_bias, bool delta_softplus,
                    const at::Tensor& states, const OptTensor& dlast);
 
+// out (batch, dim) in x's dtype; state (batch, dim, N) is updated in place (never copied).
+at::Tensor selective_state_update(const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt,
+                                  const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                                  const OptTensor& D, const OptTensor& z, const OptTensor& dt_bias,
+                                  bool dt_softplus);
+
 }  // namespace dlk_bind

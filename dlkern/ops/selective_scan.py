@@ -12,7 +12,8 @@ compare everything with. On CPU tensors the default path (the ``reference`` back
 kernel in ``dlkern._C_cpu`` (the oracle when that build is missing); ``triton`` and ``cuda`` run
 the kernels. All three kernel paths share one pair of custom ops whose ``impl`` argument names the
 launcher module; the forward stores the state at the end of every 64-step chunk so the backward
-recomputes the states inside a chunk instead of storing every step.
+recomputes the states inside a chunk instead of storing every step. ``selective_state_update``
+(oracle: ``selective_state_update_ref``) has one in-place custom op, a Triton and a CUDA kernel.
 """
 from __future__ import annotations
 
@@ -211,25 +212,15 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     return (out, states[:, :, -1]) if return_last_state else out
 
 
-@follows_autocast(NONE)
-def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                           D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
-                           dt_softplus: bool = False) -> Tensor:
-    """One decoding step of the scan (``mamba_ssm``'s ``selective_state_update``). **Updates
-    ``state`` in place** with the new state and returns out (batch, dim) in x's dtype.
+def selective_state_update_ref(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                               D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
+                               dt_softplus: bool = False) -> Tensor:
+    """Reference decoding step: one step of :func:`selective_scan_ref`. **Updates ``state`` in
+    place** (rounded to its dtype) and returns out (batch, dim) in x's dtype.
 
     state: (batch, dim, N); x, dt, z: (batch, dim); A: (dim, N); B, C: (batch, N) or (batch, G, N)
-    with G dividing dim; D, dt_bias: (dim,). Math in fp32 (fp64 for fp64 inputs). Inference only.
-    """
-    if state.dim() != 3 or x.shape != state.shape[:2] or dt.shape != x.shape or A.shape != state.shape[1:]:
-        raise ValueError(f"expected state (batch, dim, N), x and dt (batch, dim), A (dim, N); got state "
-                         f"{list(state.shape)}, x {list(x.shape)}, dt {list(dt.shape)}, A {list(A.shape)}")
-    batch, dim, N = state.shape
-    for name, t in (("B", B), ("C", C)):
-        if not ((t.dim() == 2 and tuple(t.shape) == (batch, N)) or
-                (t.dim() == 3 and t.shape[0] == batch and t.shape[2] == N and dim % t.shape[1] == 0)):
-            raise ValueError(f"{name} must be (batch, N) = ({batch}, {N}) or (batch, G, N) with G dividing "
-                             f"dim = {dim}; got shape {list(t.shape)}")
+    with G dividing dim; D, dt_bias: (dim,). Math in fp32 (fp64 for fp64 inputs)."""
+    dim = state.shape[1]
     f = torch.promote_types(x.dtype, torch.float32)
     per_channel = lambda t: (t[:, None] if t.dim() == 2 else  # noqa: E731  -> (batch, dim or 1, N)
                              t.repeat_interleave(dim // t.shape[1], dim=1)).to(f)
@@ -245,6 +236,71 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
     if z is not None:
         out = out * F.silu(z.to(f))
     return out.to(x.dtype)
+
+
+@torch.library.custom_op("dlkern::selective_state_update", mutates_args=("state",))
+def selective_state_update_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                              D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
+                              dt_softplus: bool, backend: str) -> Tensor:
+    """B, C (batch, G, N); dt, z, B, C in x's dtype; A, D, dt_bias fp32; ``backend``: triton or cuda."""
+    return _backend.launchers(backend, x.device).selective_state_update(state, x, dt, A, B, C, D, z, dt_bias,
+                                                                        dt_softplus)
+
+
+@selective_state_update_op.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
+    return x.new_empty(x.shape)
+
+
+def _check_state_update(state, x, dt, A, B, C, D, z, dt_bias):
+    for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("dt_bias", dt_bias)):
+        if t is not None and (not isinstance(t, Tensor) or not t.is_floating_point() or t.is_complex()):
+            raise TypeError(f"{name} must be a real floating-point tensor; got {type(t).__name__}"
+                            + (f" of dtype {t.dtype}" if isinstance(t, Tensor) else ""))
+    if state.dim() != 3 or x.shape != state.shape[:2] or dt.shape != x.shape or A.shape != state.shape[1:]:
+        raise ValueError(f"expected state (batch, dim, N), x and dt (batch, dim), A (dim, N); got state "
+                         f"{list(state.shape)}, x {list(x.shape)}, dt {list(dt.shape)}, A {list(A.shape)}")
+    batch, dim, N = state.shape
+    for name, t in (("B", B), ("C", C)):
+        if not ((t.dim() == 2 and tuple(t.shape) == (batch, N)) or
+                (t.dim() == 3 and t.shape[0] == batch and t.shape[2] == N and t.shape[1] >= 1
+                 and dim % t.shape[1] == 0)):
+            raise ValueError(f"{name} must be (batch, N) = ({batch}, {N}) or (batch, G, N) with G dividing "
+                             f"dim = {dim}; got shape {list(t.shape)}")
+    if (B.shape[1] if B.dim() == 3 else 1) != (C.shape[1] if C.dim() == 3 else 1):
+        raise ValueError(f"B and C must have the same number of groups; got shapes {list(B.shape)} and "
+                         f"{list(C.shape)}")
+    if z is not None and z.shape != x.shape:
+        raise ValueError(f"z must have x's shape {list(x.shape)}; got {list(z.shape)}")
+    for name, t in (("D", D), ("dt_bias", dt_bias)):
+        if t is not None and tuple(t.shape) != (dim,):
+            raise ValueError(f"{name} must be (dim,) = ({dim},); got shape {list(t.shape)}")
+
+
+@follows_autocast(NONE)
+def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
+                           dt_softplus: bool = False, *, backend: str | None = None) -> Tensor:
+    """One decoding step of the scan (``mamba_ssm``'s ``selective_state_update``). **Updates
+    ``state`` in place** with the new state and returns out (batch, dim) in x's dtype.
+
+    state: (batch, dim, N), fp32 or x's dtype on the kernel backends; x, dt, z: (batch, dim);
+    A: (dim, N); B, C: (batch, N) or (batch, G, N) with G dividing dim; D, dt_bias: (dim,).
+    dt, z, B and C are read in x's dtype; A, D and dt_bias in fp32; math in fp32. Inference only:
+    runs under ``torch.no_grad()``.
+    """
+    _check_state_update(state, x, dt, A, B, C, D, z, dt_bias)
+    args = (state, x, dt, A, B, C, D, z, dt_bias)
+    with torch.no_grad():
+        chosen = choose(SELECTIVE_STATE_UPDATE, args, {}, backend)
+        if chosen == "reference":
+            return selective_state_update_ref(*args, dt_softplus)
+        xt = x.dtype
+        as3 = lambda X: (X.unsqueeze(1) if X.dim() == 2 else X).to(xt)  # noqa: E731  (batch, G, N)
+        opt = lambda t, dtype: t.to(dtype) if t is not None else None  # noqa: E731
+        return selective_state_update_op(state, x, dt.to(xt), A.float(), as3(B), as3(C), opt(D, torch.float32),
+                                         opt(z, xt), opt(dt_bias, torch.float32), bool(dt_softplus), chosen)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,4 +386,67 @@ SELECTIVE_SCAN = register_op(OpSpec(
     backends=("triton", "cuda"), auto_order=("triton", "cuda"), supports=_supports, samples=_samples, bench_cases=_bench_cases,
     cost=_cost, peers={"torch_logdepth": _peer_logdepth, "mamba_ssm": _peer_mamba_ssm},
     launchers=("selective_scan_fwd", "selective_scan_bwd"),
+))
+
+
+def _update_supports(backend, state, x, *rest, **kw):
+    reasons = []
+    if x.dtype not in KERNEL_DTYPES:
+        reasons.append(f"x dtype {x.dtype} is not supported (float32, float16, bfloat16)")
+    if state.dtype not in (x.dtype, torch.float32):
+        reasons.append(f"state dtype {state.dtype} must be float32 or x's dtype {x.dtype}")
+    if state.shape[2] > MAX_STATE:
+        reasons.append(f"N = {state.shape[2]} is larger than {MAX_STATE}, the most the {backend} kernel takes")
+    return reasons
+
+
+def _update_inputs(batch, dim, N, *, groups=1, device="cpu", dtype=torch.float32, state_dtype=None, seed=0):
+    """(state, x, dt, A, B, C, D, z, dt_bias) as a Mamba layer decodes them: raw dt for softplus,
+    B and C (batch, G, N) (or (batch, N) for G = 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(s, generator=gen)  # noqa: E731
+    state, x, z = r(batch, dim, N), r(batch, dim), r(batch, dim)
+    dt = r(batch, dim) * 0.5 - 2.0
+    A = -torch.arange(1, N + 1, dtype=torch.float32).repeat(dim, 1) * (0.5 + torch.rand(dim, 1, generator=gen))
+    B, C = (r(batch, N), r(batch, N)) if groups == 0 else (r(batch, groups, N), r(batch, groups, N))
+    D, bias = r(dim), r(dim) * 0.1
+    to = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    return (state.to(device=device, dtype=state_dtype or dtype), *(to(t) for t in (x, dt, A, B, C, D, z, bias)))
+
+
+def _update_samples(device, dtype):
+    mk = lambda *a, **k: _update_inputs(*a, device=device, dtype=dtype, **k)  # noqa: E731
+    yield Sample("all_options_G1", mk(2, 6, 4, seed=21), {"dt_softplus": True})
+    yield Sample("grouped_G3_odd_N", mk(3, 9, 5, groups=3, seed=22), {"dt_softplus": True})
+    s, x, dt, A, B, C, D, z, bias = mk(1, 5, 3, groups=0, seed=23)
+    yield Sample("batch1_BC_2d_no_options", (s, x, dt.abs() * 0.1, A, B, C))
+    s, x, dt, A, B, C, D, z, bias = mk(2, 7, 16, groups=7, state_dtype=torch.float32, seed=24)
+    yield Sample("fp32_state_strided", (s.transpose(0, 1).contiguous().transpose(0, 1), x[:, :], dt, A, B, C, D,
+                                        z, bias), {"dt_softplus": True})
+    s, x, dt, A, B, C, D, z, bias = mk(2, 16, 8, seed=25)
+    yield Sample("strided_views", (torch.cat([s, s], 2)[..., ::2], torch.cat([x, x], 1)[:, 1::2], dt, A, B, C,
+                                   None, z[:, :], bias), {"dt_softplus": True})
+
+
+def _update_bench_cases(device, dtype, quick):
+    """Decode shapes: batch 64, d_inner 4096 (Mamba-2.8b's 2 x 2560 rounded), N 16, fp32 state."""
+    batch, dim = (64, 4096) if device.type == "cuda" else (8, 1024)
+    yield Sample(f"b{batch}_d{dim}_N16", _update_inputs(batch, dim, 16, device=device, dtype=dtype,
+                                                        state_dtype=torch.float32), {"dt_softplus": True})
+
+
+def _update_cost(sample):
+    """The state read and written, A read; x, dt, z, out (batch, dim) and B, C once per batch row."""
+    state, x, A, B, C = (sample.args[i] for i in (0, 1, 3, 4, 5))
+    s = x.element_size()
+    return Cost(fwd_bytes=2 * state.numel() * state.element_size() + A.numel() * A.element_size()
+                + 4 * x.numel() * s + (B.numel() + C.numel()) * s, bwd_bytes=0,
+                fwd_flops=6.0 * state.numel())
+
+
+SELECTIVE_STATE_UPDATE = register_op(OpSpec(
+    name="selective_state_update", family="ssm", fn=selective_state_update, reference=selective_state_update_ref,
+    backends=("triton", "cuda"), auto_order=("triton", "cuda"), supports=_update_supports,
+    samples=_update_samples, bench_cases=_update_bench_cases, cost=_update_cost,
+    torch_equivalent=selective_state_update_ref, launchers=("selective_state_update",),
 ))

@@ -33,7 +33,7 @@ FILE_OPS = {  # kernel file -> the ops it serves (for the unmatched template-ins
     "norm/channel_norm.cu": ["batch_norm", "group_norm", "group_norm_silu", "instance_norm"],
     "norm/row_norm.cu": ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"],
     "norm/weight_norm.cu": ["weight_norm"], "optim/multi_tensor.cu": ["adamw_step"],
-    "scan/selective_scan.cu": ["selective_scan"],
+    "scan/selective_scan.cu": ["selective_scan"], "scan/state_update.cu": ["selective_state_update"],
 }
 
 

@@ -17,8 +17,10 @@ def small_mamba(device):
     return model
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
 def test_step_by_step_equals_forward(backend, device):
+    if backend != "reference" and dlkern.backend.availability(backend, device):
+        pytest.skip("; ".join(dlkern.backend.availability(backend, device)))
     model = small_mamba(device)
     idx = torch.randint(0, 17, (3, 11), device=device)
     with torch.no_grad(), dlkern.use_backend(backend):

@@ -1,15 +1,18 @@
 """Selective scan: what the generic registry tests do not cover. The default CPU path (the C++
 kernel in dlkern._C_cpu) against the sequential oracle in fp64 for every option; long sequences
 with strongly negative A; lengths around the chunk; NaN-poisoned outputs; the last state's
-gradient; ``selective_state_update`` against the full scan; argument errors; opcheck of the CPU
+gradient; ``selective_state_update`` against the full scan and, on every kernel backend, its
+in-place state against the reference; argument errors; opcheck of the CPU
 variant of the custom ops. The kernel backends get the registry samples through test_ops.py."""
 import pytest
 import torch
 
 import dlkern
 from dlkern import _ext
-from dlkern.ops.selective_scan import (make_inputs, selective_scan, selective_scan_bwd_op,
-                                       selective_scan_fwd_op, selective_scan_ref, selective_state_update)
+from dlkern.backend import availability
+from dlkern.ops.selective_scan import (_update_inputs, _update_samples, make_inputs, selective_scan,
+                                       selective_scan_bwd_op, selective_scan_fwd_op, selective_scan_ref,
+                                       selective_state_update, selective_state_update_ref)
 from numerics import assert_close_to_reference
 
 needs_cpu_kernels = pytest.mark.skipif(_ext.cpu_module() is None, reason=_ext.cpu_unavailable_reason()
@@ -80,8 +83,9 @@ def test_cpu_path_state_size_16_batch_1():
 CUDA_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # cpu: the emulation build
 CUDA_UNAVAILABLE = "; ".join(dlkern.backend.availability("cuda", CUDA_DEVICE))
 # (batch, dim, L, N, make_inputs options, kwargs, dropped args, dtype). Beyond the registry
-# samples: N > 32 (the block loops over n), several warps and block chunks (512 steps), L not a
-# multiple of the 4 steps a thread holds (scalar loads) and one that is (vector loads).
+# samples: N > 32 (the block loops over n), several warps and block chunks (forward 2048 steps,
+# backward 512), L not a multiple of the 16 / 4 steps a thread holds (scalar loads) and one that is
+# (vector loads), variable B/C over several chunks (the backward's striped atomics).
 CUDA_CASES = {
     "N64_all_options": (1, 2, 100, 64, dict(), dict(delta_softplus=True), (), torch.float32),
     "N40_grouped_G2_L130": (1, 4, 130, 40, dict(groups=2), dict(delta_softplus=True), ("z",), torch.float32),
@@ -93,6 +97,8 @@ CUDA_CASES = {
     "L1000_invariant_B_bf16": (1, 2, 1000, 3, dict(variable_B=False, softplus=False), dict(), ("D",),
                                torch.bfloat16),
     "L517_fp16_no_optionals": (1, 1, 517, 6, dict(softplus=False), dict(), ("D", "z", "delta_bias"), torch.float16),
+    "L2100_two_forward_chunks_G2": (1, 2, 2100, 3, dict(groups=2), dict(delta_softplus=True), (), torch.float32),
+    "L2112_vector_bf16": (1, 2, 2112, 2, dict(), dict(delta_softplus=True), (), torch.bfloat16),
 }
 
 
@@ -181,6 +187,61 @@ def test_state_update_steps_equal_the_full_scan(grouped):
                                    bias, dt_softplus=True) for t in range(L)]
     torch.testing.assert_close(torch.stack(outs, -1), full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state, last, rtol=1e-5, atol=1e-5)
+
+
+UPDATE_BACKENDS = ["triton", "cuda"]
+
+
+def _need(backend):
+    reasons = availability(backend, torch.device("cpu"))
+    if reasons:
+        pytest.skip("; ".join(reasons))
+
+
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+@pytest.mark.parametrize("dtype,state_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                               (torch.float16, torch.float16)])
+@pytest.mark.parametrize("sample", [s.name for s in _update_samples(torch.device("cpu"), torch.float32)])
+def test_state_update_kernels_update_the_state_in_place(backend, dtype, state_dtype, sample):
+    """Output and the new state against the reference in fp64, tolerance from the reference run in
+    the low precision; the state tensor is the one given (in place), NaN-poisoned outputs."""
+    _need(backend)
+    args, kwargs = next((s.args, s.kwargs) for s in _update_samples(torch.device("cpu"), torch.float32)
+                        if s.name == sample)
+    low = [a.to(dtype) if a is not None else None for a in args]
+    low[0] = args[0].to(state_dtype)
+    state = torch.empty_strided(args[0].shape, args[0].stride(), dtype=state_dtype).copy_(low[0])
+    ptr = state.data_ptr()
+    out = selective_state_update(state, *low[1:], **kwargs, backend=backend)
+    assert state.data_ptr() == ptr and out.dtype == dtype and state.dtype == state_dtype
+    exact = [a.double() if a is not None else None for a in low]
+    e_out = selective_state_update_ref(*exact, **kwargs)
+    l_state = low[0].clone()
+    l_out = selective_state_update_ref(l_state, *low[1:], **kwargs)
+    assert_close_to_reference("out", out, e_out, l_out, dtype)
+    assert_close_to_reference("state", state, exact[0], l_state, state_dtype)
+
+
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+def test_state_update_kernels_decode_a_sequence(backend):
+    """Token by token with the kernel equals the full scan (fp32 state carried across 9 steps)."""
+    _need(backend)
+    batch, dim, L, N = 2, 6, 9, 4
+    u, delta, A, B, C, D, z, bias = make_inputs(batch, dim, L, N, seed=14, groups=3)
+    full, last = selective_scan_ref(u, delta, A, B, C, D, z, bias, True, True)
+    state = torch.zeros(batch, dim, N)
+    outs = [selective_state_update(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], D, z[..., t],
+                                   bias, dt_softplus=True, backend=backend) for t in range(L)]
+    torch.testing.assert_close(torch.stack(outs, -1), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, last, rtol=1e-5, atol=1e-5)
+
+
+def test_state_update_refuses_what_the_kernels_cannot_compute():
+    state, x, dt, A, B, C, D, z, bias = _update_inputs(1, 2, 3, dtype=torch.float32, state_dtype=torch.float16)
+    with pytest.raises(dlkern.BackendError, match="state dtype"):
+        selective_state_update(state, x, dt, A, B, C, backend="triton")
+    with pytest.raises(ValueError, match="z must have"):
+        selective_state_update(state, x, dt, A, B, C, z=z[:, :1])
 
 
 def test_scan_then_decode_continues_the_sequence():

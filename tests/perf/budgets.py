@@ -97,8 +97,6 @@ KNOWN = {
         "issue #18: the bf16 Adam kernel loads 16-bit scalars (no 128-bit vectors)",
     ("streaming-128bit", "causal_conv1d", "triton"):
         "issue #19: causal conv1d loads 16-bit scalars along the sequence",
-    ("scan-no-membar", "selective_scan", "triton"):
-        "issue #19: the scan backward's atomics carry MEMBAR fences",
     ("row-norm-fwd-instructions", "add_layer_norm", "cuda"):
         "issue #18: the CUDA residual LayerNorm forward issues ~50 instructions per element",
     ("row-norm-fwd-instructions", "add_rms_norm", "cuda"):

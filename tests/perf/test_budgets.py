@@ -9,7 +9,7 @@ from dlkern.perf.cuda import LAUNCH_RULES
 OPS = ("act_norm", "add_layer_norm", "add_rms_norm", "adamw_step", "affine_coupling", "batch_norm", "causal_conv1d",
        "causal_conv1d_update", "depthwise_conv2d", "dilated_conv1d", "group_norm", "group_norm_silu",
        "instance_norm", "inv_conv1x1", "layer_norm", "rms_norm", "scaled_dot_product_attention", "selective_scan",
-       "wavenet_layer", "weight_norm")
+       "selective_state_update", "wavenet_layer", "weight_norm")
 
 
 def _matches(value, want):
