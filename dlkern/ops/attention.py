@@ -36,7 +36,8 @@ HEAD_DIM_MAX = 256
 @torch.library.custom_op("dlkern::attention_fwd", mutates_args=())
 def attention_fwd_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: Tensor,
                      dropout_p: float, seed: int, is_causal: bool, bottom_right: bool,
-                     backend: str) -> tuple[Tensor, Tensor]:
+                     deterministic: bool, backend: str) -> tuple[Tensor, Tensor]:
+    # deterministic: read by the backward only (it is saved with the forward's inputs)
     return _backend.launchers(backend, q.device).attention_fwd(
         q, k, v, bias, scale, dropout_p, seed, is_causal, bottom_right)
 
@@ -45,42 +46,49 @@ def attention_fwd_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], sc
 def attention_bwd_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
                      bias: Optional[Tensor], scale: Tensor, dropout_p: float, seed: int,
                      is_causal: bool, bottom_right: bool, bias_grad: bool,
-                     backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     deterministic: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # The CUDA backward has one (deterministic) path; the Triton one takes the switch.
+    extra = {} if backend == "cuda" else {"deterministic": deterministic}
     dq, dk, dv, ds = _backend.launchers(backend, q.device).attention_bwd(
-        do, q, k, v, o, lse, bias, scale, dropout_p, seed, is_causal, bottom_right, bias_grad)
+        do, q, k, v, o, lse, bias, scale, dropout_p, seed, is_causal, bottom_right, bias_grad, **extra)
     return dq, dk, dv, (ds if ds is not None else q.new_empty(0, dtype=torch.float32))
 
 
 @attention_fwd_op.register_fake
-def _(q, k, v, bias, scale, dropout_p, seed, is_causal, bottom_right, backend):
+def _(q, k, v, bias, scale, dropout_p, seed, is_causal, bottom_right, deterministic, backend):
     B, H, L, D = q.shape
     return q.new_empty(B, H, L, D), q.new_empty(B, H, L, dtype=torch.float32)
 
 
 @attention_bwd_op.register_fake
-def _(do, q, k, v, o, lse, bias, scale, dropout_p, seed, is_causal, bottom_right, bias_grad, backend):
+def _(do, q, k, v, o, lse, bias, scale, dropout_p, seed, is_causal, bottom_right, bias_grad, deterministic,
+      backend):
     ds_shape = (*q.shape[:3], k.shape[2]) if bias_grad else (0,)
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             q.new_empty(ds_shape, dtype=torch.float32))
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, bias, scale, dropout_p, seed, is_causal, bottom_right, backend = inputs
+    q, k, v, bias, scale, dropout_p, seed, is_causal, bottom_right, deterministic, backend = inputs
     ctx.save_for_backward(q, k, v, bias, scale, *output)
     ctx.args = (dropout_p, seed, is_causal, bottom_right)
     ctx.backend = backend
+    ctx.deterministic = deterministic
 
 
 def _backward(ctx, do, _dlse):
     q, k, v, bias, scale, o, lse = ctx.saved_tensors
     bias_grad = bias is not None and ctx.needs_input_grad[3]
-    dq, dk, dv, ds = attention_bwd_op(do, q, k, v, o, lse, bias, scale, *ctx.args, bias_grad, ctx.backend)
+    # deterministic as asked at the forward, or as torch.use_deterministic_algorithms says now
+    deterministic = ctx.deterministic or torch.are_deterministic_algorithms_enabled()
+    dq, dk, dv, ds = attention_bwd_op(do, q, k, v, o, lse, bias, scale, *ctx.args, bias_grad, deterministic,
+                                      ctx.backend)
     dbias = ds.to(bias.dtype) if bias_grad else None
     dscale = None
     if ctx.needs_input_grad[4]:
         # s = scale_h · q·k, so dL/dscale_h = Σ dS·(q·k) = Σ_{b,i} q_i · dq_i / scale_h.
         dscale = (q.float() * dq.float()).sum(dim=(0, 2, 3)) / scale
-    return dq, dk, dv, dbias, dscale, None, None, None, None, None
+    return dq, dk, dv, dbias, dscale, None, None, None, None, None, None
 
 
 attention_fwd_op.register_autograd(_backward, setup_context=_setup)
@@ -224,10 +232,11 @@ def _to_bias(attn_mask, shape):
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
                                  dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
                                  enable_gqa: bool = False, *, temperature=1.0, causal_alignment: str = "top_left",
-                                 backend: Optional[str] = None) -> Tensor:
+                                 backend: Optional[str] = None, deterministic: Optional[bool] = None) -> Tensor:
     """``torch.nn.functional.scaled_dot_product_attention`` plus ``temperature`` and
     ``causal_alignment`` (see the module docstring). query (*, Hq, Lq, D), key/value (*, Hkv, Lk, D)
-    -> (*, Hq, Lq, D)."""
+    -> (*, Hq, Lq, D). ``deterministic=True`` (or ``torch.use_deterministic_algorithms(True)``)
+    makes the Triton backward bitwise reproducible (a separate dQ pass instead of fp32 atomics)."""
     query, key, value, enable_gqa, out_shape = _broadcast(query, key, value, enable_gqa)
     if isinstance(dropout_p, (int, float)) and dropout_p == 1.0:
         # torch drops every weight: zeros, with zero gradients for query, key and value
@@ -236,7 +245,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         return zero.expand(out_shape[:-1] + (value.shape[-1],)).contiguous()
     _check(query, key, value, attn_mask, dropout_p, scale, enable_gqa, temperature, causal_alignment)
     return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, temperature,
-                      causal_alignment, backend).reshape(out_shape[:-1] + (value.shape[-1],))
+                      causal_alignment, backend, bool(deterministic)).reshape(out_shape[:-1] + (value.shape[-1],))
 
 
 def _broadcast(query, key, value, enable_gqa):
@@ -269,7 +278,7 @@ def _broadcast(query, key, value, enable_gqa):
 
 
 def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, temperature,
-               causal_alignment, backend):
+               causal_alignment, backend, deterministic=False):
     args = (query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     chosen = choose(ATTENTION, args, {}, backend)
     if chosen == "reference" and _backend.forward_ad_active([t for t in args if isinstance(t, Tensor)]):
@@ -287,7 +296,7 @@ def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item()) if dropout_p > 0 else 0
     scales = _scale_per_head(query, scale, temperature, hq)
     out, _ = attention_fwd_op(q, k, v, bias, scales, float(dropout_p), seed, bool(is_causal),
-                              causal_alignment == "bottom_right", chosen)
+                              causal_alignment == "bottom_right", deterministic, chosen)
     return out.reshape(*batch, hq, lq, d)
 
 

@@ -132,7 +132,10 @@ def kernel_facts(cubin: str, function: str | None = None) -> dict:
 
 def function_facts(fn) -> dict:
     hot = fn.hot_loop()
+    inner = [lp for lp in fn.loops() if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in fn.loops())]
     return {
+        # innermost loops, largest first (attention splits its key loop into masked and unmasked copies)
+        "inner_loops": sorted((fn.counts(lp) for lp in inner), key=lambda c: -c.get("total", 0)),
         "function": fn.name, "registers": fn.registers, "spill_bytes": fn.stack, "local_bytes": fn.local,
         "static_shared": fn.shared, "total_counts": fn.counts(), "loop_counts": fn.counts(hot) if hot else {},
         "loops": len(fn.loops()),
@@ -144,7 +147,18 @@ def function_facts(fn) -> dict:
 
 def dynamic_counts(facts, threads_total, loaded_bytes, stored_bytes, trips=None) -> tuple[dict, float]:
     """(opcode class -> thread-instructions issued by the launch, hot-loop trips per thread), see
-    the module docstring; ``trips`` overrides the byte-based estimate where it is known."""
+    the module docstring; ``trips`` overrides the byte-based estimate where it is known; a pair
+    (unmasked, masked) gives the trips of the two largest inner loops, masked the larger (an
+    attention kernel whose causal diagonal runs in a masked copy of its loop)."""
+    loops = facts.get("inner_loops") or []
+    if isinstance(trips, tuple) and len(loops) >= 2:
+        counts = {k: float(v) for k, v in facts["total_counts"].items()}
+        for loop, n in zip(loops, (trips[1], trips[0])):
+            for k, v in loop.items():
+                counts[k] = counts.get(k, 0.0) + v * (n - 1.0)
+        return {k: threads_total * v for k, v in counts.items()}, float(sum(trips))
+    if isinstance(trips, tuple):
+        trips = sum(trips)
     if trips is None:
         trips = 1.0
         if facts["loop_counts"].get("total"):
@@ -165,14 +179,20 @@ def tensor_unit(facts) -> str:
 
 def attention_trips(kernel, sample, block_m, block_n):
     """Hot-loop trips of the attention kernels (a loop over key blocks, or query blocks for
-    dK/dV): their loads are reused across the tile, so the byte-based estimate does not apply."""
+    dK/dV): their loads are reused across the tile, so the byte-based estimate does not apply.
+    Causal: (unmasked trips, masked trips) per program on average, for the kernels that loop over
+    the tiles left of the diagonal without masks and over the diagonal tiles with them (square
+    case: a block of `outer` rows crosses outer/inner diagonal tiles)."""
     q, k = sample.args[0], sample.args[1]
     causal = len(sample.args) > 5 and bool(sample.args[5])
     lq, lk = q.shape[2], k.shape[2]
     if "delta" in kernel:
         return None
-    n = -(-lq // block_m) if "dkdv" in kernel else -(-lk // block_n)
-    return n * (0.5 if causal else 1.0)
+    inner, outer, length = (block_m, block_n, lq) if "dkdv" in kernel else (block_n, block_m, lk)
+    if not causal:
+        return -(-length // inner)
+    masked = max(outer / inner, 1.0)
+    return (max((length - outer) / (2 * inner), 0.0), masked)
 
 
 def _finish(records, arch):

@@ -89,8 +89,6 @@ BUDGETS = [
 
 # (budget id, op, backend) -> the issue that fixes it. Today's failures, from the quick run.
 KNOWN = {
-    ("attention-dkdv-hgmma", "scaled_dot_product_attention", "triton"):
-        "issue #17: the dK/dV tiles the pruner keeps (16-32 keys) are too small for wgmma; mma.sync only",
     ("cuda-attention-async-copy", "scaled_dot_product_attention", "cuda"):
         "issue #17: the CUDA attention loads K/V with plain LDG + STS, no cp.async / TMA pipeline",
     ("streaming-128bit", "adamw_step", "triton"):
