@@ -76,27 +76,35 @@ def _partial_stats_kernel(
     u_ok = units < U
     r_start = pid_s * r_per_split
     r_end = tl.minimum(r_start + r_per_split, R)
-    count = tl.zeros([BLOCK_U], tl.float32)
-    mean = tl.zeros([BLOCK_U], tl.float32)
-    m2 = tl.zeros([BLOCK_U], tl.float32)
-    for r0 in range(r_start, r_end, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        r_ok = r < r_end
-        mask = u_ok[:, None] & r_ok[None, :]
+    n_full = (r_end - r_start) // BLOCK_R
+    # Welford per lane: lane j of every full tile sees its k-th element at iteration k, so the
+    # update's 1/(k+1) is one scalar and no tile needs a cross-lane reduction (no barrier in the
+    # loop; the r mask is constant there, so loads stay vectorized). The lanes merge at the end.
+    mean = tl.zeros([BLOCK_U, BLOCK_R], tl.float32)
+    m2 = tl.zeros([BLOCK_U, BLOCK_R], tl.float32)
+    for k in range(0, n_full):
+        r = r_start + k * BLOCK_R + tl.arange(0, BLOCK_R)
         offs = _unit_offsets(units, r, U_INNER, stride_uo, stride_ui, R0, stride_r1, stride_r0)
-        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        n_t = tl.sum(r_ok.to(tl.float32), axis=0)
-        t_mean = tl.sum(x, axis=1) / n_t
-        xc = tl.where(mask, x - t_mean[:, None], 0.0)
-        t_m2 = tl.sum(xc * xc, axis=1)
-        # Chan et al.: merge (count, mean, m2) with the tile's (n_t, t_mean, t_m2).
-        total = count + n_t
-        delta = t_mean - mean
-        mean += delta * (n_t / total)
-        m2 += t_m2 + delta * delta * (count * n_t / total)
-        count = total
-    tl.store(PART_MEAN + pid_s * U + units, mean, mask=u_ok)
-    tl.store(PART_M2 + pid_s * U + units, m2, mask=u_ok)
+        x = tl.load(X + offs, mask=u_ok[:, None], other=0.0).to(tl.float32)
+        delta = x - mean
+        mean += delta * (1.0 / (k + 1))
+        m2 += delta * (x - mean)
+    # The tail tile (lanes past r_end keep their count; all masked when there is no tail).
+    r = r_start + n_full * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = r < r_end
+    offs = _unit_offsets(units, r, U_INNER, stride_uo, stride_ui, R0, stride_r1, stride_r0)
+    x = tl.load(X + offs, mask=u_ok[:, None] & r_ok[None, :], other=0.0).to(tl.float32)
+    count = tl.zeros([BLOCK_R], tl.float32) + n_full + r_ok.to(tl.float32)
+    delta = x - mean
+    mean += tl.where(r_ok[None, :], delta / tl.maximum(count, 1.0)[None, :], 0.0)
+    m2 += tl.where(r_ok[None, :], delta * (x - mean), 0.0)
+    # Chan et al.: merge the lanes' (count, mean, m2).
+    total = tl.maximum(tl.sum(count, axis=0), 1.0)
+    u_mean = tl.sum(mean * count[None, :], axis=1) / total
+    d = mean - u_mean[:, None]
+    u_m2 = tl.sum(m2 + d * d * count[None, :], axis=1)
+    tl.store(PART_MEAN + pid_s * U + units, u_mean, mask=u_ok)
+    tl.store(PART_M2 + pid_s * U + units, u_m2, mask=u_ok)
 
 
 @triton.jit
@@ -165,6 +173,79 @@ def _apply_kernel(
 
 
 @triton.jit
+def _group_fwd_onchip_kernel(
+    X, Y, MEAN, RSTD, W, B,                      # pointers (W/B may be unused); MEAN/RSTD (N*G,)
+    G, cg, S, sxn, sxc, sxs, syn, syc, sys, eps,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """GroupNorm / InstanceNorm forward of one (sample, group) that fits in registers: the group
+    is read once and written once (2·E·s), its statistics exact two-pass in registers."""
+    pid = tl.program_id(0)
+    n = pid // G
+    c_in = tl.arange(0, BLOCK_C)
+    c = (pid % G) * cg + c_in
+    s = tl.arange(0, BLOCK_S)
+    c_ok = c_in < cg
+    mask = c_ok[:, None] & (s < S)[None, :]
+    x = tl.load(X + _plane_offsets(n, c, s, sxn, sxc, sxs), mask=mask, other=0.0).to(tl.float32)
+    count = cg * S
+    mean = tl.sum(tl.sum(x, axis=1), axis=0) / count
+    xc = tl.where(mask, x - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(xc * xc, axis=1), axis=0) / count + eps)
+    tl.store(MEAN + pid, mean)
+    tl.store(RSTD + pid, rstd)
+    y = xc * rstd
+    if HAS_W:
+        y *= tl.load(W + c, mask=c_ok, other=0.0).to(tl.float32)[:, None]
+    if HAS_B:
+        y += tl.load(B + c, mask=c_ok, other=0.0).to(tl.float32)[:, None]
+    y = _act_fwd(y, ACT)
+    tl.store(Y + _plane_offsets(n, c, s, syn, syc, sys), y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _group_bwd_onchip_kernel(
+    X, DY, DX, MEAN, RSTD, W, B, PART_G, PART_GX,  # PART_*: (N*C,) per-(sample, channel) sums out
+    G, cg, S, sxn, sxc, sxs, sdn, sdc, sds, son, soc, sos,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """GroupNorm / InstanceNorm backward of one (sample, group) held in registers: x and dy read
+    once, dx written once (3·E·s); the per-channel sums for dweight/dbias go to PART_G/PART_GX."""
+    pid = tl.program_id(0)
+    n = pid // G
+    c_in = tl.arange(0, BLOCK_C)
+    c = (pid % G) * cg + c_in
+    s = tl.arange(0, BLOCK_S)
+    c_ok = c_in < cg
+    mask = c_ok[:, None] & (s < S)[None, :]
+    mean = tl.load(MEAN + pid)
+    rstd = tl.load(RSTD + pid)
+    x = tl.load(X + _plane_offsets(n, c, s, sxn, sxc, sxs), mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(DY + _plane_offsets(n, c, s, sdn, sdc, sds), mask=mask, other=0.0).to(tl.float32)
+    xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+    w = tl.full([BLOCK_C], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + c, mask=c_ok, other=0.0).to(tl.float32)
+    if ACT != 0:
+        b = tl.zeros([BLOCK_C], tl.float32)
+        if HAS_B:
+            b = tl.load(B + c, mask=c_ok, other=0.0).to(tl.float32)
+        g = _act_grad(xhat * w[:, None] + b[:, None], g, ACT)
+    sum_g = tl.sum(g, axis=1)
+    sum_gx = tl.sum(g * xhat, axis=1)
+    units = n.to(tl.int64) * G * cg + c
+    tl.store(PART_G + units, sum_g, mask=c_ok)
+    tl.store(PART_GX + units, sum_gx, mask=c_ok)
+    count = cg * S
+    c1 = tl.sum(w * sum_gx, axis=0) / count
+    c2 = tl.sum(w * sum_g, axis=0) / count
+    dx = (w[:, None] * g - xhat * c1 - c2) * rstd
+    tl.store(DX + _plane_offsets(n, c, s, son, soc, sos), dx.to(DX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _partial_grad_kernel(
     X, DY, MEAN, RSTD, W, B, PART_G, PART_GX,    # inputs; (SPLITS, U) fp32 outputs
     U, U_INNER, stride_uo, stride_ui, dy_stride_uo, dy_stride_ui,
@@ -208,6 +289,46 @@ def _partial_grad_kernel(
 
 
 @triton.jit
+def _grad_finalize_kernel(
+    PART_G, PART_GX, W, C1, C2, DW, DB,          # (SPLITS, NB * C) partials in; outputs
+    SPLITS, NB, C, cg, inv_count,                # NB samples (1 for BatchNorm), cg channels per group
+    HAS_W: tl.constexpr, HAS_C: tl.constexpr, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_CG: tl.constexpr,
+):
+    """One launch between the gradient sums and dx, for group g = program 0 (its cg channels):
+    per-(sample, channel) sums over the splits (fixed order), c1/c2 of each (sample, group)
+    (the w-weighted sums over the group / its element count), dweight and dbias of each channel
+    (the sums over samples), cast to their dtypes."""
+    g = tl.program_id(0)
+    ch = g * cg + tl.arange(0, BLOCK_CG)
+    ch_ok = tl.arange(0, BLOCK_CG) < cg
+    w = tl.full([BLOCK_CG], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + ch, mask=ch_ok, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_CG], tl.float32)
+    db = tl.zeros([BLOCK_CG], tl.float32)
+    for n0 in range(0, NB, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        mask = (n < NB)[:, None] & ch_ok[None, :]
+        offs = n.to(tl.int64)[:, None] * C + ch[None, :]
+        sg = tl.zeros([BLOCK_N, BLOCK_CG], tl.float32)
+        sgx = tl.zeros([BLOCK_N, BLOCK_CG], tl.float32)
+        for s in range(0, SPLITS):
+            sg += tl.load(PART_G + s * NB * C + offs, mask=mask, other=0.0)
+            sgx += tl.load(PART_GX + s * NB * C + offs, mask=mask, other=0.0)
+        if HAS_C:
+            units = n.to(tl.int64) * (C // cg) + g
+            tl.store(C1 + units, tl.sum(sgx * w[None, :], axis=1) * inv_count, mask=n < NB)
+            tl.store(C2 + units, tl.sum(sg * w[None, :], axis=1) * inv_count, mask=n < NB)
+        dw += tl.sum(sgx, axis=0)
+        db += tl.sum(sg, axis=0)
+    if HAS_DW:
+        tl.store(DW + ch, dw.to(DW.dtype.element_ty), mask=ch_ok)
+    if HAS_DB:
+        tl.store(DB + ch, db.to(DB.dtype.element_ty), mask=ch_ok)
+
+
+@triton.jit
 def _grad_apply_kernel(
     X, DY, DX, MEAN, RSTD, W, B, C1, C2,         # c1/c2 per stat unit (unused when not HAS_C)
     C, S, s_blocks, sxn, sxc, sxs, sdn, sdc, sds, son, soc, sos,
@@ -243,11 +364,26 @@ def _grad_apply_kernel(
 # Host side: layouts, launch configuration, and the launchers (same names/signatures as CUDA)
 # ---------------------------------------------------------------------------------------------
 TILE = 4096  # elements per program tile
+ONCHIP_FWD_ELEMS = 32768  # a (sample, group) tile up to this size is normalized from registers
+ONCHIP_BWD_ELEMS = 16384  # ... and its backward (x, dy and their products live: half the tile)
 
 
 def num_warps(tile: int) -> int:
     """About eight fp32 values per thread and tensor: the backward keeps five such tensors live."""
     return max(1, min(16, tile // 256))
+
+
+# Inside a reduction unit the kernels index elements with int32 (offsets are int64): a unit,
+# plus the tile that may run past its end, must stay below 2**31.
+INDEX_LIMIT = 2 ** 31 - 1 - TILE
+
+
+def _check_index_range(x):
+    """Refuse inputs whose element indices could overflow int32 (before anything is allocated);
+    dlkern.ops' supports() refuses them first, so this guards direct launcher calls."""
+    if x.numel() > INDEX_LIMIT:
+        raise ValueError(f"input has {x.numel()} elements; the Triton channel-norm kernels index a "
+                         f"statistics unit with int32 and take at most {INDEX_LIMIT}")
 
 
 def _ncs(t):
@@ -327,8 +463,9 @@ def _apply(x3, y3, mean, rstd, weight, bias, units_per_sample, channels_per_unit
 
 
 def _grad_sums(x3, dy3, layout, mean, rstd, weight, bias, units_per_sample, channels_per_unit, act):
-    """(sum g, sum g * xhat) per reduction unit of ``layout`` (splits reduced in a fixed order).
-    dy is addressed with its own strides (it may be laid out unlike x, e.g. expanded)."""
+    """(SPLITS, units) fp32 partials of sum g and sum g * xhat per reduction unit of ``layout``
+    (:func:`_grad_finalize` reduces them). dy is addressed with its own strides (it may be laid
+    out unlike x, e.g. expanded)."""
     red = _reduction(layout(x3), x3.device)
     dy_layout = layout(dy3)
     part_g = new_empty(red.splits, red.units, dtype=torch.float32, device=x3.device)
@@ -339,7 +476,45 @@ def _grad_sums(x3, dy3, layout, mean, rstd, weight, bias, units_per_sample, chan
         part_g, part_gx, *red.args(), *dy_red[:2], *red.r_args(), *dy_red[2:], red.r_per_split,
         units_per_sample, channels_per_unit, HAS_W=weight is not None, HAS_B=bias is not None, ACT=act,
         BLOCK_U=red.block_u, BLOCK_R=red.block_r, num_warps=num_warps(red.block_u * red.block_r))
-    return part_g.sum(0), part_gx.sum(0)
+    return part_g, part_gx
+
+
+MAX_FINALIZE_CG = 4096   # channels per group the finalize tile holds (larger groups: torch ops)
+
+
+def _grad_finalize(part_g, part_gx, weight, nb, C, groups, count, need_c, dw_dtype, db_dtype):
+    """(c1, c2 per (sample, group) or None, dweight or None, dbias or None) from the gradient
+    partials of (sample, channel) units (nb samples; BatchNorm: nb = 1, one group per channel);
+    ``count``: elements per statistics group. One kernel launch."""
+    dev = part_g.device
+    cg = C // groups
+    c1 = new_empty(nb * groups, dtype=torch.float32, device=dev) if need_c else None
+    c2 = new_empty(nb * groups, dtype=torch.float32, device=dev) if need_c else None
+    dw = new_empty(C, dtype=dw_dtype, device=dev) if dw_dtype is not None else None
+    db = new_empty(C, dtype=db_dtype, device=dev) if db_dtype is not None else None
+    if cg > MAX_FINALIZE_CG:  # one group wider than a tile (GroupNorm with very few groups)
+        sum_g, sum_gx = part_g.sum(0).view(nb, C), part_gx.sum(0).view(nb, C)
+        w = weight.float() if weight is not None else torch.ones(C, device=dev)
+        if need_c:
+            c1.copy_((w * sum_gx).view(nb, groups, cg).sum(-1).reshape(-1) / count)
+            c2.copy_((w * sum_g).view(nb, groups, cg).sum(-1).reshape(-1) / count)
+        if dw is not None:
+            dw.copy_(sum_gx.sum(0))
+        if db is not None:
+            db.copy_(sum_g.sum(0))
+        return c1, c2, dw, db
+    if C == 0:
+        return c1, c2, dw, db
+    block_cg = triton.next_power_of_2(cg)
+    block_n = max(1, min(triton.next_power_of_2(max(nb, 1)), TILE // block_cg))
+    any_out = next(t for t in (c1, dw, db, part_g) if t is not None)
+    _grad_finalize_kernel[(groups,)](
+        part_g, part_gx, weight if weight is not None else part_g, c1 if need_c else any_out,
+        c2 if need_c else any_out, dw if dw is not None else any_out, db if db is not None else any_out,
+        part_g.shape[0], nb, C, cg, 1.0 / max(count, 1),
+        HAS_W=weight is not None, HAS_C=need_c, HAS_DW=dw is not None, HAS_DB=db is not None,
+        BLOCK_N=block_n, BLOCK_CG=block_cg, num_warps=num_warps(block_n * block_cg))
+    return c1, c2, dw, db
 
 
 def _grad_apply(x3, dy3, dx3, mean, rstd, weight, bias, c1, c2, units_per_sample, channels_per_unit, act):
@@ -398,6 +573,7 @@ def batch_norm_fwd(x, weight, bias, running_mean, running_var, training, eps):
     """x (N, C, *) -> (y like x, mean (C,), rstd (C,), unbiased batch variance (C,) or an empty
     tensor), fp32 statistics. Training: batch statistics; else the running statistics. Nothing is
     mutated: the caller updates running statistics from mean and the unbiased variance."""
+    _check_index_range(x)
     x3 = _ncs(x)
     y, y3 = _out_like(x)
     if training:
@@ -414,47 +590,67 @@ def batch_norm_fwd(x, weight, bias, running_mean, running_var, training, eps):
 
 def batch_norm_bwd(dy, x, weight, save_mean, save_rstd, training, has_bias):
     """-> (dx like x, dweight (C,) or None, dbias (C,) or None)."""
+    _check_index_range(x)
     x3, dy3 = _ncs(x), _ncs(dy)
     dx, dx3 = _out_like(x)
     N, C, S = x3.shape
-    sum_g, sum_gx = _grad_sums(x3, dy3, _channel_units, save_mean, save_rstd, None, None, 0, 1, 0)
-    c1 = c2 = None
-    if training:
-        w = weight.float() if weight is not None else 1.0
-        c1, c2 = (w * sum_gx / (N * S)).contiguous(), (w * sum_g / (N * S)).contiguous()
+    part_g, part_gx = _grad_sums(x3, dy3, _channel_units, save_mean, save_rstd, None, None, 0, 1, 0)
+    c1, c2, dw, db = _grad_finalize(part_g, part_gx, weight, 1, C, C, N * S, training,
+                                    weight.dtype if weight is not None else None, x.dtype if has_bias else None)
     _grad_apply(x3, dy3, dx3, save_mean, save_rstd, weight, None, c1, c2, 0, 1, 0)
-    dw = sum_gx.to(weight.dtype) if weight is not None else None
-    db = sum_g.to(x.dtype) if has_bias else None
     return dx, dw, db
 
 
 def group_norm_fwd(x, num_groups, weight, bias, eps, activation):
     """x (N, C, *) -> (act(group_norm(x)) like x, mean (N, G) fp32, rstd (N, G) fp32)."""
+    _check_index_range(x)
     x3 = _ncs(x)
     N = x3.shape[0]
     y, y3 = _out_like(x)
+    C, S = x3.shape[1], x3.shape[2]
+    cg = C // num_groups
+    block_c, block_s = triton.next_power_of_2(cg), triton.next_power_of_2(S)
+    if block_c * block_s <= ONCHIP_FWD_ELEMS:  # one program per group, read once
+        mean = new_empty(N * num_groups, dtype=torch.float32, device=x.device)
+        rstd = new_empty(N * num_groups, dtype=torch.float32, device=x.device)
+        if N * num_groups:
+            _group_fwd_onchip_kernel[(N * num_groups,)](
+                x3, y3, mean, rstd, weight if weight is not None else mean, bias if bias is not None else mean,
+                num_groups, cg, S, *x3.stride(), *y3.stride(), eps, HAS_W=weight is not None,
+                HAS_B=bias is not None, ACT=ACTIVATIONS[activation], BLOCK_C=block_c, BLOCK_S=block_s,
+                num_warps=16)
+        return y, mean.view(N, num_groups), rstd.view(N, num_groups)
     red = _reduction(_group_units(x3, num_groups), x.device)
     mean, rstd, _ = _stats(x3, red, eps)
-    _apply(x3, y3, mean, rstd, weight, bias, num_groups, x3.shape[1] // num_groups, ACTIVATIONS[activation])
+    _apply(x3, y3, mean, rstd, weight, bias, num_groups, cg, ACTIVATIONS[activation])
     return y, mean.view(N, num_groups), rstd.view(N, num_groups)
 
 
 def group_norm_bwd(dy, x, num_groups, weight, bias, mean, rstd, activation):
     """-> (dx like x, dweight (C,) or None, dbias (C,) or None); activation's gradient included."""
+    _check_index_range(x)
     x3, dy3 = _ncs(x), _ncs(dy)
     N, C, S = x3.shape
     cg = C // num_groups
     act = ACTIVATIONS[activation]
     mean, rstd = mean.reshape(-1), rstd.reshape(-1)
     dx, dx3 = _out_like(x)
-    sum_g, sum_gx = _grad_sums(x3, dy3, _sample_channel_units, mean, rstd, weight, bias, num_groups, cg, act)
-    sum_g, sum_gx = sum_g.view(N, C), sum_gx.view(N, C)
-    w = weight.float() if weight is not None else torch.ones(C, device=x.device)
-    c1 = (w * sum_gx).view(N, num_groups, cg).sum(-1).reshape(-1) / (cg * S)
-    c2 = (w * sum_g).view(N, num_groups, cg).sum(-1).reshape(-1) / (cg * S)
+    dtypes = (weight.dtype if weight is not None else None, bias.dtype if bias is not None else None)
+    block_c, block_s = triton.next_power_of_2(cg), triton.next_power_of_2(S)
+    if block_c * block_s <= ONCHIP_BWD_ELEMS:  # one program per group: x and dy read once
+        part_g = new_empty(1, N * C, dtype=torch.float32, device=x.device)
+        part_gx = new_empty(1, N * C, dtype=torch.float32, device=x.device)
+        if N * num_groups:
+            _group_bwd_onchip_kernel[(N * num_groups,)](
+                x3, dy3, dx3, mean, rstd, weight if weight is not None else mean, bias if bias is not None else mean,
+                part_g, part_gx, num_groups, cg, S, *x3.stride(), *dy3.stride(), *dx3.stride(),
+                HAS_W=weight is not None, HAS_B=bias is not None, ACT=act, BLOCK_C=block_c, BLOCK_S=block_s,
+                num_warps=16)
+        _, _, dw, db = _grad_finalize(part_g, part_gx, weight, N, C, num_groups, cg * S, False, *dtypes)
+        return dx, dw, db
+    part_g, part_gx = _grad_sums(x3, dy3, _sample_channel_units, mean, rstd, weight, bias, num_groups, cg, act)
+    c1, c2, dw, db = _grad_finalize(part_g, part_gx, weight, N, C, num_groups, cg * S, True, *dtypes)
     _grad_apply(x3, dy3, dx3, mean, rstd, weight, bias, c1, c2, num_groups, cg, act)
-    dw = sum_gx.sum(0).to(weight.dtype) if weight is not None else None
-    db = sum_g.sum(0).to(bias.dtype) if bias is not None else None
     return dx, dw, db
 
 

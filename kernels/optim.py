@@ -1,10 +1,17 @@
 """Multi-tensor optimizer steps in Triton (apex-style): one launch updates every tensor of a list.
 
 The host packs, for each tensor list (params, grads, states), a table of data pointers, plus a
-chunk table: chunk ``c`` covers elements [start, start + CHUNK) of tensor ``tensor[c]``. One
-program per chunk loads its tensor's pointers from the tables (int64 -> typed pointer), so the
-number of launches does not depend on how many parameters there are or on their shapes. Tensors
-of one launch share dtypes (pointer types are compile-time); the optimizer groups them.
+chunk table: chunk ``c`` covers elements [start[c], end[c]) of tensor ``tensor[c]``. One program
+per chunk loads its tensor's pointers from the tables (int64 -> typed pointer), so the number of
+launches does not depend on how many parameters there are or on their shapes. Tensors of one
+launch share dtypes (pointer types are compile-time); the optimizer groups them.
+
+All tables of a step (pointers, chunks, per-tensor scalars) travel in one host buffer, pinned on a
+GPU, with one asynchronous copy. A program loops over its chunk's own full blocks without a mask,
+then over the tail with one; when the host has checked that every pointer of the launch is
+16-byte aligned (``ALIGNED``), the pointers carry that hint and the full blocks use 128-bit
+accesses. A misaligned tensor (a view at an odd offset) sends the launch down the element-wise
+path: slower, never a misaligned access.
 
 Per-tensor scalars that depend on a tensor's own step count (Adam's bias corrections) are
 computed on the host in float64, as torch does, and passed as fp32 tables.
@@ -14,236 +21,363 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK = 65536   # elements per program
-BLOCK = 1024    # elements per inner iteration on a GPU
+CHUNK = 65536        # elements per program at most (the host picks smaller chunks on a GPU)
+MIN_CHUNK = 4096     # ... and at least (a tensor smaller than a chunk is one chunk of its own size)
+BLOCK = 1024         # elements per inner iteration on a GPU (4 warps: 8 per thread)
+PROGRAMS_PER_SM = 8  # the chunk size aims at this many programs per SM, all in one wave
+ALIGN = 16           # bytes of one 128-bit access
 
 
 def _block(device) -> int:
     # The interpreter pays per operation, not per element: wide blocks, still 4 per chunk.
     return BLOCK if device.type == "cuda" else CHUNK // 4
+
+
 _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 @triton.jit
-def _tensor_ptr(TABLE, t, DTYPE: tl.constexpr):
-    return tl.load(TABLE + t).to(tl.pointer_type(DTYPE), bitcast=True)
+def _tensor_ptr(TABLE, t, start, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Tensor t's data pointer from TABLE, advanced to element ``start`` of its chunk. ALIGNED:
+    the host checked every pointer of the launch is 16-byte aligned (chunk starts are multiples
+    of 16 elements), which lets the compiler use 128-bit accesses; a loaded pointer is otherwise
+    assumed to be only element-aligned."""
+    ptr = tl.load(TABLE + t).to(tl.pointer_type(DTYPE), bitcast=True) + start
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
 
 
 @triton.jit
-def _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE: tl.constexpr):
-    """(tensor index, first element, end) of the chunk this program updates."""
+def _this_chunk(CHUNK_TENSOR, CHUNK_START, CHUNK_END, BLOCK_SIZE: tl.constexpr):
+    """(tensor index, first element, elements, full blocks) of the chunk this program updates."""
     c = tl.program_id(0)
     t = tl.load(CHUNK_TENSOR + c)
     start = tl.load(CHUNK_START + c)
-    return t, start, tl.minimum(start + CHUNK_SIZE, tl.load(SIZES + t))
+    n = (tl.load(CHUNK_END + c) - start).to(tl.int32)
+    return t, start, n, n // BLOCK_SIZE
+
+
+@triton.jit
+def _ld(ptr, mask):
+    """fp32 values at ptr; ``mask`` None on full blocks (no predicate: vector accesses)."""
+    if mask is None:
+        return tl.load(ptr).to(tl.float32)
+    else:
+        return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _st(ptr, value, mask):
+    if mask is None:
+        tl.store(ptr, value.to(ptr.dtype.element_ty))
+    else:
+        tl.store(ptr, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+# Each optimizer: a block update ``_x_block(pointers, offs, mask, ...)`` and a kernel that runs it
+# unmasked over the chunk's full blocks, then masked over its tail (if any). The loop trip count is
+# the chunk's own size, so a 768-element bias costs one masked block, not a full chunk's worth.
+@triton.jit
+def _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs, mask, step_size, bc2_sqrt,
+                beta1, beta2, eps, weight_decay, decay_factor,
+                DECOUPLED: tl.constexpr, HAS_WD: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+                HAS_MASTER: tl.constexpr):
+    if HAS_MASTER:  # the update runs on the fp32 master; p receives its rounding
+        p = _ld(w_ptr + offs, mask)
+    else:
+        p = _ld(p_ptr + offs, mask)
+    g = _ld(g_ptr + offs, mask)
+    m = _ld(m_ptr + offs, mask)
+    v = _ld(v_ptr + offs, mask)
+    if MAXIMIZE:
+        g = -g
+    if DECOUPLED:
+        p = p * decay_factor
+    elif HAS_WD:
+        g = g + weight_decay * p
+    m = m + (1.0 - beta1) * (g - m)          # exp_avg.lerp_(grad, 1 - beta1)
+    v = v * beta2 + (1.0 - beta2) * g * g
+    if AMSGRAD:
+        vmax = tl.maximum(_ld(vmax_ptr + offs, mask), v)
+        _st(vmax_ptr + offs, vmax, mask)
+        denom = tl.sqrt(vmax) / bc2_sqrt + eps
+    else:
+        denom = tl.sqrt(v) / bc2_sqrt + eps
+    p = p - step_size * (m / denom)
+    if HAS_MASTER:
+        _st(w_ptr + offs, p, mask)
+    _st(p_ptr + offs, p, mask)
+    _st(m_ptr + offs, m, mask)
+    _st(v_ptr + offs, v, mask)
 
 
 @triton.jit
 def _adam_kernel(
     P_TABLE, G_TABLE, M_TABLE, V_TABLE, VMAX_TABLE,   # int64 data pointers, one per tensor
     W_TABLE,                                          # fp32 master weights (HAS_MASTER)
-    SIZES, CHUNK_TENSOR, CHUNK_START,                 # per tensor / per chunk
+    CHUNK_TENSOR, CHUNK_START, CHUNK_END,             # per chunk: tensor index, element range
     STEP_SIZE, BC2_SQRT,                              # per tensor: lr / (1 - b1^t), sqrt(1 - b2^t)
     beta1, beta2, eps, weight_decay, decay_factor,    # decay_factor = 1 - lr * wd (AdamW)
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
     DECOUPLED: tl.constexpr, HAS_WD: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
-    HAS_MASTER: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    HAS_MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    t, start, end = _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE)
-    p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
-    g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
-    m_ptr = _tensor_ptr(M_TABLE, t, S_DTYPE)
-    v_ptr = _tensor_ptr(V_TABLE, t, S_DTYPE)
-    w_ptr = _tensor_ptr(W_TABLE, t, tl.float32)
+    t, start, n, full = _this_chunk(CHUNK_TENSOR, CHUNK_START, CHUNK_END, BLOCK_SIZE)
+    p_ptr = _tensor_ptr(P_TABLE, t, start, P_DTYPE, ALIGNED)
+    g_ptr = _tensor_ptr(G_TABLE, t, start, G_DTYPE, ALIGNED)
+    m_ptr = _tensor_ptr(M_TABLE, t, start, S_DTYPE, ALIGNED)
+    v_ptr = _tensor_ptr(V_TABLE, t, start, S_DTYPE, ALIGNED)
+    vmax_ptr = _tensor_ptr(VMAX_TABLE, t, start, S_DTYPE, ALIGNED)
+    w_ptr = _tensor_ptr(W_TABLE, t, start, tl.float32, ALIGNED)
     step_size = tl.load(STEP_SIZE + t)
     bc2_sqrt = tl.load(BC2_SQRT + t)
-    for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
-        idx = start + off + tl.arange(0, BLOCK_SIZE)
-        mask = idx < end
-        if HAS_MASTER:  # the update runs on the fp32 master; p receives its rounding
-            p = tl.load(w_ptr + idx, mask=mask, other=0.0)
+    for b in range(0, full):
+        offs = b * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs, None, step_size, bc2_sqrt,
+                    beta1, beta2, eps, weight_decay, decay_factor, DECOUPLED, HAS_WD, AMSGRAD, MAXIMIZE, HAS_MASTER)
+    if full * BLOCK_SIZE < n:
+        offs = full * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        _adam_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, w_ptr, offs, offs < n, step_size, bc2_sqrt,
+                    beta1, beta2, eps, weight_decay, decay_factor, DECOUPLED, HAS_WD, AMSGRAD, MAXIMIZE, HAS_MASTER)
+
+
+@triton.jit
+def _sgd_block(p_ptr, g_ptr, b_ptr, offs, mask, lr, momentum, dampening, weight_decay,
+               HAS_WD: tl.constexpr, HAS_MOMENTUM: tl.constexpr, FIRST: tl.constexpr, NESTEROV: tl.constexpr,
+               MAXIMIZE: tl.constexpr):
+    p = _ld(p_ptr + offs, mask)
+    d = _ld(g_ptr + offs, mask)
+    if MAXIMIZE:
+        d = -d
+    if HAS_WD:
+        d = d + weight_decay * p
+    if HAS_MOMENTUM:
+        if FIRST:  # torch: the buffer starts as a copy of the first gradient (no dampening)
+            buf = d
         else:
-            p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        m = tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        if MAXIMIZE:
-            g = -g
-        if DECOUPLED:
-            p = p * decay_factor
-        elif HAS_WD:
-            g = g + weight_decay * p
-        m = m + (1.0 - beta1) * (g - m)          # exp_avg.lerp_(grad, 1 - beta1)
-        v = v * beta2 + (1.0 - beta2) * g * g
-        if AMSGRAD:
-            vmax_ptr = _tensor_ptr(VMAX_TABLE, t, S_DTYPE)
-            vmax = tl.maximum(tl.load(vmax_ptr + idx, mask=mask, other=0.0).to(tl.float32), v)
-            tl.store(vmax_ptr + idx, vmax.to(S_DTYPE), mask=mask)
-            denom = tl.sqrt(vmax) / bc2_sqrt + eps
+            buf = _ld(b_ptr + offs, mask) * momentum + (1.0 - dampening) * d
+        _st(b_ptr + offs, buf, mask)
+        if NESTEROV:
+            d = d + momentum * buf
         else:
-            denom = tl.sqrt(v) / bc2_sqrt + eps
-        p = p - step_size * (m / denom)
-        if HAS_MASTER:
-            tl.store(w_ptr + idx, p, mask=mask)
-        tl.store(p_ptr + idx, p.to(P_DTYPE), mask=mask)
-        tl.store(m_ptr + idx, m.to(S_DTYPE), mask=mask)
-        tl.store(v_ptr + idx, v.to(S_DTYPE), mask=mask)
+            d = buf
+    _st(p_ptr + offs, p - lr * d, mask)
 
 
 @triton.jit
 def _sgd_kernel(
     P_TABLE, G_TABLE, B_TABLE,                        # params, grads, momentum buffers
-    SIZES, CHUNK_TENSOR, CHUNK_START,
+    CHUNK_TENSOR, CHUNK_START, CHUNK_END,
     lr, momentum, dampening, weight_decay,
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
     HAS_WD: tl.constexpr, HAS_MOMENTUM: tl.constexpr, FIRST: tl.constexpr, NESTEROV: tl.constexpr,
-    MAXIMIZE: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    MAXIMIZE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    t, start, end = _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE)
-    p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
-    g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
-    for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
-        idx = start + off + tl.arange(0, BLOCK_SIZE)
-        mask = idx < end
-        p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        d = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        if MAXIMIZE:
-            d = -d
-        if HAS_WD:
-            d = d + weight_decay * p
-        if HAS_MOMENTUM:
-            b_ptr = _tensor_ptr(B_TABLE, t, P_DTYPE)
-            if FIRST:  # torch: the buffer starts as a copy of the first gradient (no dampening)
-                buf = d
-            else:
-                buf = tl.load(b_ptr + idx, mask=mask, other=0.0).to(tl.float32) * momentum + (1.0 - dampening) * d
-            tl.store(b_ptr + idx, buf.to(P_DTYPE), mask=mask)
-            if NESTEROV:
-                d = d + momentum * buf
-            else:
-                d = buf
-        tl.store(p_ptr + idx, (p - lr * d).to(P_DTYPE), mask=mask)
+    t, start, n, full = _this_chunk(CHUNK_TENSOR, CHUNK_START, CHUNK_END, BLOCK_SIZE)
+    p_ptr = _tensor_ptr(P_TABLE, t, start, P_DTYPE, ALIGNED)
+    g_ptr = _tensor_ptr(G_TABLE, t, start, G_DTYPE, ALIGNED)
+    b_ptr = _tensor_ptr(B_TABLE, t, start, P_DTYPE, ALIGNED)
+    for b in range(0, full):
+        offs = b * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        _sgd_block(p_ptr, g_ptr, b_ptr, offs, None, lr, momentum, dampening, weight_decay,
+                   HAS_WD, HAS_MOMENTUM, FIRST, NESTEROV, MAXIMIZE)
+    if full * BLOCK_SIZE < n:
+        offs = full * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        _sgd_block(p_ptr, g_ptr, b_ptr, offs, offs < n, lr, momentum, dampening, weight_decay,
+                   HAS_WD, HAS_MOMENTUM, FIRST, NESTEROV, MAXIMIZE)
+
+
+@triton.jit
+def _adagrad_block(p_ptr, g_ptr, s_ptr, offs, mask, clr, eps, weight_decay,
+                   HAS_WD: tl.constexpr, MAXIMIZE: tl.constexpr):
+    p = _ld(p_ptr + offs, mask)
+    g = _ld(g_ptr + offs, mask)
+    if MAXIMIZE:
+        g = -g
+    if HAS_WD:
+        g = g + weight_decay * p
+    acc = _ld(s_ptr + offs, mask) + g * g
+    _st(s_ptr + offs, acc, mask)
+    _st(p_ptr + offs, p - clr * (g / (tl.sqrt(acc) + eps)), mask)
 
 
 @triton.jit
 def _adagrad_kernel(
-    P_TABLE, G_TABLE, SUM_TABLE, SIZES, CHUNK_TENSOR, CHUNK_START,
+    P_TABLE, G_TABLE, SUM_TABLE, CHUNK_TENSOR, CHUNK_START, CHUNK_END,
     CLR,                                              # per tensor: lr / (1 + (step - 1) * lr_decay)
     eps, weight_decay,
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, HAS_WD: tl.constexpr, MAXIMIZE: tl.constexpr,
-    CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    t, start, end = _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE)
-    p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
-    g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
-    s_ptr = _tensor_ptr(SUM_TABLE, t, P_DTYPE)
+    t, start, n, full = _this_chunk(CHUNK_TENSOR, CHUNK_START, CHUNK_END, BLOCK_SIZE)
+    p_ptr = _tensor_ptr(P_TABLE, t, start, P_DTYPE, ALIGNED)
+    g_ptr = _tensor_ptr(G_TABLE, t, start, G_DTYPE, ALIGNED)
+    s_ptr = _tensor_ptr(SUM_TABLE, t, start, P_DTYPE, ALIGNED)
     clr = tl.load(CLR + t)
-    for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
-        idx = start + off + tl.arange(0, BLOCK_SIZE)
-        mask = idx < end
-        p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        if MAXIMIZE:
-            g = -g
-        if HAS_WD:
-            g = g + weight_decay * p
-        acc = tl.load(s_ptr + idx, mask=mask, other=0.0).to(tl.float32) + g * g
-        tl.store(s_ptr + idx, acc.to(P_DTYPE), mask=mask)
-        tl.store(p_ptr + idx, (p - clr * (g / (tl.sqrt(acc) + eps))).to(P_DTYPE), mask=mask)
+    for b in range(0, full):
+        offs = b * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        _adagrad_block(p_ptr, g_ptr, s_ptr, offs, None, clr, eps, weight_decay, HAS_WD, MAXIMIZE)
+    if full * BLOCK_SIZE < n:
+        offs = full * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        _adagrad_block(p_ptr, g_ptr, s_ptr, offs, offs < n, clr, eps, weight_decay, HAS_WD, MAXIMIZE)
+
+
+@triton.jit
+def _rmsprop_block(p_ptr, g_ptr, sq_ptr, ga_ptr, b_ptr, offs, mask, lr, alpha, eps, weight_decay, momentum,
+                   HAS_WD: tl.constexpr, CENTERED: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
+                   MAXIMIZE: tl.constexpr):
+    p = _ld(p_ptr + offs, mask)
+    g = _ld(g_ptr + offs, mask)
+    if MAXIMIZE:
+        g = -g
+    if HAS_WD:
+        g = g + weight_decay * p
+    sq = _ld(sq_ptr + offs, mask) * alpha + (1.0 - alpha) * g * g
+    _st(sq_ptr + offs, sq, mask)
+    if CENTERED:
+        ga = _ld(ga_ptr + offs, mask)
+        ga = ga + (1.0 - alpha) * (g - ga)          # grad_avg.lerp_(grad, 1 - alpha)
+        _st(ga_ptr + offs, ga, mask)
+        avg = tl.sqrt(sq - ga * ga) + eps
+    else:
+        avg = tl.sqrt(sq) + eps
+    if HAS_MOMENTUM:
+        buf = _ld(b_ptr + offs, mask) * momentum + g / avg
+        _st(b_ptr + offs, buf, mask)
+        p = p - lr * buf
+    else:
+        p = p - lr * (g / avg)
+    _st(p_ptr + offs, p, mask)
 
 
 @triton.jit
 def _rmsprop_kernel(
-    P_TABLE, G_TABLE, SQ_TABLE, GAVG_TABLE, BUF_TABLE, SIZES, CHUNK_TENSOR, CHUNK_START,
+    P_TABLE, G_TABLE, SQ_TABLE, GAVG_TABLE, BUF_TABLE, CHUNK_TENSOR, CHUNK_START, CHUNK_END,
     lr, alpha, eps, weight_decay, momentum,
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, HAS_WD: tl.constexpr, CENTERED: tl.constexpr,
-    HAS_MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr, CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    HAS_MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    t, start, end = _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE)
-    p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
-    g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
-    sq_ptr = _tensor_ptr(SQ_TABLE, t, P_DTYPE)
-    for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
-        idx = start + off + tl.arange(0, BLOCK_SIZE)
-        mask = idx < end
-        p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        if MAXIMIZE:
-            g = -g
-        if HAS_WD:
-            g = g + weight_decay * p
-        sq = tl.load(sq_ptr + idx, mask=mask, other=0.0).to(tl.float32) * alpha + (1.0 - alpha) * g * g
-        tl.store(sq_ptr + idx, sq.to(P_DTYPE), mask=mask)
-        if CENTERED:
-            ga_ptr = _tensor_ptr(GAVG_TABLE, t, P_DTYPE)
-            ga = tl.load(ga_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            ga = ga + (1.0 - alpha) * (g - ga)          # grad_avg.lerp_(grad, 1 - alpha)
-            tl.store(ga_ptr + idx, ga.to(P_DTYPE), mask=mask)
-            avg = tl.sqrt(sq - ga * ga) + eps
-        else:
-            avg = tl.sqrt(sq) + eps
-        if HAS_MOMENTUM:
-            b_ptr = _tensor_ptr(BUF_TABLE, t, P_DTYPE)
-            buf = tl.load(b_ptr + idx, mask=mask, other=0.0).to(tl.float32) * momentum + g / avg
-            tl.store(b_ptr + idx, buf.to(P_DTYPE), mask=mask)
-            p = p - lr * buf
-        else:
-            p = p - lr * (g / avg)
-        tl.store(p_ptr + idx, p.to(P_DTYPE), mask=mask)
+    t, start, n, full = _this_chunk(CHUNK_TENSOR, CHUNK_START, CHUNK_END, BLOCK_SIZE)
+    p_ptr = _tensor_ptr(P_TABLE, t, start, P_DTYPE, ALIGNED)
+    g_ptr = _tensor_ptr(G_TABLE, t, start, G_DTYPE, ALIGNED)
+    sq_ptr = _tensor_ptr(SQ_TABLE, t, start, P_DTYPE, ALIGNED)
+    ga_ptr = _tensor_ptr(GAVG_TABLE, t, start, P_DTYPE, ALIGNED)
+    b_ptr = _tensor_ptr(BUF_TABLE, t, start, P_DTYPE, ALIGNED)
+    for b in range(0, full):
+        offs = b * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        _rmsprop_block(p_ptr, g_ptr, sq_ptr, ga_ptr, b_ptr, offs, None, lr, alpha, eps, weight_decay, momentum,
+                       HAS_WD, CENTERED, HAS_MOMENTUM, MAXIMIZE)
+    if full * BLOCK_SIZE < n:
+        offs = full * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        _rmsprop_block(p_ptr, g_ptr, sq_ptr, ga_ptr, b_ptr, offs, offs < n, lr, alpha, eps, weight_decay,
+                       momentum, HAS_WD, CENTERED, HAS_MOMENTUM, MAXIMIZE)
+
+
+@triton.jit
+def _adabound_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, mask, step_size, lower, upper,
+                    beta1, beta2, eps, weight_decay, HAS_WD: tl.constexpr, AMSBOUND: tl.constexpr):
+    p = _ld(p_ptr + offs, mask)
+    g = _ld(g_ptr + offs, mask)
+    if HAS_WD:
+        g = g + weight_decay * p
+    m = _ld(m_ptr + offs, mask) * beta1 + (1.0 - beta1) * g
+    v = _ld(v_ptr + offs, mask) * beta2 + (1.0 - beta2) * g * g
+    _st(m_ptr + offs, m, mask)
+    _st(v_ptr + offs, v, mask)
+    if AMSBOUND:
+        v = tl.maximum(_ld(vmax_ptr + offs, mask), v)
+        _st(vmax_ptr + offs, v, mask)
+    # Adam's step size per element, clipped into [lower, upper] (the bounds close in on final_lr).
+    lr_t = tl.minimum(tl.maximum(step_size / (tl.sqrt(v) + eps), lower), upper)
+    _st(p_ptr + offs, p - lr_t * m, mask)
 
 
 @triton.jit
 def _adabound_kernel(
-    P_TABLE, G_TABLE, M_TABLE, V_TABLE, VMAX_TABLE, SIZES, CHUNK_TENSOR, CHUNK_START,
+    P_TABLE, G_TABLE, M_TABLE, V_TABLE, VMAX_TABLE, CHUNK_TENSOR, CHUNK_START, CHUNK_END,
     STEP_SIZE, LOWER, UPPER,                          # per tensor (they depend on its step)
     beta1, beta2, eps, weight_decay,
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, HAS_WD: tl.constexpr, AMSBOUND: tl.constexpr,
-    CHUNK_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    t, start, end = _this_chunk(SIZES, CHUNK_TENSOR, CHUNK_START, CHUNK_SIZE)
-    p_ptr = _tensor_ptr(P_TABLE, t, P_DTYPE)
-    g_ptr = _tensor_ptr(G_TABLE, t, G_DTYPE)
-    m_ptr = _tensor_ptr(M_TABLE, t, P_DTYPE)
-    v_ptr = _tensor_ptr(V_TABLE, t, P_DTYPE)
+    t, start, n, full = _this_chunk(CHUNK_TENSOR, CHUNK_START, CHUNK_END, BLOCK_SIZE)
+    p_ptr = _tensor_ptr(P_TABLE, t, start, P_DTYPE, ALIGNED)
+    g_ptr = _tensor_ptr(G_TABLE, t, start, G_DTYPE, ALIGNED)
+    m_ptr = _tensor_ptr(M_TABLE, t, start, P_DTYPE, ALIGNED)
+    v_ptr = _tensor_ptr(V_TABLE, t, start, P_DTYPE, ALIGNED)
+    vmax_ptr = _tensor_ptr(VMAX_TABLE, t, start, P_DTYPE, ALIGNED)
     step_size = tl.load(STEP_SIZE + t)
     lower = tl.load(LOWER + t)
     upper = tl.load(UPPER + t)
-    for off in range(0, CHUNK_SIZE, BLOCK_SIZE):
-        idx = start + off + tl.arange(0, BLOCK_SIZE)
-        mask = idx < end
-        p = tl.load(p_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        if HAS_WD:
-            g = g + weight_decay * p
-        m = tl.load(m_ptr + idx, mask=mask, other=0.0).to(tl.float32) * beta1 + (1.0 - beta1) * g
-        v = tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32) * beta2 + (1.0 - beta2) * g * g
-        tl.store(m_ptr + idx, m.to(P_DTYPE), mask=mask)
-        tl.store(v_ptr + idx, v.to(P_DTYPE), mask=mask)
-        if AMSBOUND:
-            vmax_ptr = _tensor_ptr(VMAX_TABLE, t, P_DTYPE)
-            v = tl.maximum(tl.load(vmax_ptr + idx, mask=mask, other=0.0).to(tl.float32), v)
-            tl.store(vmax_ptr + idx, v.to(P_DTYPE), mask=mask)
-        # Adam's step size per element, clipped into [lower, upper] (the bounds close in on final_lr).
-        lr_t = tl.minimum(tl.maximum(step_size / (tl.sqrt(v) + eps), lower), upper)
-        tl.store(p_ptr + idx, (p - lr_t * m).to(P_DTYPE), mask=mask)
+    for b in range(0, full):
+        offs = b * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        _adabound_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, None, step_size, lower, upper,
+                        beta1, beta2, eps, weight_decay, HAS_WD, AMSBOUND)
+    if full * BLOCK_SIZE < n:
+        offs = full * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        _adabound_block(p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, offs, offs < n, step_size, lower, upper,
+                        beta1, beta2, eps, weight_decay, HAS_WD, AMSBOUND)
 
 
 # ---------------------------------------------------------------------------------------------
 # Host side
 # ---------------------------------------------------------------------------------------------
-def _pointer_table(tensors, device):
-    return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64).to(device, non_blocking=True)
+def chunk_size(total: int, device) -> int:
+    """Elements per chunk for a launch over ``total`` elements: on a GPU a power of two that gives
+    about PROGRAMS_PER_SM programs per SM (enough loads in flight, one wave, a short tail),
+    between MIN_CHUNK and CHUNK; the interpreter takes CHUNK (fewer programs run faster)."""
+    if device.type != "cuda":
+        return CHUNK
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    target = max(1, total // (PROGRAMS_PER_SM * sms))
+    return max(MIN_CHUNK, min(CHUNK, 1 << (target.bit_length() - 1)))
 
 
-def chunk_table(sizes, device):
-    """(sizes, chunk -> tensor index, chunk -> first element) for tensors of ``sizes`` elements."""
-    tensor_of, start_of = [], []
+def chunk_table(sizes, chunk):
+    """(chunk -> tensor index, chunk -> first element, chunk -> one past its last element) for
+    tensors of ``sizes`` elements cut into chunks of at most ``chunk`` (a multiple of 16)."""
+    tensor_of, start_of, end_of = [], [], []
     for i, n in enumerate(sizes):
-        for start in range(0, n, CHUNK):
-            tensor_of.append(i)
-            start_of.append(start)
-    as_dev = lambda v, dt: torch.tensor(v, dtype=dt).to(device, non_blocking=True)  # noqa: E731
-    return as_dev(list(sizes), torch.int64), as_dev(tensor_of, torch.int32), as_dev(start_of, torch.int64)
+        starts = range(0, n, chunk)
+        tensor_of += [i] * len(starts)
+        start_of += starts
+        end_of += [min(s + chunk, n) for s in starts]
+    return tensor_of, start_of, end_of
+
+
+def _is_fake(t) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+    return is_fake(t)
+
+
+class _Tables:
+    """The launch tables of one step, packed into one host buffer (pinned on a GPU) and copied to
+    the device with one asynchronous copy: per list a row of data pointers, the chunk table, and
+    per-tensor fp32 scalars. ``aligned``: every pointer is 16-byte aligned (128-bit accesses are
+    then safe; one misaligned tensor sends the whole launch down the element-wise path)."""
+
+    def __init__(self, lists, scalars, device):
+        sizes = [t.numel() for t in lists[0]]
+        chunk = chunk_size(sum(sizes), device)
+        pointers = [t.data_ptr() for ts in lists for t in ts]
+        self.aligned = all(p % ALIGN == 0 for p in pointers)
+        tensor_of, start_of, end_of = chunk_table(sizes, chunk)
+        ints = pointers + tensor_of + start_of + end_of
+        floats = [v for row in scalars for v in row]
+        n_int, n_chunks, n_t = len(ints), len(tensor_of), len(sizes)
+        pin = device.type == "cuda" and torch.cuda.is_available() and not _is_fake(lists[0][0])
+        host = torch.empty(n_int + (len(floats) + 1) // 2, dtype=torch.int64, pin_memory=pin)
+        host[:n_int] = torch.tensor(ints, dtype=torch.int64)
+        if floats:
+            host.view(torch.float32)[2 * n_int:2 * n_int + len(floats)] = torch.tensor(floats, dtype=torch.float32)
+        dev = host.to(device, non_blocking=True) if device.type != "cpu" else host
+        self.lists = [dev[i * n_t:(i + 1) * n_t] for i in range(len(lists))]
+        base = len(pointers)
+        self.chunks = [dev[base + k * n_chunks:base + (k + 1) * n_chunks] for k in range(3)]
+        f32 = dev.view(torch.float32)[2 * n_int:]
+        self.scalars = [f32[k * n_t:(k + 1) * n_t] for k in range(len(scalars))]
+        self.grid = (n_chunks,)
 
 
 def _check_lists(**lists):
@@ -272,17 +406,18 @@ def multi_tensor_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, mas
     if has_master and {master_params[0].dtype, exp_avgs[0].dtype} != {torch.float32}:
         raise ValueError("master_params and the states must be float32 with master weights")
     dev = params[0].device
-    sizes, chunk_t, chunk_s = chunk_table([p.numel() for p in params], dev)
-    tables = [_pointer_table(ts, dev) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
-    vmax = _pointer_table(max_exp_avg_sqs, dev) if amsgrad else tables[3]
-    masters = _pointer_table(master_params, dev) if has_master else tables[0]
-    f32 = lambda v: torch.tensor(v, dtype=torch.float32).to(dev, non_blocking=True)  # noqa: E731
-    _adam_kernel[(chunk_t.numel(),)](
-        *tables, vmax, masters, sizes, chunk_t, chunk_s, f32(step_sizes), f32(bc2_sqrts),
+    lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else []) \
+        + ([master_params] if has_master else [])
+    tab = _Tables(lists, [step_sizes, bc2_sqrts], dev)
+    p, g, m, v = tab.lists[:4]
+    vmax = tab.lists[4] if amsgrad else v
+    masters = tab.lists[-1] if has_master else p
+    _adam_kernel[tab.grid](
+        p, g, m, v, vmax, masters, *tab.chunks, *tab.scalars,
         beta1, beta2, eps, weight_decay, 1.0 - lr * weight_decay,
         P_DTYPE=_TL[params[0].dtype], G_DTYPE=_TL[grads[0].dtype], S_DTYPE=_TL[exp_avgs[0].dtype],
         DECOUPLED=decoupled, HAS_WD=weight_decay != 0, AMSGRAD=amsgrad, MAXIMIZE=maximize,
-        HAS_MASTER=has_master, CHUNK_SIZE=CHUNK, BLOCK_SIZE=_block(dev), num_warps=4)
+        HAS_MASTER=has_master, ALIGNED=tab.aligned, BLOCK_SIZE=_block(dev), num_warps=4)
 
 
 def multi_tensor_sgd(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
@@ -294,14 +429,14 @@ def multi_tensor_sgd(params, grads, momentum_buffers, lr, momentum, dampening, w
     has_momentum = momentum != 0
     _check_lists(params=params, grads=grads, momentum_buffers=momentum_buffers if has_momentum else None)
     dev = params[0].device
-    sizes, chunk_t, chunk_s = chunk_table([p.numel() for p in params], dev)
-    p_table, g_table = _pointer_table(params, dev), _pointer_table(grads, dev)
-    b_table = _pointer_table(momentum_buffers, dev) if has_momentum else p_table
-    _sgd_kernel[(chunk_t.numel(),)](
-        p_table, g_table, b_table, sizes, chunk_t, chunk_s, lr, momentum, dampening, weight_decay,
+    tab = _Tables([params, grads] + ([momentum_buffers] if has_momentum else []), [], dev)
+    p_table, g_table = tab.lists[:2]
+    _sgd_kernel[tab.grid](
+        p_table, g_table, tab.lists[2] if has_momentum else p_table, *tab.chunks,
+        lr, momentum, dampening, weight_decay,
         P_DTYPE=_TL[params[0].dtype], G_DTYPE=_TL[grads[0].dtype], HAS_WD=weight_decay != 0,
         HAS_MOMENTUM=has_momentum, FIRST=first, NESTEROV=nesterov, MAXIMIZE=maximize,
-        CHUNK_SIZE=CHUNK, BLOCK_SIZE=_block(dev), num_warps=4)
+        ALIGNED=tab.aligned, BLOCK_SIZE=_block(dev), num_warps=4)
 
 
 def multi_tensor_adagrad(params, grads, state_sums, clrs, eps, weight_decay, maximize):
@@ -310,13 +445,11 @@ def multi_tensor_adagrad(params, grads, state_sums, clrs, eps, weight_decay, max
         return
     _check_lists(params=params, grads=grads, state_sums=state_sums)
     dev = params[0].device
-    sizes, chunk_t, chunk_s = chunk_table([p.numel() for p in params], dev)
-    f32 = torch.tensor(clrs, dtype=torch.float32).to(dev, non_blocking=True)
-    _adagrad_kernel[(chunk_t.numel(),)](
-        _pointer_table(params, dev), _pointer_table(grads, dev), _pointer_table(state_sums, dev),
-        sizes, chunk_t, chunk_s, f32, eps, weight_decay,
+    tab = _Tables([params, grads, state_sums], [clrs], dev)
+    _adagrad_kernel[tab.grid](
+        *tab.lists, *tab.chunks, *tab.scalars, eps, weight_decay,
         P_DTYPE=_TL[params[0].dtype], G_DTYPE=_TL[grads[0].dtype], HAS_WD=weight_decay != 0,
-        MAXIMIZE=maximize, CHUNK_SIZE=CHUNK, BLOCK_SIZE=_block(dev), num_warps=4)
+        MAXIMIZE=maximize, ALIGNED=tab.aligned, BLOCK_SIZE=_block(dev), num_warps=4)
 
 
 def multi_tensor_rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers, lr, alpha, eps,
@@ -329,15 +462,15 @@ def multi_tensor_rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers
                  grad_avgs=grad_avgs if centered else None,
                  momentum_buffers=momentum_buffers if momentum > 0 else None)
     dev = params[0].device
-    sizes, chunk_t, chunk_s = chunk_table([p.numel() for p in params], dev)
-    p_table, sq_table = _pointer_table(params, dev), _pointer_table(square_avgs, dev)
-    _rmsprop_kernel[(chunk_t.numel(),)](
-        p_table, _pointer_table(grads, dev), sq_table,
-        _pointer_table(grad_avgs, dev) if centered else sq_table,
-        _pointer_table(momentum_buffers, dev) if momentum > 0 else sq_table,
-        sizes, chunk_t, chunk_s, lr, alpha, eps, weight_decay, momentum,
+    extra = ([grad_avgs] if centered else []) + ([momentum_buffers] if momentum > 0 else [])
+    tab = _Tables([params, grads, square_avgs] + extra, [], dev)
+    p_table, g_table, sq_table = tab.lists[:3]
+    ga_table = tab.lists[3] if centered else sq_table
+    b_table = tab.lists[-1] if momentum > 0 else sq_table
+    _rmsprop_kernel[tab.grid](
+        p_table, g_table, sq_table, ga_table, b_table, *tab.chunks, lr, alpha, eps, weight_decay, momentum,
         P_DTYPE=_TL[params[0].dtype], G_DTYPE=_TL[grads[0].dtype], HAS_WD=weight_decay != 0,
-        CENTERED=centered, HAS_MOMENTUM=momentum > 0, MAXIMIZE=maximize, CHUNK_SIZE=CHUNK,
+        CENTERED=centered, HAS_MOMENTUM=momentum > 0, MAXIMIZE=maximize, ALIGNED=tab.aligned,
         BLOCK_SIZE=_block(dev), num_warps=4)
 
 
@@ -349,12 +482,11 @@ def multi_tensor_adabound(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
     _check_lists(params=params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs,
                  max_exp_avg_sqs=max_exp_avg_sqs if amsbound else None)
     dev = params[0].device
-    sizes, chunk_t, chunk_s = chunk_table([p.numel() for p in params], dev)
-    f32 = lambda v: torch.tensor(v, dtype=torch.float32).to(dev, non_blocking=True)  # noqa: E731
-    v_table = _pointer_table(exp_avg_sqs, dev)
-    _adabound_kernel[(chunk_t.numel(),)](
-        _pointer_table(params, dev), _pointer_table(grads, dev), _pointer_table(exp_avgs, dev), v_table,
-        _pointer_table(max_exp_avg_sqs, dev) if amsbound else v_table, sizes, chunk_t, chunk_s,
-        f32(step_sizes), f32(lowers), f32(uppers), beta1, beta2, eps, weight_decay,
+    tab = _Tables([params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsbound else []),
+                  [step_sizes, lowers, uppers], dev)
+    p_table, g_table, m_table, v_table = tab.lists[:4]
+    _adabound_kernel[tab.grid](
+        p_table, g_table, m_table, v_table, tab.lists[4] if amsbound else v_table, *tab.chunks,
+        *tab.scalars, beta1, beta2, eps, weight_decay,
         P_DTYPE=_TL[params[0].dtype], G_DTYPE=_TL[grads[0].dtype], HAS_WD=weight_decay != 0,
-        AMSBOUND=amsbound, CHUNK_SIZE=CHUNK, BLOCK_SIZE=_block(dev), num_warps=4)
+        AMSBOUND=amsbound, ALIGNED=tab.aligned, BLOCK_SIZE=_block(dev), num_warps=4)

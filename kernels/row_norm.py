@@ -9,7 +9,8 @@ Two code paths per kernel, chosen from N on the host:
   output pass). Extra reads of the row mostly hit L2.
 
 Backward is deterministic: program p owns rows [p*R, (p+1)*R) and writes its dweight/dbias
-partial sums to row p of an fp32 buffer that the host reduces with ``sum(0)``.
+partial sums to row p of an fp32 buffer (one program per resident block slot: SMs x blocks per
+SM); one more kernel sums the partial rows in a fixed order and casts dweight to its dtype.
 """
 import torch
 import triton
@@ -115,6 +116,7 @@ def _row_norm_fwd_kernel(
 @triton.jit
 def _row_norm_bwd_kernel(
     DY, X, W, MEAN, RSTD, DRES, DX, DW_PART, DB_PART,   # pointers (W/MEAN/DRES/partials may be unused)
+    COEF,                                               # (M, 2) fp32 scratch of the looped path
     M, N, stride_dy, stride_x, stride_dres, stride_dx,  # sizes and row strides (elements)
     rows_per_program,
     IS_RMS: tl.constexpr, HAS_W: tl.constexpr, HAS_DB: tl.constexpr, HAS_DRES: tl.constexpr,
@@ -165,8 +167,10 @@ def _row_norm_bwd_kernel(
         if HAS_DB:
             tl.store(DB_PART + part_row + cols, db_acc, mask=col_ok)
     else:
-        # Looped path: one row at a time; this program's partial row in DW_PART/DB_PART starts at
-        # zero (the host allocates it zeroed) and is updated in place chunk by chunk.
+        # Looped path (rows longer than a register tile). Pass 1 sweeps each row once for its two
+        # reduction coefficients and parks them in COEF (2 floats per row). Pass 2 runs column
+        # chunk by column chunk over all of the program's rows, so dw/db for a chunk accumulate in
+        # registers and reach the partial row with one store: no read-modify-write per row.
         for row in range(row_start, row_end):
             row64 = tl.cast(row, tl.int64)  # (an int under the interpreter: no .to)
             rstd = tl.load(RSTD + row64)
@@ -185,29 +189,70 @@ def _row_norm_bwd_kernel(
                 xhat = tl.where(mask, (x - mean) * rstd, 0.0)
                 acc1 += xhat * g
                 acc2 += g
-            c1 = tl.sum(acc1, axis=0) / N
-            c2 = 0.0
+            tl.store(COEF + 2 * row64, tl.sum(acc1, axis=0) / N)
             if not IS_RMS:
-                c2 = tl.sum(acc2, axis=0) / N
-            for start in range(0, N, BLOCK_N):
-                cols = start + tl.arange(0, BLOCK_N)
-                mask = cols < N
+                tl.store(COEF + 2 * row64 + 1, tl.sum(acc2, axis=0) / N)
+        tl.debug_barrier()  # pass 2's threads read coefficients other threads stored
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            mask = cols < N
+            if HAS_W:
+                w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+            dw_acc = tl.zeros([BLOCK_N], tl.float32)
+            db_acc = tl.zeros([BLOCK_N], tl.float32)
+            for row in range(row_start, row_end):
+                row64 = tl.cast(row, tl.int64)
+                rstd = tl.load(RSTD + row64)
+                c1 = tl.load(COEF + 2 * row64)
+                mean = 0.0
+                c2 = 0.0
+                if not IS_RMS:
+                    mean = tl.load(MEAN + row64)
+                    c2 = tl.load(COEF + 2 * row64 + 1)
                 x = tl.load(X + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
                 dy = tl.load(DY + row64 * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
                 xhat = tl.where(mask, (x - mean) * rstd, 0.0)
                 g = dy
                 if HAS_W:
-                    g = dy * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+                    g = dy * w
                 dx = (g - xhat * c1 - c2) * rstd
                 if HAS_DRES:
                     dx += tl.load(DRES + row64 * stride_dres + cols, mask=mask, other=0.0).to(tl.float32)
                 tl.store(DX + row64 * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
                 if HAS_W:
-                    part = DW_PART + part_row + cols
-                    tl.store(part, tl.load(part, mask=mask, other=0.0) + dy * xhat, mask=mask)
+                    dw_acc += dy * xhat
                 if HAS_DB:
-                    part = DB_PART + part_row + cols
-                    tl.store(part, tl.load(part, mask=mask, other=0.0) + dy, mask=mask)
+                    db_acc += dy
+            if HAS_W:
+                tl.store(DW_PART + part_row + cols, dw_acc, mask=mask)
+            if HAS_DB:
+                tl.store(DB_PART + part_row + cols, db_acc, mask=mask)
+
+
+@triton.jit
+def _sum_partials_kernel(
+    DW_PART, DB_PART, DW, DB,                # (P, N) fp32 partial rows -> (N,) sums in DW/DB's dtypes
+    P, N,
+    HAS_W: tl.constexpr, HAS_DB: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dweight / dbias: the column sums of the backward's partial rows, in a fixed order
+    (deterministic), cast to the output dtype in the same pass: one launch for both."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    dw = tl.zeros([BLOCK_N], tl.float32)
+    db = tl.zeros([BLOCK_N], tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        prow = p0 + tl.arange(0, BLOCK_P)
+        offs = prow.to(tl.int64)[:, None] * N + cols[None, :]
+        mask = (prow < P)[:, None] & col_ok[None, :]
+        if HAS_W:
+            dw += tl.sum(tl.load(DW_PART + offs, mask=mask, other=0.0), axis=0)
+        if HAS_DB:
+            db += tl.sum(tl.load(DB_PART + offs, mask=mask, other=0.0), axis=0)
+    if HAS_W:
+        tl.store(DW + cols, dw.to(DW.dtype.element_ty), mask=col_ok)
+    if HAS_DB:
+        tl.store(DB + cols, db.to(DB.dtype.element_ty), mask=col_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,10 +279,40 @@ def all_launch_configs() -> list[dict]:
     return [dict(c) for c in sorted(unique)]
 
 
-def _num_programs(device: torch.device) -> int:
+def programs_per_sm(cfg: dict) -> int:
+    """Blocks of the backward that fit on one SM at once: about 64 registers per thread for
+    tiles up to 4096 elements (2 blocks of 512 threads), 100+ for the 8192-wide tile (1 block),
+    within the 2048-thread limit."""
+    threads = 32 * cfg["num_warps"]
+    regs = 128 if cfg["FUSED"] and cfg["BLOCK_M"] * cfg["BLOCK_N"] > 4096 else 64
+    return max(1, min(2048 // threads, 65536 // (regs * threads)))
+
+
+def _num_programs(device: torch.device, cfg: dict) -> int:
+    """Backward programs: one resident wave (SMs x blocks per SM), so there are as few partial
+    rows of dweight/dbias as keep every SM busy."""
     if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        return programs_per_sm(cfg) * torch.cuda.get_device_properties(device).multi_processor_count
     return 4  # the interpreter runs programs one after another; few keeps Python overhead low
+
+
+SUM_BLOCK_P, SUM_BLOCK_N = 32, 64   # the partial-sum kernel's tile (N / 64 programs of 4 warps)
+
+
+def _sum_partials(dw_part, db_part, weight_dtype, n, device):
+    """(dweight in weight_dtype or None, dbias fp32 or None) from the partial rows, one launch."""
+    dw = new_empty(n, dtype=weight_dtype, device=device) if dw_part is not None else None
+    db = new_empty(n, dtype=torch.float32, device=device) if db_part is not None else None
+    part = dw_part if dw_part is not None else db_part
+    if part is None:
+        return dw, db
+    if n > 0:
+        _sum_partials_kernel[(triton.cdiv(n, SUM_BLOCK_N),)](
+            part, db_part if db_part is not None else part, dw if dw is not None else db,
+            db if db is not None else dw, part.shape[0], n,
+            HAS_W=dw_part is not None, HAS_DB=db_part is not None, BLOCK_P=SUM_BLOCK_P,
+            BLOCK_N=SUM_BLOCK_N, num_warps=4)
+    return dw, db
 
 
 def _check_2d(name, t):
@@ -281,27 +356,26 @@ def _row_norm_bwd(dy, x, weight, mean, rstd, dresidual, has_bias, is_rms):
     M, N = x.shape
     dx = new_empty(M, N, dtype=x.dtype, device=x.device)
     cfg = launch_config(N)
-    programs = max(1, min(_num_programs(x.device), triton.cdiv(M, cfg["BLOCK_M"])))
+    if M == 0:  # no rows: the sums are empty sums
+        dw = torch.zeros(N, dtype=weight.dtype, device=x.device) if weight is not None else None
+        return dx, dw, torch.zeros(N, dtype=torch.float32, device=x.device) if has_bias else None
+    programs = max(1, min(_num_programs(x.device, cfg), triton.cdiv(M, cfg["BLOCK_M"])))
     rows_per_program = max(1, triton.cdiv(triton.cdiv(M, programs), cfg["BLOCK_M"])) * cfg["BLOCK_M"]
     programs = max(1, triton.cdiv(M, rows_per_program))
-    # The looped path accumulates into its partial row in place, so it must start from zero.
-    alloc = new_empty if cfg["FUSED"] else (lambda *s, **kw: torch.zeros(*s, **kw))
-    dw_part = alloc(programs, N, dtype=torch.float32, device=x.device) if weight is not None else None
-    db_part = alloc(programs, N, dtype=torch.float32, device=x.device) if has_bias else None
-    if M > 0 and N > 0:
+    dw_part = new_empty(programs, N, dtype=torch.float32, device=x.device) if weight is not None else None
+    db_part = new_empty(programs, N, dtype=torch.float32, device=x.device) if has_bias else None
+    coef = new_empty(M, 2, dtype=torch.float32, device=x.device) if not cfg["FUSED"] else rstd
+    if N > 0:
         _row_norm_bwd_kernel[(programs,)](
             dy, x, weight if weight is not None else x, mean if mean is not None else rstd, rstd,
             dresidual if dresidual is not None else dy, dx,
-            dw_part if dw_part is not None else rstd, db_part if db_part is not None else rstd,
+            dw_part if dw_part is not None else rstd, db_part if db_part is not None else rstd, coef,
             M, N, dy.stride(0), x.stride(0), dresidual.stride(0) if dresidual is not None else 0,
             dx.stride(0), rows_per_program,
             IS_RMS=is_rms, HAS_W=weight is not None, HAS_DB=has_bias,
             HAS_DRES=dresidual is not None, **cfg)
-    if M == 0:  # no program ran: the partial sums are empty sums
-        dw_part, db_part = [p.zero_() if p is not None else None for p in (dw_part, db_part)]
-    dw = dw_part.sum(0).to(weight.dtype) if weight is not None else None
-    db = db_part.sum(0) if has_bias else None  # fp32: the op casts it to bias's dtype
-    return dx, dw, db
+    dw, db = _sum_partials(dw_part, db_part, weight.dtype if weight is not None else None, N, x.device)
+    return dx, dw, db  # db fp32: the op casts it to bias's dtype
 
 
 # ---------------------------------------------------------------------------------------------

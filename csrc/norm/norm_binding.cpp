@@ -146,6 +146,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_norm_backward(
   p.num_partials = num_partials;
   p.dweight_partial = ptr_or_null<float>(dw_partial);
   p.dbias_partial = ptr_or_null<float>(db_partial);
+  at::Tensor coef = new_buffer({rows, 2}, f32);  // scratch of the uncached (long-row) kernel
+  p.coef = coef.data_ptr<float>();
   dlk::row_norm_bwd(p, ctx.stream());
 
   at::Tensor dweight = p.has_weight ? dw_partial.sum(0).to(weight_in->scalar_type()) : at::Tensor();

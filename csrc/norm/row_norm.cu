@@ -6,9 +6,10 @@
 //    of them), so every warp access is coalesced. Needs cols and every row stride to be multiples
 //    of the chunk width and 16-byte-aligned pointers.
 //  * uncached: any cols, any alignment; scalar accesses looping over global memory. The forward
-//    reads the row twice (Welford statistics, then normalize); the backward reads x and dy twice
-//    and accumulates dweight/dbias in its block's own row of the partial buffers (read-modify-
-//    write, each column owned by one thread: no atomics, deterministic).
+//    reads the row twice (Welford statistics, then normalize); the backward reads x and dy twice:
+//    a row-wise pass for each row's coefficients (kept in a rows x 2 scratch), then a column-wise
+//    pass over the block's rows that keeps each column's dweight/dbias in its thread's registers
+//    and stores them once (no atomics, no read-modify-write, deterministic).
 // The cached kernels hold rows of up to 32768 (fp16/bf16) or 16384 (fp32) values in the forward
 // and up to 8192 in the backward; longer or misaligned rows take the uncached kernels.
 // The backward's dweight/dbias partials: block b owns rows b, b + gridDim, ... and writes
@@ -270,6 +271,7 @@ row_norm_bwd_cached_kernel(
     const T* __restrict__ dresidual,                                        // (rows, cols)
     T* __restrict__ dx,                                                     // (rows, cols)
     float* __restrict__ dw_partial, float* __restrict__ db_partial,       // (gridDim, cols)
+    float* __restrict__ /*coef*/,                                           // unused here
     // sizes and row strides (elements)
     int64_t rows, int cols, int64_t dy_stride, int64_t x_stride, int64_t dr_stride,
     int64_t dx_stride,
@@ -379,27 +381,20 @@ row_norm_bwd_uncached_kernel(
     const float* __restrict__ mean_in, const float* __restrict__ rstd_in,  // (rows,)
     const T* __restrict__ dresidual,                                        // (rows, cols)
     T* __restrict__ dx,                                                     // (rows, cols)
-    float* dw_partial, float* db_partial,  // (gridDim, cols), read-modify-write
+    float* __restrict__ dw_partial, float* __restrict__ db_partial,       // (gridDim, cols)
+    float* __restrict__ coef,                                               // (rows, 2) scratch
     // sizes and row strides (elements)
     int64_t rows, int cols, int64_t dy_stride, int64_t x_stride, int64_t dr_stride,
     int64_t dx_stride,
     // meta
     float inv_cols) {
   const bool has_dresidual = dresidual != nullptr;
-  // Thread t owns columns t, t + blockDim, ... of this block's partial rows for the whole kernel.
-  float* dwp = HAS_W ? dw_partial + int64_t(blockIdx.x) * cols : nullptr;
-  float* dbp = HAS_B ? db_partial + int64_t(blockIdx.x) * cols : nullptr;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    if (HAS_W) dwp[c] = 0.f;
-    if (HAS_B) dbp[c] = 0.f;
-  }
-
+  // Pass 1: each of this block's rows once, for its two reduction coefficients (parked in coef).
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const float mean = RMS ? 0.f : mean_in[row];
     const float rstd = rstd_in[row];
     const T* xr = x + row * x_stride;
     const T* dyr = dy + row * dy_stride;
-
     float sum_gx = 0.f, sum_g = 0.f;
 #pragma unroll 4
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
@@ -413,22 +408,36 @@ row_norm_bwd_uncached_kernel(
     } else {
       block_sum2(sum_gx, sum_g);
     }
-    const float c1 = sum_gx * inv_cols;
-    const float c2 = RMS ? 0.f : sum_g * inv_cols;
-
-    const T* drr = has_dresidual ? dresidual + row * dr_stride : nullptr;
-    T* dxr = dx + row * dx_stride;
-#pragma unroll 4
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-      const float xh = (to_float(xr[c]) - mean) * rstd;
-      const float d = to_float(dyr[c]);
-      const float g = HAS_W ? d * to_float(weight[c]) : d;
-      float out = rstd * (g - xh * c1 - c2);
-      if (has_dresidual) out += to_float(drr[c]);
-      dxr[c] = from_float<T>(out);
-      if (HAS_W) dwp[c] += d * xh;
-      if (HAS_B) dbp[c] += d;
+    if (threadIdx.x == 0) {
+      coef[2 * row] = sum_gx * inv_cols;
+      coef[2 * row + 1] = RMS ? 0.f : sum_g * inv_cols;
     }
+  }
+  __syncthreads();  // pass 2's threads read the coefficients thread 0 stored
+  // Pass 2: column by column over all of the block's rows, so each thread keeps its columns'
+  // dweight/dbias in registers and stores them once (no read-modify-write of the partial rows
+  // per row: 8 B/element of extra traffic at long rows).
+  float* dwp = HAS_W ? dw_partial + int64_t(blockIdx.x) * cols : nullptr;
+  float* dbp = HAS_B ? db_partial + int64_t(blockIdx.x) * cols : nullptr;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float w = HAS_W ? to_float(weight[c]) : 1.f;
+    float dw = 0.f, db = 0.f;
+#pragma unroll 4
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+      const float mean = RMS ? 0.f : mean_in[row];
+      const float rstd = rstd_in[row];
+      const float c1 = coef[2 * row];
+      const float c2 = coef[2 * row + 1];
+      const float xh = (to_float(x[row * x_stride + c]) - mean) * rstd;
+      const float d = to_float(dy[row * dy_stride + c]);
+      float out = rstd * (d * w - xh * c1 - c2);
+      if (has_dresidual) out += to_float(dresidual[row * dr_stride + c]);
+      dx[row * dx_stride + c] = from_float<T>(out);
+      dw += d * xh;
+      db += d;
+    }
+    if (HAS_W) dwp[c] = dw;
+    if (HAS_B) dbp[c] = db;
   }
 }
 
@@ -438,8 +447,8 @@ using FwdKernel = void (*)(const T*, const T*, const T*, const T*, T*, T*, float
                            int64_t, int, int64_t, int64_t, int64_t, int64_t, float, float);
 template <typename T>
 using BwdKernel = void (*)(const T*, const T*, const T*, const float*, const float*, const T*, T*,
-                           float*, float*, int64_t, int, int64_t, int64_t, int64_t, int64_t,
-                           float);
+                           float*, float*, float*, int64_t, int, int64_t, int64_t, int64_t,
+                           int64_t, float);
 
 struct LaunchShape {
   int chunks;   // 0: the uncached kernel
@@ -599,7 +608,7 @@ void bwd_launch(const RowNormBwdParams& p, cudaStream_t stream) {
              static_cast<const T*>(p.dy), static_cast<const T*>(p.x),
              static_cast<const T*>(p.has_weight ? p.weight : nullptr), p.mean, p.rstd,
              static_cast<const T*>(p.has_dresidual ? p.dresidual : nullptr),
-             static_cast<T*>(p.dx), p.dweight_partial, p.dbias_partial,
+             static_cast<T*>(p.dx), p.dweight_partial, p.dbias_partial, p.coef,
              p.rows, int(p.cols), p.dy_row_stride, p.x_row_stride, p.dresidual_row_stride,
              p.dx_row_stride,
              float(1.0 / double(p.cols)));
@@ -631,6 +640,7 @@ void row_norm_bwd(const RowNormBwdParams& p, void* stream) {
   check(p.num_partials >= 1 && p.num_partials <= INT32_MAX, "num_partials must be in [1, 2^31)");
   check(!p.has_weight || p.dweight_partial != nullptr, "has_weight needs dweight_partial");
   check(!p.has_bias || p.dbias_partial != nullptr, "has_bias needs dbias_partial");
+  check(p.coef != nullptr, "coef (rows x 2 fp32 scratch) is required");
   dispatch_dtype<void>(p.dtype, [&](auto tag) {
     bwd_launch<decltype(tag)>(p, static_cast<cudaStream_t>(stream));
   });

@@ -51,6 +51,7 @@ struct RowNormBwdParams {
   void* dx;               // (rows, cols)
   float* dweight_partial;  // (num_partials, cols) contiguous fp32, required when has_weight
   float* dbias_partial;    // (num_partials, cols) contiguous fp32, required when has_bias
+  float* coef;             // (rows, 2) fp32 scratch (the uncached kernel's per-row coefficients)
   // sizes and row strides (elements)
   int64_t rows, cols;
   int64_t dy_row_stride, x_row_stride, dresidual_row_stride, dx_row_stride;

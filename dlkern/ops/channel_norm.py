@@ -17,6 +17,7 @@ from dlkern.registry import Cost, Sample
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ACTIVATIONS = ("none", "silu", "gelu", "relu")
+MAX_ELEMENTS = 2 ** 31 - 1 - 4096   # = kernels/channel_norm.py INDEX_LIMIT (its TILE is 4096)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,8 +161,9 @@ def kernel_support(input, *params) -> list[str]:
         reasons.append(f"input dtype {input.dtype} is not supported (float32, float16, bfloat16)")
     if any(isinstance(p, Tensor) and p.dtype not in KERNEL_DTYPES for p in params):
         reasons.append("parameters and running statistics must be float32, float16 or bfloat16")
-    if input.numel() >= 2 ** 31:
-        reasons.append(f"input has {input.numel()} elements; the kernels take fewer than 2**31")
+    if input.numel() > MAX_ELEMENTS:
+        reasons.append(f"input has {input.numel()} elements; the kernels take at most {MAX_ELEMENTS} "
+                       "(int32 element indices within a statistics unit, plus one tile)")
     return reasons
 
 

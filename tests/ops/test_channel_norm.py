@@ -234,3 +234,46 @@ def test_six_dim_batch_and_instance_norm_as_torch(backend):
         e = torch.autograd.grad(expected.square().sum(), (x, w))
         for a, b in zip(g, e):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_launchers_refuse_int32_overflowing_inputs():
+    """More elements than int32 element indices cover: the Triton launchers raise before they
+    allocate (an expanded view stands for the > 2**31-element input), and supports() refuses."""
+    pytest.importorskip("triton")
+    from dlkern.kernels import channel_norm as kcn
+    from dlkern.ops.channel_norm import MAX_ELEMENTS, kernel_support
+    assert MAX_ELEMENTS == kcn.INDEX_LIMIT
+    x = torch.zeros(1, 1, 1).expand(2 ** 16, 2, 2 ** 15)  # 2**32 elements, 4 bytes of storage
+    w = torch.ones(2)
+    with pytest.raises(ValueError, match="int32"):
+        kcn.batch_norm_fwd(x, w, w, None, None, True, 1e-5)
+    with pytest.raises(ValueError, match="int32"):
+        kcn.group_norm_fwd(x, 1, w, w, 1e-5, None)
+    with pytest.raises(ValueError, match="int32"):
+        kcn.group_norm_bwd(x, x, 1, w, w, torch.zeros(2 ** 16), torch.ones(2 ** 16), None)
+    assert any("int32" in r for r in kernel_support(x))
+    assert not kernel_support(torch.zeros(1, 1, 1).expand(2, 2, 2))
+
+
+@needs_kernels
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("groups", [1, 2], ids=["both_split", "fwd_onchip_bwd_split"])
+def test_group_norm_groups_larger_than_the_on_chip_tile(backend, channels_last, groups):
+    """Groups past the Triton one-pass tiles (ONCHIP_FWD_ELEMS / ONCHIP_BWD_ELEMS; the small groups
+    of the generic tests take the one-pass kernels) use the split statistics and gradient-sum
+    kernels; forward and every gradient vs float64."""
+    x = (torch.randn(2, 4, 100, 100, dtype=torch.float64) * 3 + 2).to(DEVICE)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w, b = torch.rand(4, dtype=torch.float64, device=DEVICE), torch.randn(4, dtype=torch.float64, device=DEVICE)
+    leaves = [t.float().requires_grad_() for t in (x, w, b)]
+    y = dlkern.nn.functional.group_norm(leaves[0], groups, leaves[1], leaves[2], backend=backend)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, leaves, g)
+    ref = [t.requires_grad_() for t in (x, w, b)]
+    y_ref = torch.nn.functional.group_norm(ref[0], groups, ref[1], ref[2])
+    want = torch.autograd.grad(y_ref, ref, g.double())
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-3)

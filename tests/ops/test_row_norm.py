@@ -155,3 +155,23 @@ def test_backward_is_deterministic(backend):
     runs = [torch.autograd.grad(F.layer_norm(x, (300,), w, b, backend=backend), (x, w, b), g) for _ in range(2)]
     for first, second in zip(*runs):
         assert torch.equal(first, second)
+
+
+@needs_kernels
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_long_rows_several_per_program_with_residual_and_bias(backend):
+    """The looped backward (N > 8192) with several rows per program: coefficients parked per
+    row, dweight/dbias accumulated per column chunk over the program's rows, residual gradient."""
+    m, n = 9, 8192 + 5
+    x = (torch.randn(m, n, dtype=torch.float64) * 2 + 1).float().to(DEVICE).requires_grad_()
+    r = torch.randn(m, n, device=DEVICE, requires_grad=True)
+    w = torch.rand(n, device=DEVICE).requires_grad_()
+    b = torch.randn(n, device=DEVICE, requires_grad=True)
+    y, s = F.add_layer_norm(x, r, (n,), w, b, backend=backend)
+    gy, gs = torch.randn_like(y), torch.randn_like(s)
+    got = torch.autograd.grad((y, s), (x, r, w, b), (gy, gs))
+    leaves = [t.detach().double().requires_grad_() for t in (x, r, w, b)]
+    yd, sd = F.add_layer_norm(leaves[0], leaves[1], (n,), leaves[2], leaves[3], backend="reference")
+    want = torch.autograd.grad((yd, sd), leaves, (gy.double(), gs.double()))
+    for name, a, e in zip(("dx", "dresidual", "dweight", "dbias"), got, want):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4, msg=name)

@@ -430,3 +430,45 @@ def test_adabound_kernel_matches_reference(backend, kwargs):
 def test_adabound_invalid_hyperparameters(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         dlkern.optim.AdaBound(_params(), **kwargs)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="the Triton kernels cannot run here")
+@pytest.mark.parametrize("offset", [0, 1])
+def test_triton_vector_path_only_when_every_tensor_is_aligned(offset, monkeypatch):
+    """The host gate of the 128-bit path: ALIGNED is set only when every pointer of the launch is
+    16-byte aligned (one parameter at an odd element offset sends the whole launch down the
+    element-wise path); either way the step equals torch's."""
+    module = importlib.import_module("dlkern.kernels.optim")
+    real, seen = module._adam_kernel, []
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(kwargs["ALIGNED"])
+                return real[grid](*args, **kwargs)
+            return launch
+    monkeypatch.setattr(module, "_adam_kernel", Spy())
+    bufs = [torch.randn(n + offset, device=DEVICE) for n in (768, 5000)] + [torch.randn(64, device=DEVICE)]
+    ours_p = [torch.nn.Parameter(b[offset:] if i < 2 else b) for i, b in enumerate(bufs)]
+    theirs_p = [torch.nn.Parameter(p.detach().clone()) for p in ours_p]
+    _run(dlkern.optim.AdamW(ours_p, lr=1e-2, backend="triton"), ours_p, 2)
+    _run(torch.optim.AdamW(theirs_p, lr=1e-2, foreach=False), theirs_p, 2)
+    assert seen == [offset == 0] * 2
+    for a, b in zip(ours_p, theirs_p):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="the Triton kernels cannot run here")
+def test_triton_tables_are_one_buffer_sized_to_the_tensors():
+    """Chunks end where their tensor ends (a 768-element bias is one 768-element chunk), and all
+    of a step's tables (pointers, chunks, per-tensor scalars) are views of one buffer: one copy."""
+    module = importlib.import_module("dlkern.kernels.optim")
+    assert module.chunk_table([768, 9000, 1], 4096) == ([0, 1, 1, 1, 2], [0, 0, 4096, 8192, 0],
+                                                         [768, 4096, 8192, 9000, 1])
+    ps = [torch.randn(n, device=DEVICE) for n in (768, 70000, 3)]
+    tab = module._Tables([ps, [p.clone() for p in ps]], [[0.5, 0.25, 2.0], [1.0, 3.0, 4.0]], DEVICE)
+    storages = {t.untyped_storage().data_ptr() for t in tab.lists + tab.chunks + tab.scalars}
+    assert len(storages) == 1
+    assert tab.lists[0].tolist() == [p.data_ptr() for p in ps]
+    assert tab.chunks[2].tolist()[0] == 768 and tab.grid == (len(tab.chunks[0]),)
+    assert tab.scalars[1].tolist() == [1.0, 3.0, 4.0]

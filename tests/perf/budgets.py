@@ -91,8 +91,6 @@ BUDGETS = [
 KNOWN = {
     ("cuda-attention-async-copy", "scaled_dot_product_attention", "cuda"):
         "issue #17: the CUDA attention loads K/V with plain LDG + STS, no cp.async / TMA pipeline",
-    ("streaming-128bit", "adamw_step", "triton"):
-        "issue #18: the bf16 Adam kernel loads 16-bit scalars (no 128-bit vectors)",
     ("streaming-128bit", "causal_conv1d", "triton"):
         "issue #19: causal conv1d loads 16-bit scalars along the sequence",
     ("row-norm-fwd-instructions", "add_layer_norm", "cuda"):
