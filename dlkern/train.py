@@ -28,6 +28,7 @@ import dlkern.optim
 from dlkern import distributed
 from dlkern.threads import ThreadTuner, user_thread_count
 from dlkern.models import create_model, get_entry, get_task, list_models, model_config
+from dlkern.models.registry import task_runs
 
 OPTIMIZERS = {"adamw": dlkern.optim.AdamW, "adam": dlkern.optim.Adam, "sgd": dlkern.optim.SGD}
 
@@ -72,7 +73,7 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
           eval_every: int | None = None, evaluate: bool = True, progress: bool = True,
           lr: float | None = None, config: dict | None = None, optimizer_backend: str | None = None,
           threads: int | str | None = None, fsdp: bool = False, checkpoint_every: int | None = None,
-          channels_last: bool = False, log=print) -> dict:
+          channels_last: bool = False, task: str | None = None, log=print) -> dict:
     """Run ``name``'s task; returns {"losses", "metric", "target", "reached", "steps", "seconds", ...}.
     ``stop_at``: stop (and checkpoint) after that step, as if interrupted; ``--resume`` continues.
     ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``.
@@ -82,12 +83,13 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
     ``torch.distributed.checkpoint`` into ``out/checkpoint/``.
     ``checkpoint_every``: with ``out``, also checkpoint every that many steps (default: the eval
     interval), so a killed run can ``resume``; Ctrl-C checkpoints the last whole step.
-    ``channels_last``: the model's 4-D parameters (conv weights) in channels_last memory format."""
+    ``channels_last``: the model's 4-D parameters (conv weights) in channels_last memory format.
+    ``task``: train on another task the model has a registered run for (``register_task_run``)."""
     for arg, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every),
                        ("checkpoint_every", checkpoint_every)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{arg} must be a positive integer, got {value!r}")
-    entry = get_entry(name)
+    entry = get_entry(name, task)
     task = get_task(entry.task)
     settings = entry.train if lr is None else dataclasses.replace(entry.train, lr=lr)
     requested_steps, steps = steps, steps or settings.steps
@@ -101,7 +103,7 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
         if out is not None and main:
             out.mkdir(parents=True, exist_ok=True)
 
-        cfg = model_config(name, tiny, **(config or {}))
+        cfg = model_config(name, tiny, entry.task, **(config or {}))
         start, losses, ckpt = 0, [], None
         ckpt_path = (out / ("checkpoint" if fsdp else "checkpoint.pt")) if out is not None else None
         if resume:  # the checkpoint's model config, seed and batch size, whatever the command line says
@@ -110,10 +112,13 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
             ckpt = (distributed.load_sharded_meta(ckpt_path) if fsdp
                     else torch.load(ckpt_path, map_location=device))
             cfg, seed, batch_size = ckpt["config"], ckpt["seed"], ckpt["batch_size"]
+            if ckpt.get("task", entry.task) != entry.task:
+                raise ValueError(f"--resume: the checkpoint trained on task {ckpt['task']!r}, not {entry.task!r} "
+                                 f"(give --task {ckpt['task']})")
         if batch_size % world:
             raise ValueError(f"batch_size={batch_size} must be divisible by the world size {world}")
         torch.manual_seed(seed)
-        model = create_model(name, **cfg).to(device)
+        model = create_model(name, task=entry.task, **cfg).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         net = distributed.wrap(model, world, device, fsdp)   # FSDP2 shards model's parameters in place
@@ -149,6 +154,7 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
             if out is not None:
                 _save_checkpoint(ckpt_path, fsdp, main, model, optimizer, {
                     "step": done, "total_steps": steps, "losses": losses, "config": cfg, "seed": seed,
+                    "task": entry.task,
                     "batch_size": batch_size,
                     "rng": {"cpu": torch.get_rng_state(),
                             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}})
@@ -281,6 +287,8 @@ def _threads_arg(text: str):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="a registered model (omit to list them)")
     p.add_argument("--backend", default="auto", choices=("auto", "reference", "triton", "cuda"))
+    p.add_argument("--task", help="another task the model has a registered run for (default: its own; "
+                   "the model list names them)")
     p.add_argument("--steps", type=_positive_int, help="training steps (default: the model's; with --resume "
                    "the new total)")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
@@ -308,7 +316,8 @@ def run(args) -> int:
     if not args.model:
         for name in list_models():
             entry = get_entry(name)
-            print(f"{name:20} task {entry.task:11} {entry.doc}")
+            also = task_runs(name)
+            print(f"{name:20} task {entry.task:11} {entry.doc}" + (f" (also --task {', '.join(also)})" if also else ""))
         return 0
     try:
         result = train(args.model, steps=args.steps, backend=args.backend, device=args.device,
@@ -317,7 +326,7 @@ def run(args) -> int:
                        evaluate=not args.no_eval,
                        threads=args.threads if args.threads is not None else user_thread_count(None),
                        fsdp=args.fsdp, checkpoint_every=args.checkpoint_every,
-                       channels_last=args.channels_last)
+                       channels_last=args.channels_last, task=args.task)
     except (ValueError, FileNotFoundError, dlkern.BackendError) as exc:  # the user's to fix: one line
         if getattr(args, "debug", False):
             raise

@@ -2,6 +2,7 @@
 ``create_model(name, **config)``, ``list_models()``; each model's embedded task is in ``tasks``."""
 from dlkern.models import (bert, convnext, ddpm, efficientnet, glow, gpt, mamba, realnvp, resnet, s4d,  # noqa: F401
                            swin, vit, wavenet)  # importing a model file registers it
+from dlkern.models import bytenet, seq2seq, seq_tasks, t5, task_runs, transformer_xl  # noqa: F401,E402  sequence models (#21)
 from dlkern.models.registry import create_model, get_entry, list_models, model_config, register_model
 from dlkern.models.tasks import get_task
 
