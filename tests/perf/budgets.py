@@ -91,8 +91,6 @@ BUDGETS = [
 KNOWN = {
     ("attention-dkdv-hgmma", "scaled_dot_product_attention", "triton"):
         "issue #17: the dK/dV tiles the pruner keeps (16-32 keys) are too small for wgmma; mma.sync only",
-    ("cuda-attention-async-copy", "scaled_dot_product_attention", "cuda"):
-        "issue #17: the CUDA attention loads K/V with plain LDG + STS, no cp.async / TMA pipeline",
     ("streaming-128bit", "adamw_step", "triton"):
         "issue #18: the bf16 Adam kernel loads 16-bit scalars (no 128-bit vectors)",
     ("streaming-128bit", "causal_conv1d", "triton"):
