@@ -7,6 +7,9 @@
 //    128: dV and dK in two launches, see kOut).
 // 3. dQ: one block per (tile of queries, query head, batch): S = Q·Kᵀ, dP = dO·Vᵀ, dS, dQ += scale·
 //    dS·K; writes dS to dscores when the bias needs its gradient (zeros beyond the causal limit).
+// Passes 2 and 3 stream their tiles (Q, dO, lse, delta; K, V) through two shared buffers filled
+// by cp.async: the next tile loads while the current one computes, one barrier per tile. Fragment
+// loads are ldmatrix.x4 (.trans for the row-major B operands) for 16-bit types.
 // The recomputed P of a masked (or out-of-range) pair is exactly 0; a fully masked row's lse is
 // -inf, replaced by +inf here so that its P is 0 too (no NaN).
 #include "attention/attention_common.cuh"
@@ -54,14 +57,12 @@ __global__ void __launch_bounds__(bwd_tiles<T, kD>().main * 2, 1)
 attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const bool q_vec,
                           const bool k_vec, const bool v_vec, const bool do_vec) {
   constexpr int BK = bwd_tiles<T, kD>().main, BQ = bwd_tiles<T, kD>().streamed;
-  constexpr int LD = kLd<T, kD>;
+  constexpr int LD = kLd<T, kD>, kThreads = BK * 2;
   DLK_DYNAMIC_SHARED(T, smem);
   T* k_s = smem;               // (BK, LD)
   T* v_s = k_s + BK * LD;      // (BK, LD)
-  T* q_s = v_s + BK * LD;      // (BQ, LD)
-  T* do_s = q_s + BQ * LD;     // (BQ, LD)
-  float* lse_s = reinterpret_cast<float*>(do_s + BQ * LD);  // (BQ,) base 2, +inf: P = 0
-  float* delta_s = lse_s + BQ;                                // (BQ,)
+  T* qdo_s = v_s + BK * LD;    // [2][Q (BQ, LD), dO (BQ, LD)]: double buffer
+  float* stats_s = reinterpret_cast<float*>(qdo_s + 4 * BQ * LD);  // [2][lse (BQ,) base 2, delta (BQ,)]
 
   const AttentionShape& sh = p.shape;
   const int k0 = blockIdx.x * BK, hk = blockIdx.y, b = blockIdx.z;
@@ -71,52 +72,75 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int key0 = k0 + warp * 16;  // the warp's keys; this thread's: key0 + g, key0 + g + 8
 
-  load_tile<T, kD, BK>(k_s, k, p.k_strides.l, k0, sh.Lk, sh.D, k_vec);
-  if constexpr (kOut & kDK) load_tile<T, kD, BK>(v_s, v, p.v_strides.l, k0, sh.Lk, sh.D, v_vec);
+  // The (query head, query tile) steps of this block, flattened: every head of the group sees the
+  // same query tiles (the causal limit does not depend on the head).
+  const int q_start = Scorer::make<T>(p.mask, b, hk * group, sh.Lq, sh.Lk).query_begin(k0) / BQ * BQ;
+  const int n_q = q_start < sh.Lq ? int((sh.Lq - q_start + BQ - 1) / BQ) : 0;
+  const int steps = group * n_q;
+  // Step `it`'s Q, dO tiles (cp.async), lse and delta into buffer it % 2.
+  auto issue = [&](int it) {
+    const int h = hk * group + it / n_q, q0 = q_start + (it % n_q) * BQ;
+    const int64_t bh = int64_t(b) * sh.Hq + h;
+    T* q_buf = qdo_s + (it % 2) * 2 * BQ * LD;
+    load_tile_async<T, kD, BQ, kThreads>(q_buf, head_ptr<T>(p.q, p.q_strides, b, h), p.q_strides.l, q0,
+                                         sh.Lq, sh.D, q_vec);
+    load_tile_async<T, kD, BQ, kThreads>(q_buf + BQ * LD, head_ptr<T>(p.dout, p.dout_strides, b, h),
+                                         p.dout_strides.l, q0, sh.Lq, sh.D, do_vec);
+    float* st = stats_s + (it % 2) * 2 * BQ;
+    for (int r = threadIdx.x; r < BQ; r += kThreads) {
+      st[r] = lse2_or_inf(p.lse + bh * sh.Lq, q0 + r, sh.Lq);
+      st[BQ + r] = q0 + r < sh.Lq ? p.delta[bh * sh.Lq + q0 + r] : 0.f;
+    }
+    cp_async_commit();
+  };
+
+  load_tile_async<T, kD, BK, kThreads>(k_s, k, p.k_strides.l, k0, sh.Lk, sh.D, k_vec);
+  if constexpr (kOut & kDK) load_tile_async<T, kD, BK, kThreads>(v_s, v, p.v_strides.l, k0, sh.Lk, sh.D, v_vec);
+  if (steps > 0) issue(0);
+  cp_async_commit();
   Acc<kD / 8> dk, dv;  // the one this launch does not compute is dead code
   dk.zero();
   dv.zero();
 
-  for (int h = hk * group; h < (hk + 1) * group; ++h) {
+  // One barrier per step: after it, step it's tiles are visible and every warp is done with step
+  // it - 1, whose buffer then receives step it + 1 while step it computes.
+  for (int it = 0; it < steps; ++it) {
+    cp_async_wait<0>();
+    __syncthreads();
+    if (it + 1 < steps) issue(it + 1);
+    const int h = hk * group + it / n_q, q0 = q_start + (it % n_q) * BQ;
     const int64_t bh = int64_t(b) * sh.Hq + h;
-    const T* q = head_ptr<T>(p.q, p.q_strides, b, h);
-    const T* dout = head_ptr<T>(p.dout, p.dout_strides, b, h);
     const Scorer score = Scorer::make<T>(p.mask, b, h, sh.Lq, sh.Lk);
-    for (int q0 = score.query_begin(k0) / BQ * BQ; q0 < sh.Lq; q0 += BQ) {
-      __syncthreads();  // the previous Q, dO tiles are consumed (and K, V are loaded)
-      load_tile<T, kD, BQ>(q_s, q, p.q_strides.l, q0, sh.Lq, sh.D, q_vec);
-      load_tile<T, kD, BQ>(do_s, dout, p.dout_strides.l, q0, sh.Lq, sh.D, do_vec);
-      for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
-        lse_s[r] = lse2_or_inf(p.lse + bh * sh.Lq, q0 + r, sh.Lq);
-        delta_s[r] = q0 + r < sh.Lq ? p.delta[bh * sh.Lq + q0 + r] : 0.f;
-      }
-      __syncthreads();
+    const T* q_s = qdo_s + (it % 2) * 2 * BQ * LD;
+    const T* do_s = q_s + BQ * LD;
+    const float* lse_s = stats_s + (it % 2) * 2 * BQ;
+    const float* delta_s = lse_s + BQ;
 
-      Acc<BQ / 8> pt, dpt;  // Pᵀ and dPᵀ: rows are the warp's keys, columns queries
-      pt.zero();
-      dpt.zero();
-      mma_abt<T, kD, BQ / 8>(pt, k_s + warp * 16 * LD, q_s, LD);
-      if constexpr (kOut & kDK) mma_abt<T, kD, BQ / 8>(dpt, v_s + warp * 16 * LD, do_s, LD);
+    Acc<BQ / 8> pt, dpt;  // Pᵀ and dPᵀ: rows are the warp's keys, columns queries
+    pt.zero();
+    dpt.zero();
+    mma_abt<T, kD, BQ / 8>(pt, k_s + warp * 16 * LD, q_s, LD);
+    if constexpr (kOut & kDK) mma_abt<T, kD, BQ / 8>(dpt, v_s + warp * 16 * LD, do_s, LD);
 #pragma unroll
-      for (int n = 0; n < BQ / 8; ++n)
+    for (int n = 0; n < BQ / 8; ++n)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int j = key0 + g + 8 * r, c = n * 8 + 2 * t;  // c: query of element 2r, in tile
-          float z[2] = {1.f, 1.f};
-          if (drop.on) drop.query_pair(bh, q0 + c, j, z[0], z[1]);
+      for (int r = 0; r < 2; ++r) {
+        const int j = key0 + g + 8 * r, c = n * 8 + 2 * t;  // c: query of element 2r, in tile
+        float z[2] = {1.f, 1.f};
+        if (drop.on) drop.query_pair(bh, q0 + c, j, z[0], z[1]);
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& pe = pt.c[n][2 * r + e];
-            float& dpe = dpt.c[n][2 * r + e];
-            const float prob = exp2f(score.at<T>(pe, q0 + c + e, j) - lse_s[c + e]);
-            pe = prob * z[e];                                            // (P∘Z)ᵀ for dV
-            dpe = prob * (dpe * z[e] - delta_s[c + e]) * score.scale;  // scale·dSᵀ for dK
-          }
+        for (int e = 0; e < 2; ++e) {
+          float& pe = pt.c[n][2 * r + e];
+          float& dpe = dpt.c[n][2 * r + e];
+          const float prob = exp2f(score.at<T>(pe, q0 + c + e, j) - lse_s[c + e]);
+          pe = prob * z[e];                                            // (P∘Z)ᵀ for dV
+          dpe = prob * (dpe * z[e] - delta_s[c + e]) * score.scale;  // scale·dSᵀ for dK
         }
-      if constexpr (kOut & kDV) mma_pb<T, BQ, kD / 8>(dv, pt, do_s, LD);
-      if constexpr (kOut & kDK) mma_pb<T, BQ, kD / 8>(dk, dpt, q_s, LD);
-    }
+      }
+    if constexpr (kOut & kDV) mma_pb<T, BQ, kD / 8>(dv, pt, do_s, LD);
+    if constexpr (kOut & kDK) mma_pb<T, BQ, kD / 8>(dk, dpt, q_s, LD);
   }
+  cp_async_wait<0>();  // nothing may be in flight when the block's shared memory is reused
   const float one[2] = {1.f, 1.f};
   const int64_t out = (int64_t(b) * sh.Hkv + hk) * sh.Lk * sh.D;
   if constexpr (kOut & kDK) store_rows<T>(static_cast<T*>(p.dk) + out, dk, key0, sh.Lk, sh.D, one);
@@ -128,12 +152,11 @@ __global__ void __launch_bounds__(bwd_tiles<T, kD>().main * 2, 1)
 attention_bwd_dq_kernel(const AttentionBwdParams p, const Dropout drop, const bool q_vec,
                         const bool k_vec, const bool v_vec, const bool do_vec) {
   constexpr int BQ = bwd_tiles<T, kD>().main, BK = bwd_tiles<T, kD>().streamed;
-  constexpr int LD = kLd<T, kD>;
+  constexpr int LD = kLd<T, kD>, kThreads = BQ * 2;
   DLK_DYNAMIC_SHARED(T, smem);
   T* q_s = smem;             // (BQ, LD)
   T* do_s = q_s + BQ * LD;   // (BQ, LD)
-  T* k_s = do_s + BQ * LD;   // (BK, LD)
-  T* v_s = k_s + BK * LD;    // (BK, LD)
+  T* kv_s = do_s + BQ * LD;  // [2][K (BK, LD), V (BK, LD)]: double buffer
 
   const AttentionShape& sh = p.shape;
   const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
@@ -148,8 +171,19 @@ attention_bwd_dq_kernel(const AttentionBwdParams p, const Dropout drop, const bo
   const int row0 = q0 + warp * 16;  // the warp's queries; this thread's: row0 + g, row0 + g + 8
   float* dscores = p.dscores == nullptr ? nullptr : p.dscores + bh * sh.Lq * sh.Lk;
 
-  load_tile<T, kD, BQ>(q_s, q, p.q_strides.l, q0, sh.Lq, sh.D, q_vec);
-  load_tile<T, kD, BQ>(do_s, dout, p.dout_strides.l, q0, sh.Lq, sh.D, do_vec);
+  const int key_end = score.key_end(q0, BQ);
+  const int n_k = (key_end + BK - 1) / BK;
+  // Key tile j's K and V into buffer j % 2 (cp.async).
+  auto issue = [&](int j) {
+    T* buf = kv_s + (j % 2) * 2 * BK * LD;
+    load_tile_async<T, kD, BK, kThreads>(buf, k, p.k_strides.l, j * BK, sh.Lk, sh.D, k_vec);
+    load_tile_async<T, kD, BK, kThreads>(buf + BK * LD, v, p.v_strides.l, j * BK, sh.Lk, sh.D, v_vec);
+    cp_async_commit();
+  };
+  load_tile_async<T, kD, BQ, kThreads>(q_s, q, p.q_strides.l, q0, sh.Lq, sh.D, q_vec);
+  load_tile_async<T, kD, BQ, kThreads>(do_s, dout, p.dout_strides.l, q0, sh.Lq, sh.D, do_vec);
+  if (n_k > 0) issue(0);
+  cp_async_commit();
   float lse2[2], delta[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -160,13 +194,15 @@ attention_bwd_dq_kernel(const AttentionBwdParams p, const Dropout drop, const bo
   Acc<kD / 8> dq;
   dq.zero();
 
-  const int key_end = score.key_end(q0, BQ);
+  // One barrier per key tile: after it, tile j is visible and every warp is done with tile j - 1,
+  // whose buffer then receives tile j + 1 while tile j computes.
   int k0 = 0;
-  for (; k0 < key_end; k0 += BK) {
-    __syncthreads();  // the previous K, V tiles are consumed
-    load_tile<T, kD, BK>(k_s, k, p.k_strides.l, k0, sh.Lk, sh.D, k_vec);
-    load_tile<T, kD, BK>(v_s, v, p.v_strides.l, k0, sh.Lk, sh.D, v_vec);
+  for (int j = 0; j < n_k; ++j, k0 += BK) {
+    cp_async_wait<0>();
     __syncthreads();
+    if (j + 1 < n_k) issue(j + 1);
+    const T* k_s = kv_s + (j % 2) * 2 * BK * LD;
+    const T* v_s = k_s + BK * LD;
     Acc<BK / 8> s, dp;
     s.zero();
     dp.zero();
@@ -176,20 +212,21 @@ attention_bwd_dq_kernel(const AttentionBwdParams p, const Dropout drop, const bo
     for (int n = 0; n < BK / 8; ++n)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int i = row0 + g + 8 * r, j = k0 + n * 8 + 2 * t;
+        const int i = row0 + g + 8 * r, jj = k0 + n * 8 + 2 * t;
         float z[2] = {1.f, 1.f};
-        if (drop.on) drop.key_pair(bh, i, j, z[0], z[1]);
+        if (drop.on) drop.key_pair(bh, i, jj, z[0], z[1]);
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& se = s.c[n][2 * r + e];
-          const float prob = exp2f(score.at<T>(se, i, j + e) - lse2[r]);
+          const float prob = exp2f(score.at<T>(se, i, jj + e) - lse2[r]);
           const float ds = prob * (dp.c[n][2 * r + e] * z[e] - delta[r]);
-          if (dscores != nullptr && i < sh.Lq && j + e < sh.Lk) dscores[int64_t(i) * sh.Lk + j + e] = ds;
+          if (dscores != nullptr && i < sh.Lq && jj + e < sh.Lk) dscores[int64_t(i) * sh.Lk + jj + e] = ds;
           se = ds * score.scale;
         }
       }
     mma_pb<T, BK, kD / 8>(dq, s, k_s, LD);
   }
+  cp_async_wait<0>();  // nothing may be in flight when the block's shared memory is reused
   if (dscores != nullptr) {  // keys past the causal limit: dS = 0
     const int width = sh.Lk - min(k0, sh.Lk);
     for (int64_t idx = threadIdx.x; idx < int64_t(BQ) * width; idx += blockDim.x) {
@@ -211,9 +248,11 @@ void bwd_launch(const AttentionBwdParams& p, cudaStream_t stream) {
   const bool q_vec = vec_ok<T>(p.q, p.q_strides, D), k_vec = vec_ok<T>(p.k, p.k_strides, D);
   const bool v_vec = vec_ok<T>(p.v, p.v_strides, D);
   const bool do_vec = vec_ok<T>(p.dout, p.dout_strides, D);
-  const size_t tiles = size_t(2 * (kT.main + kT.streamed)) * kLd<T, kD> * sizeof(T);
+  // main tiles (2: K, V or Q, dO) + streamed tiles (2, double-buffered: 4), and for dK/dV the
+  // double-buffered lse, delta.
+  const size_t tiles = size_t(2 * kT.main + 4 * kT.streamed) * kLd<T, kD> * sizeof(T);
 
-  const size_t dkdv_smem = tiles + 2 * kT.streamed * sizeof(float);
+  const size_t dkdv_smem = tiles + 4 * kT.streamed * sizeof(float);
   const dim3 dkdv_grid(cdiv(p.shape.Lk, kT.main), unsigned(p.shape.Hkv), unsigned(p.shape.B));
   auto launch_dkdv = [&](auto dkdv) {
     allow_smem(dkdv, dkdv_smem, "attention_bwd_dkdv_kernel");

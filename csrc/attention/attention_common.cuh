@@ -2,9 +2,11 @@
 // loads into shared memory, the score of one (query, key) pair (scale, bias, causal mask) and the
 // dropout mask. Device code and small host helpers; no torch.
 //
-// Every kernel gives each warp 16 rows of a "main" tile (queries, or keys for dK/dV) and streams
-// tiles of the other sequence through shared memory. Tiles live in shared memory row-major with
-// leading dimension kD + 16 bytes: the padding spreads the rows of a fragment load over all banks.
+// Every kernel gives each warp 16 rows (the forward: 16 or 32) of a "main" tile (queries, or keys
+// for dK/dV) and streams tiles of the other sequence through shared memory. Tiles live in shared
+// memory row-major with leading dimension kD + 16 bytes: the padding spreads the 8 rows of an
+// ldmatrix (and of the 32-bit fragment loads) over all banks, and keeps every row 16-byte aligned
+// for ldmatrix and cp.async.
 #pragma once
 
 #include <cmath>
@@ -14,6 +16,7 @@
 #include <type_traits>
 
 #include "attention/attention.h"
+#include "common/async_copy.cuh"
 #include "common/dlk_cuda.cuh"
 #include "common/mma.cuh"
 #include "common/philox.cuh"
@@ -32,13 +35,6 @@ constexpr int kLd = kD + 16 / int(sizeof(T));
 struct Tiles {
   int main, streamed;
 };
-
-// Forward: main = queries, streamed = keys (K, then V in the same buffer).
-template <typename T, int kD>
-__host__ __device__ constexpr Tiles fwd_tiles() {
-  if constexpr (sizeof(T) == 2) return {64, kD <= 128 ? 64 : 32};
-  return {kD <= 128 ? 64 : 32, kD <= 64 ? 64 : kD <= 128 ? 32 : 16};
-}
 
 // Backward (dK/dV: main = keys, streamed = queries; dQ: main = queries, streamed = keys).
 template <typename T, int kD>
@@ -86,6 +82,26 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t stride, int 
   }
 }
 
+// load_tile through cp.async (common/async_copy.cuh) when vec: 16-byte copies, zero fill for rows
+// >= L and columns >= D, complete at the caller's cp_async_wait; else the synchronous load_tile.
+// Either way the tile is visible to the block after the wait and the next __syncthreads. The
+// caller commits the group.
+// kThreads: the block size. The loop stays rolled: unrolled, its addresses cost the forward
+// kernel registers it does not have (spills at head dim 128).
+template <typename T, int kD, int R, int kThreads>
+__device__ __forceinline__ void load_tile_async(T* s, const T* g, int64_t stride, int row0, int L, int D,
+                                                bool vec) {
+  if (!vec) return load_tile<T, kD, R>(s, g, stride, row0, L, D, false);
+  constexpr int V = kVec<T>;
+  constexpr int kChunks = kD / V;  // per row
+#pragma unroll 1
+  for (int idx = threadIdx.x; idx < R * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, c = (idx % kChunks) * V;
+    const bool ok = row0 + r < L && c < D;
+    cp_async_16(s + r * kLd<T, kD> + c, ok ? g + int64_t(row0 + r) * stride + c : g, ok);
+  }
+}
+
 // The (L, D) matrix of batch b, head h of a (B, H, L, D) operand.
 template <typename T>
 __device__ __forceinline__ const T* head_ptr(const void* base, const AttentionStrides& s, int b, int h) {
@@ -104,37 +120,64 @@ struct Acc {
   }
 };
 
-// acc[n] += A · B_n for the warp's 16 rows: A = a_tile[16 rows, 0:kK], B_n = b_tile[n*8 : n*8+8
-// rows, 0:kK]ᵀ (both row-major in shared memory; the "x · yᵀ" products Q·Kᵀ, dO·Vᵀ, K·Qᵀ, V·dOᵀ).
-template <typename T, int kK, int N>
-__device__ __forceinline__ void mma_abt(Acc<N>& acc, const T* a_tile, const T* b_tile, int ld) {
+// acc[mt][n] += A_mt · B_nᵀ for the warp's kMT m16 tiles: A_mt = a_tile[16 mt : 16 mt + 16, 0:kK],
+// B_n = b_tile[8n : 8n + 8, 0:kK] (both row-major in shared memory; the "x · yᵀ" products Q·Kᵀ,
+// dO·Vᵀ, K·Qᵀ, V·dOᵀ). Per k-step: kMT A loads and N / 2 B loads (one ldmatrix.x4 each for 16-bit
+// T) for kMT·N products, the B fragments shared by the m-tiles (FlashAttention-2's warp tile).
+template <typename T, int kK, int N, int kMT>
+__device__ __forceinline__ void mma_abt(Acc<N> (&acc)[kMT], const T* a_tile, int lda, const T* b_tile,
+                                        int ldb) {
+  static_assert(N % 2 == 0 && kK % 16 == 0, "n-tiles in pairs, k in steps of 16");
 #pragma unroll
   for (int kk = 0; kk < kK / 16; ++kk) {
-    FragA<T> a;
-    load_a(a, a_tile + kk * 16, ld);
+    FragA<T> a[kMT];
 #pragma unroll
-    for (int n = 0; n < N; ++n) {
-      FragB<T> b;
-      load_b(b, b_tile + n * 8 * ld + kk * 16, ld);
-      mma_m16n8k16(acc.c[n], a, b);
+    for (int mt = 0; mt < kMT; ++mt) load_a_x4(a[mt], a_tile + mt * 16 * lda + kk * 16, lda);
+#pragma unroll
+    for (int n = 0; n < N; n += 2) {
+      FragB<T> b[2];
+      load_b_x4(b, b_tile + n * 8 * ldb + kk * 16, ldb);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma_m16n8k16(acc[mt].c[n], a[mt], b[0]);
+        mma_m16n8k16(acc[mt].c[n + 1], a[mt], b[1]);
+      }
     }
   }
 }
-
-// acc[n] += P · B[:, n*8 : n*8+8] with P the (16, kK) matrix held as C fragments p[kK / 8] (rounded
-// to T) and B = b_tile[0:kK, 0:N*8] row-major in shared memory (P·V, Pᵀ·dO, dS·K, dSᵀ·Q).
 template <typename T, int kK, int N>
-__device__ __forceinline__ void mma_pb(Acc<N>& acc, const Acc<kK / 8>& p, const T* b_tile, int ld) {
+__device__ __forceinline__ void mma_abt(Acc<N>& acc, const T* a_tile, const T* b_tile, int ld) {
+  mma_abt<T, kK, N, 1>(reinterpret_cast<Acc<N>(&)[1]>(acc), a_tile, ld, b_tile, ld);
+}
+
+// acc[mt][n] += P_mt · B[:, 8n : 8n + 8] with P_mt the (16, kK) matrix held as C fragments
+// p[mt].c[kK / 8] (rounded to T) and B = b_tile[0:kK, 0:N*8] row-major in shared memory (P·V,
+// Pᵀ·dO, dS·K, dSᵀ·Q): B pairs through the transposing ldmatrix for 16-bit T.
+template <typename T, int kK, int N, int kMT>
+__device__ __forceinline__ void mma_pb(Acc<N> (&acc)[kMT], const Acc<kK / 8> (&p)[kMT], const T* b_tile,
+                                       int ld) {
+  static_assert(N % 2 == 0 && kK % 16 == 0, "n-tiles in pairs, k in steps of 16");
 #pragma unroll
   for (int kk = 0; kk < kK / 16; ++kk) {
-    const FragA<T> a = a_from_c<T>(p.c[2 * kk], p.c[2 * kk + 1]);
+    FragA<T> a[kMT];
 #pragma unroll
-    for (int n = 0; n < N; ++n) {
-      FragB<T> b;
-      load_b_rows(b, b_tile + kk * 16 * ld + n * 8, ld);
-      mma_m16n8k16(acc.c[n], a, b);
+    for (int mt = 0; mt < kMT; ++mt) a[mt] = a_from_c<T>(p[mt].c[2 * kk], p[mt].c[2 * kk + 1]);
+#pragma unroll
+    for (int n = 0; n < N; n += 2) {
+      FragB<T> b[2];
+      load_b_rows_x4(b, b_tile + kk * 16 * ld + n * 8, ld);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma_m16n8k16(acc[mt].c[n], a[mt], b[0]);
+        mma_m16n8k16(acc[mt].c[n + 1], a[mt], b[1]);
+      }
     }
   }
+}
+template <typename T, int kK, int N>
+__device__ __forceinline__ void mma_pb(Acc<N>& acc, const Acc<kK / 8>& p, const T* b_tile, int ld) {
+  mma_pb<T, kK, N, 1>(reinterpret_cast<Acc<N>(&)[1]>(acc), reinterpret_cast<const Acc<kK / 8>(&)[1]>(p),
+                      b_tile, ld);
 }
 
 // Max and sum over the 4 lanes of a quad: the lanes that hold one row of a C fragment.
@@ -198,13 +241,22 @@ struct Scorer {
   template <typename T>
   __device__ __forceinline__ float at(float dot, int i, int j) const {
     if (i >= Lq || j >= Lk || (causal && j > i + causal_offset)) return -INFINITY;
-    float x = dot * scale2;
-    if (bias != nullptr) {
-      const int64_t off = int64_t(i) * bias_si + int64_t(j) * bias_sj;
-      x += kLog2e * (bias_is_f32 ? static_cast<const float*>(bias)[off]
+    return dot * scale2 + bias2<T>(i, j);
+  }
+
+  // The bias of (i, j) in base 2 (0 without bias); i < Lq, j < Lk.
+  template <typename T>
+  __device__ __forceinline__ float bias2(int i, int j) const {
+    if (bias == nullptr) return 0.f;
+    const int64_t off = int64_t(i) * bias_si + int64_t(j) * bias_sj;
+    return kLog2e * (bias_is_f32 ? static_cast<const float*>(bias)[off]
                                  : to_float(static_cast<const T*>(bias)[off]));
-    }
-    return x;
+  }
+
+  // The last key query i sees (Lk - 1 without a causal limit): the forward masks key j of row i
+  // with one comparison, j > key_last(i).
+  __device__ __forceinline__ int key_last(int i) const {
+    return causal ? min(Lk - 1, i + causal_offset) : Lk - 1;
   }
 
   // One past the last key any of the queries [q0, q0 + rows) sees.

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "common/dlk_cuda.cuh"
 
@@ -68,6 +69,99 @@ __device__ __forceinline__ void load_b_rows(FragB<T>& b, const T* tile, int ld) 
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int i = 0; i < 4; ++i) b.x[i] = tile[(2 * t + i % 2 + 8 * (i / 2)) * ld + g];
+}
+
+// ---- ldmatrix: warp-collective 8x8 matrix loads (16-bit types) ---------------------------------
+// ldmatrix.sync.aligned.m8n8.x4{.trans}.shared.b16 (PTX ISA "Warp-level matrix load instruction:
+// ldmatrix"): lane l supplies the address of row l % 8 of matrix l / 8 (8 contiguous 16-bit
+// values, 16-byte aligned, in shared memory). Register r of lane l receives the two values of
+// matrix r at row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1 (low half first); with kTrans the
+// matrix is read column-major: column l / 4, rows 2 (l % 4) and 2 (l % 4) + 1. One instruction
+// replaces 4 (A) or 8 (B pairs) 32-bit loads, or 16 16-bit loads plus packing (B of V).
+// Under DLK_EMULATION: each lane posts its row address, the warp meets at __syncwarp, and each
+// lane reads its values through the posted addresses (all lanes must call it together, in blocks
+// of at most kMmaMaxWarps warps along x, like mma_m16n8k16).
+template <bool kTrans, typename T>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const T* row) {
+  static_assert(sizeof(T) == 2, "ldmatrix loads 16-bit elements");
+#ifdef DLK_EMULATION
+  __shared__ const T* ldsm_post[kMmaMaxWarps][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) __trap();  // misaligned row: undefined on the GPU
+  ldsm_post[warp][lane] = row;
+  __syncwarp();
+#pragma unroll
+  for (int m = 0; m < 4; ++m) {
+    uint16_t v[2];
+    for (int e = 0; e < 2; ++e) {
+      // The (row, column) of the matrix this lane receives, as written above.
+      const int mr = kTrans ? 2 * (lane % 4) + e : lane / 4, mc = kTrans ? lane / 4 : 2 * (lane % 4) + e;
+      std::memcpy(&v[e], ldsm_post[warp][8 * m + mr] + mc, 2);
+    }
+    r[m] = uint32_t(v[0]) | (uint32_t(v[1]) << 16);
+  }
+  __syncwarp();  // the posts are read before the next load overwrites them
+#else
+  const uint32_t addr = uint32_t(__cvta_generic_to_shared(row));
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  }
+#endif
+}
+
+// The fragment loads of the tiles an attention or GEMM main loop streams, one ldmatrix.x4 each
+// for 16-bit T (the rows of every matrix start 16-byte aligned: tile and ld multiples of 8
+// elements), the 32-bit loads above for fp32. All lanes call them together.
+//
+// A = tile[0:16, 0:16]: matrices (rows 0-7 | 8-15) x (cols 0-7 | 8-15) give a0a1, a2a3, a4a5, a6a7.
+template <typename T>
+__device__ __forceinline__ void load_a_x4(FragA<T>& a, const T* tile, int ld) {
+  if constexpr (sizeof(T) == 2) {
+    const int lane = threadIdx.x & 31, m = lane / 8;
+    uint32_t r[4];
+    ldmatrix_x4<false>(r, tile + (lane % 8 + 8 * (m % 2)) * ld + 8 * (m / 2));
+    std::memcpy(a.x, r, 16);
+  } else {
+    load_a(a, tile, ld);
+  }
+}
+
+// b[j][k][n] = tile[8j + n][k], j < 2 (two n-tiles of B = tileᵀ; K in Q·Kᵀ): matrices
+// (rows 0-7, cols 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15) give b[0] b0b1, b[0] b2b3, b[1] ...
+template <typename T>
+__device__ __forceinline__ void load_b_x4(FragB<T> (&b)[2], const T* tile, int ld) {
+  if constexpr (sizeof(T) == 2) {
+    const int lane = threadIdx.x & 31, m = lane / 8;
+    uint32_t r[4];
+    ldmatrix_x4<false>(r, tile + (lane % 8 + 8 * (m / 2)) * ld + 8 * (m % 2));
+    std::memcpy(b[0].x, r, 8);
+    std::memcpy(b[1].x, r + 2, 8);
+  } else {
+    load_b(b[0], tile, ld);
+    load_b(b[1], tile + 8 * ld, ld);
+  }
+}
+
+// b[j][k][n] = tile[k][8j + n], j < 2 (two n-tiles of B = the tile's rows; V in P·V), through the
+// transposing load: matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15).
+template <typename T>
+__device__ __forceinline__ void load_b_rows_x4(FragB<T> (&b)[2], const T* tile, int ld) {
+  if constexpr (sizeof(T) == 2) {
+    const int lane = threadIdx.x & 31, m = lane / 8;
+    uint32_t r[4];
+    ldmatrix_x4<true>(r, tile + (lane % 8 + 8 * (m % 2)) * ld + 8 * (m / 2));
+    std::memcpy(b[0].x, r, 8);
+    std::memcpy(b[1].x, r + 2, 8);
+  } else {
+    load_b_rows(b[0], tile, ld);
+    load_b_rows(b[1], tile + 8, ld);
+  }
 }
 
 // The A fragment of the 16x16 matrix [lo | hi] whose halves are the C fragments of two 16x8

@@ -160,6 +160,10 @@ Worker& current_worker(const char* what);
 // The token holder `me` has set its state; run someone else until `me` is runnable again.
 void switch_from(Launch& L, Pool& pool, Worker& me, int start);
 
+// ---- cp.async (cuda_emu_async.cpp) ----------------------------------------------------------------
+// Drops the calling worker's copies in flight: called before it runs a thread of a new block.
+void reset_async_copies();
+
 // ---- the emulated device (cuda_emu_device.cpp) --------------------------------------------------
 // The dynamic shared memory a launch of `kernel` may use (48 KiB unless opted in to more).
 std::size_t max_dynamic_smem(const void* kernel);

@@ -239,6 +239,7 @@ void* worker_main(void* arg) {
       blockIdx = L.block_idx;
       blockDim = L.block;
       gridDim = L.grid;
+      reset_async_copies();
       try {
         L.call.run(L.call.bound);
       } catch (const Abort&) {

@@ -158,15 +158,28 @@ def rule_row_norm(op_name, sample, dt, arch):
 
 
 def rule_attention(op_name, sample, dt, arch):
-    """attention_fwd.cu fwd_launch: fwd_tiles (16-bit: 64 query rows x 64 keys for D <= 128, 32
-    above), 2 threads per query row (128), smem (main + streamed) x (D + 8) x 2 B; grid
-    (cdiv(Lq, 64), Hq, B), instance attention_fwd_kernel<T, D>."""
+    """attention_fwd.cu fwd_launch: 4 warps (128 threads) of kFwdMT m16 query tiles each (16-bit:
+    2 up to D 128, so 128 query rows; else 1, 64 rows), key tiles of kFwdBK (16-bit: 64 up to D 128,
+    32 above; fp32: 64 / 32 / 16), smem (BQ + 2 BK) x (D + 16 B) (Q, K, V); grid (cdiv(Lq, BQ), Hq,
+    B), instance attention_fwd_kernel<T, D, causal, bias, dropout> (this rule: no bias/dropout)."""
     q, k = sample.args[0], sample.args[1]
     B, H, Lq, D = q.shape
+    D = next(d for d in (16, 32, 64, 96, 128, 256) if D <= d)  # dispatch_head_dim
     T = CU_TYPES[dt]
-    streamed = 64 if D <= 128 else 32
-    smem = (64 + streamed) * (D + 16 // q.element_size()) * q.element_size()
-    return [("fwd", f"attention_fwd_kernel<{T}, {D}>", lambda f: (_cdiv(Lq, 64), H, B), 128, smem)]
+    es = q.element_size()
+    causal = len(sample.args) > 5 and bool(sample.args[5])
+    bq = 128 if es == 2 and D <= 128 else 64
+    bk = attention_block_n(sample)
+    smem = (bq + 2 * bk) * (D + 16 // es) * es
+    name = f"attention_fwd_kernel<{T}, {D}, {str(causal).lower()}, false, false>"
+    return [("fwd", name, lambda f: (_cdiv(Lq, bq), H, B), 128, smem)]
+
+
+def attention_block_n(sample):
+    """kFwdBK of attention_fwd.cu: the keys per hot-loop trip."""
+    D, es = sample.args[0].shape[-1], sample.args[0].element_size()
+    D = next(d for d in (16, 32, 64, 96, 128, 256) if D <= d)
+    return (64 if D <= 128 else 32) if es == 2 else (64 if D <= 64 else 32 if D <= 128 else 16)
 
 
 def rule_adam(op_name, sample, dt, arch):
@@ -249,7 +262,8 @@ def records(op_names, dtypes, quick, arch, errors, progress=True, log=print) -> 
                     per_sm, limit = model.blocks_per_sm(spec, threads, f["registers"], smem + f["static_shared"])
                     bytes_min = (cost.bwd_bytes if mode == "bwd" else cost.fwd_bytes) if cost else 0.0
                     flops = (cost.bwd_flops if mode == "bwd" else cost.fwd_flops) if cost else 0.0
-                    trips = attention_trips(prefix, sample, 64, 64 if sample.args[0].shape[-1] <= 128 else 32) \
+                    # block_m only counts for dK/dV (not launched here)
+                    trips = attention_trips(prefix, sample, 0, attention_block_n(sample)) \
                         if name in ATTENTION_OPS else None
                     dyn, trips = dynamic_counts(f, threads * blocks, bytes_min, bytes_min, trips)
                     instr, tensor = dyn.get("total", 0.0), tensor_unit(f)

@@ -35,16 +35,19 @@ def cxx_unavailable() -> str | None:
 
 
 def build_planted(build_dir: Path, name: str, asan: bool = False):
-    """Compile planted.cu (through a wrapper that includes emu/poison.h first, as setup.py does for
-    every .cu), the emulator runtime and the pybind11 binding into the module ``name``."""
+    """Compile planted.cu and fragments.cu (each through a wrapper that includes emu/poison.h first, as
+    setup.py does for every .cu), the emulator runtime and the pybind11 binding into the module ``name``."""
     from torch.utils.cpp_extension import load
 
     build_dir.mkdir(parents=True, exist_ok=True)
-    wrapper = build_dir / "planted_emu.cpp"
-    wrapper.write_text('#include "emu/poison.h"\n#include "planted.cu"\n')
+    wrappers = []
+    for kernel_file in ("planted.cu", "fragments.cu"):
+        wrapper = build_dir / (Path(kernel_file).stem + "_emu.cpp")
+        wrapper.write_text(f'#include "emu/poison.h"\n#include "{kernel_file}"\n')
+        wrappers.append(str(wrapper))
     return load(
         name=name,
-        sources=[str(KERNELS / "bindings.cpp"), str(wrapper)] + emu_runtime_sources(),
+        sources=[str(KERNELS / "bindings.cpp")] + wrappers + emu_runtime_sources(),
         extra_cflags=emu_cflags(asan),
         extra_ldflags=["-pthread"] + (["-fsanitize=address"] if asan else []),
         extra_include_paths=emu_include_dirs(),

@@ -125,6 +125,16 @@ def test_lengths_and_causal_alignment(kern, Lq, Lk, bottom_right):
     run_case(kern, torch.float16, 1, 1, 1, Lq, Lk, 32, causal=True, bottom_right=bottom_right)
 
 
+@pytest.mark.parametrize("dtype,causal,with_bias", [(torch.bfloat16, True, False), (torch.float16, False, True)])
+def test_several_query_blocks_and_key_tiles(kern, dtype, causal, with_bias):
+    """The 16-bit forward's 128-query blocks and 64-key tiles: a second query block, full key tiles
+    below the causal diagonal (run without mask arithmetic), diagonal tiles and a partial last
+    tile, with the cp.async K/V prefetch running across three tiles; the bias read in full tiles."""
+    Lq, Lk = 140, 150
+    bias = torch.randn(1, 1, Lq, Lk, generator=torch.Generator().manual_seed(5)) if with_bias else None
+    run_case(kern, dtype, 1, 1, 1, Lq, Lk, 16, causal=causal, bottom_right=True, bias=bias)
+
+
 def test_not_causal_lq_ne_lk_mqa_batch(kern):
     run_case(kern, torch.float32, 2, 4, 1, 7, 66, 18)  # D = 18: padded tile, scalar loads
 

@@ -89,8 +89,6 @@ BUDGETS = [
 
 # (budget id, op, backend) -> the issue that fixes it. Today's failures, from the quick run.
 KNOWN = {
-    ("cuda-attention-async-copy", "scaled_dot_product_attention", "cuda"):
-        "issue #17: the CUDA attention loads K/V with plain LDG + STS, no cp.async / TMA pipeline",
     ("streaming-128bit", "causal_conv1d", "triton"):
         "issue #19: causal conv1d loads 16-bit scalars along the sequence",
     ("row-norm-fwd-instructions", "add_layer_norm", "cuda"):

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "fragments.h"
 #include "planted.h"
 
 namespace {
@@ -50,6 +51,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   m.def("big_smem", [](std::uintptr_t out, int bytes, int optin_bytes) {
     planted::big_smem(ptr<int>(out), bytes, optin_bytes);
+  });
+  // Fragment probes (fragments.cu).
+  m.def("fragment_load", [](int dtype, int probe, std::uintptr_t tile, int rows, int ld, std::uintptr_t out) {
+    planted::fragment_load(dtype, probe, ptr<const void>(tile), rows, ld, ptr<float>(out));
+  });
+  m.def("ldmatrix", [](int dtype, bool trans, std::uintptr_t src, int n, std::uintptr_t offsets, std::uintptr_t out) {
+    planted::ldmatrix(dtype, trans, ptr<const void>(src), n, ptr<const int>(offsets), ptr<float>(out));
+  });
+  m.def("mma_fragments", [](int dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t c, std::uintptr_t d) {
+    planted::mma_fragments(dtype, ptr<const float>(a), ptr<const float>(b), ptr<const float>(c), ptr<float>(d));
+  });
+  m.def("a_from_c", [](int dtype, std::uintptr_t lo, std::uintptr_t hi, std::uintptr_t out) {
+    planted::a_from_c(dtype, ptr<const float>(lo), ptr<const float>(hi), ptr<float>(out));
+  });
+  m.def("async_copy", [](std::uintptr_t src, int wait_groups, std::uintptr_t out) {
+    planted::async_copy(ptr<const float>(src), wait_groups, ptr<float>(out));
   });
   // The emulator's conversions, element-wise over n values (raw 16-bit patterns as int16).
   m.def("float_to_half", [](std::uintptr_t x, std::uintptr_t out, std::int64_t n) {
