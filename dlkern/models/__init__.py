@@ -2,6 +2,8 @@
 ``create_model(name, **config)``, ``list_models()``; each model's embedded task is in ``tasks``."""
 from dlkern.models import (bert, convnext, ddpm, efficientnet, glow, gpt, mamba, realnvp, resnet, s4d,  # noqa: F401
                            swin, vit, wavenet)  # importing a model file registers it
+# generative and self-supervised models (tasks_generative.py)
+from dlkern.models import dcgan, iresnet, planar_flow, simclr, vae, vae_iaf  # noqa: F401
 from dlkern.models.registry import create_model, get_entry, list_models, model_config, register_model
 from dlkern.models.tasks import get_task
 
