@@ -86,7 +86,7 @@ def save_samples(model, path, seed: int, n: int = 64) -> str:
     model.train(was_training)
     if points is not None:
         fig, ax = plt.subplots(figsize=(4, 4))
-        ax.scatter(points[:, 0], points[:, 1], s=1)
+        ax.scatter(points[:, 0].tolist(), points[:, 1].tolist(), s=1)   # lists: no torch-numpy bridge needed
         ax.set(aspect="equal", title="samples")
     else:
         lo, hi = images.amin(), images.amax()
@@ -97,7 +97,7 @@ def save_samples(model, path, seed: int, n: int = 64) -> str:
         c, h, w = images.shape[1:]
         grid = grid.view(side, side, c, h, w).permute(0, 3, 1, 4, 2).reshape(side * h, side * w, c)
         fig, ax = plt.subplots(figsize=(4, 4))
-        ax.imshow(grid.squeeze(-1).numpy() if c == 1 else grid.numpy(), cmap="gray", interpolation="nearest")
+        ax.imshow((grid.squeeze(-1) if c == 1 else grid).tolist(), cmap="gray", interpolation="nearest")
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

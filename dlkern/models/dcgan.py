@@ -100,7 +100,7 @@ class DCGAN(nn.Module):
 
 
 @register_model("dcgan", task="digits_gan", tiny={"width": 4},
-                train=TrainSettings(steps=1000, batch_size=64, lr=1e-3, warmup=20, eval_every=250))
+                train=TrainSettings(steps=1000, batch_size=64, lr=1e-3, betas=(0.5, 0.999), warmup=20, eval_every=250))
 def dcgan(**config) -> DCGAN:
     """DCGAN: transposed-conv generator, conv discriminator, BatchNorm, non-saturating loss; digits."""
     return DCGAN(DCGANConfig(**config))

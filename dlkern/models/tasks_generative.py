@@ -171,5 +171,6 @@ TASKS = {
     # chance: GANTask.gaussian_baseline() (a few seconds, so not at import; a test checks the value)
     # (real test digits score 7.66, GANTask.real_score)
     "digits_gan": GANTask("digits_gan", "Inception score (linear digit classifier)", target=6.0, chance=3.922),
-    "digits_contrastive": ContrastiveTask("digits_contrastive", "linear-probe accuracy", target=0.9, chance=0.1),
+    # a linear probe on the raw pixels scores 0.920: the target asks the encoder for much more
+    "digits_contrastive": ContrastiveTask("digits_contrastive", "linear-probe accuracy", target=0.98, chance=0.1),
 }

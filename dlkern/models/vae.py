@@ -28,9 +28,9 @@ class VAEConfig:
     in_chans: int = 1
     levels: int = 16          # categories per pixel (the task's quantization)
     latent: int = 16
-    width: int = 32           # channels of the first conv; 2x after each stride-2 conv
+    width: int = 16           # channels of the first conv; 2x after each stride-2 conv
     k: int = 1                # posterior samples in the training bound: 1 = ELBO (VAE), > 1 = IWAE
-    groups: int = 8           # decoder GroupNorm groups
+    groups: int = 4           # decoder GroupNorm groups
     eval_k: int = 64          # samples of the bounds in ``details``
 
 
