@@ -70,7 +70,7 @@ class PlanarFlow(VectorFlow):
         self.flow = dnn.FlowSequential(*layers)
 
 
-@register_model("planar_flow", task="moons", tiny={"n_layers": 8, "actnorm_every": 4},
+@register_model("planar_flow", task="moons", tiny={"n_layers": 8, "actnorm_every": 8},
                 train=TrainSettings(steps=1500, batch_size=512, lr=1e-2, warmup=50, eval_every=500))
 def planar_flow(**config) -> PlanarFlow:
     """Planar flow: K layers x + û·tanh(wᵀx + b) (invertibility constraint), ActNorm; two moons."""
