@@ -4,7 +4,7 @@ DistributedDataParallel (gloo on CPU, nccl on GPU), each rank on its slice of th
 
 Prints a progress bar and periodic metrics, the final metric against the task's target, saves
 ``checkpoint.pt`` (model + optimizer state_dict + step + loss history; ``--resume`` continues it)
-and ``loss.png`` into ``--out``."""
+and ``loss.png`` (and ``samples.png`` for models that ``sample``) into ``--out``."""
 from __future__ import annotations
 
 import argparse
@@ -39,7 +39,7 @@ def make_optimizer(model, settings, backend):
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    kwargs = {"momentum": 0.9} if settings.optimizer == "sgd" else {}
+    kwargs = {"momentum": 0.9} if settings.optimizer == "sgd" else {"betas": settings.betas}
     return OPTIMIZERS[settings.optimizer](groups, lr=settings.lr, backend=backend, **kwargs)
 
 
@@ -65,6 +65,45 @@ def save_loss_plot(losses, path, title) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return f"loss curve: {path}"
+
+
+@torch.no_grad()
+def save_samples(model, path, seed: int, n: int = 64) -> str:
+    """``model.sample(n)`` as a PNG: images (n, C, H, W) tiled into a grid, 2-D points (n, 2) as a
+    scatter plot (of 2000 draws). The draws use their own RNG stream (seeded), so the training RNG
+    state, and with it a resumed run, is untouched."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no sample plot"
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        images = model.sample(n).float().cpu()
+        points = model.sample(2000).float().cpu() if images.dim() == 2 else None
+    model.train(was_training)
+    if points is not None:
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.scatter(points[:, 0].tolist(), points[:, 1].tolist(), s=1)   # lists: no torch-numpy bridge needed
+        ax.set(aspect="equal", title="samples")
+    else:
+        lo, hi = images.amin(), images.amax()
+        images = (images - lo) / (hi - lo).clamp_min(1e-8)                 # min-max to [0, 1]
+        side = math.ceil(math.sqrt(images.shape[0]))
+        grid = torch.ones(images.shape[0] if side * side == images.shape[0] else side * side, *images.shape[1:])
+        grid[:images.shape[0]] = images
+        c, h, w = images.shape[1:]
+        grid = grid.view(side, side, c, h, w).permute(0, 3, 1, 4, 2).reshape(side * h, side * w, c)
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.imshow((grid.squeeze(-1) if c == 1 else grid).tolist(), cmap="gray", interpolation="nearest")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"samples: {path}"
 
 
 def train(name: str, *, steps: int | None = None, backend: str = "auto", device: str | None = None,
@@ -198,23 +237,30 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
                                         + (f"; checkpoint in {ckpt_path}: continue with --resume" if out else ""))
             # rank 0 reports (a sharded model evaluates on every rank: its forward is collective)
             metric = task.evaluate(model, device) if evaluate and end == steps and (main or fsdp) else None
+            # models with more than one figure of merit (the VAEs' ELBO and IWAE bounds) report them too
+            details = (model.details(task.test_set(), device) if metric is not None and main
+                       and hasattr(model, "details") else {})
         bar.close()
 
         result = {"model": name, "task": task.name, "metric_name": task.metric, "metric": metric,
                   "target": task.target, "chance": task.chance,
                   "reached": None if metric is None else task.reached(metric), "losses": losses,
                   "steps": end, "total_steps": steps, "seconds": seconds, "backend": backend,
-                  "device": str(device), "world_size": world, "history": history,
+                  "device": str(device), "world_size": world, "history": history, "details": details,
                   "threads": {"probes": tuner.history, "final": tuner.chosen} if tuner is not None
                   else torch.get_num_threads()}
         if main and metric is not None:
             cmp = ">=" if task.higher_is_better else "<="
             log(f"{name}: {task.metric} {metric:.4f} (target {cmp} {task.target}, chance {task.chance:.3f}) "
                 f"{'REACHED' if result['reached'] else 'NOT reached'} after {end} steps in {seconds:.1f} s")
+            if details:
+                log(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in details.items()))
         checkpoint(end)
         if out is not None and main:
             (out / "result.json").write_text(json.dumps(result, indent=1))
             log(f"checkpoint: {ckpt_path}; " + save_loss_plot(losses, out / "loss.png", f"{name} ({task.name})"))
+            if hasattr(model, "sample") and end == steps:
+                log(save_samples(model, out / "samples.png", seed))
         del net  # DDP's reducer holds the process group: drop it before the group goes
     return result
 

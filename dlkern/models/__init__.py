@@ -3,6 +3,8 @@
 from dlkern.models import (bert, convnext, ddpm, efficientnet, glow, gpt, mamba, realnvp, resnet, s4d,  # noqa: F401
                            swin, vit, wavenet)  # importing a model file registers it
 from dlkern.models import bytenet, seq2seq, seq_tasks, t5, task_runs, transformer_xl  # noqa: F401,E402  sequence models (#21)
+# generative and self-supervised models (tasks_generative.py)
+from dlkern.models import dcgan, iresnet, planar_flow, simclr, vae, vae_iaf  # noqa: F401,E402
 from dlkern.models.registry import create_model, get_entry, list_models, model_config, register_model
 from dlkern.models.tasks import get_task
 

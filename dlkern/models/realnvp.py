@@ -27,30 +27,10 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z.flatten(1) ** 2 + math.log(2 * math.pi)).sum(1)
 
 
-def conditioner(cin: int, cout: int, hidden: int, depth: int) -> nn.Sequential:
-    """MLP (B, cin) -> (B, 2·cout): log-scale half, shift half. The last layer starts at zero, so
-    every coupling starts as the identity."""
-    layers, width = [], cin
-    for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    last = nn.Linear(width, 2 * cout)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return nn.Sequential(*layers, last)
-
-
-class RealNVP(nn.Module):
-    def __init__(self, cfg: RealNVPConfig):
-        super().__init__()
-        self.cfg = cfg
-        keep = cfg.dim // 2                          # features that condition (channel mask)
-        layers = []
-        for i in range(cfg.n_couplings):
-            layers.append(dnn.ActNorm(cfg.dim))
-            layers.append(dnn.AffineCoupling(cfg.dim, conditioner(keep, cfg.dim - keep, cfg.hidden, cfg.depth),
-                                             mask="channel", parity=i % 2, scale="softclamp", clamp=cfg.clamp))
-        self.flow = dnn.FlowSequential(*layers)
+class VectorFlow(nn.Module):
+    """A density on (B, dim) vectors: ``self.flow`` (a FlowSequential, set by the subclass) maps
+    data to a standard normal latent. Shared by RealNVP, the planar flow and the i-ResNet."""
+    dim: int
 
     def encode(self, x):                             # x (B, D) -> z (B, D), log|det dz/dx| (B,)
         return self.flow(x)
@@ -65,7 +45,33 @@ class RealNVP(nn.Module):
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         like = next(self.parameters())
-        return self.decode(torch.randn(n, self.cfg.dim, device=like.device, dtype=like.dtype))
+        return self.decode(torch.randn(n, self.dim, device=like.device, dtype=like.dtype))
+
+
+def conditioner(cin: int, cout: int, hidden: int, depth: int) -> nn.Sequential:
+    """MLP (B, cin) -> (B, 2·cout): log-scale half, shift half. The last layer starts at zero, so
+    every coupling starts as the identity."""
+    layers, width = [], cin
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.SiLU()]
+        width = hidden
+    last = nn.Linear(width, 2 * cout)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
+class RealNVP(VectorFlow):
+    def __init__(self, cfg: RealNVPConfig):
+        super().__init__()
+        self.cfg, self.dim = cfg, cfg.dim
+        keep = cfg.dim // 2                          # features that condition (channel mask)
+        layers = []
+        for i in range(cfg.n_couplings):
+            layers.append(dnn.ActNorm(cfg.dim))
+            layers.append(dnn.AffineCoupling(cfg.dim, conditioner(keep, cfg.dim - keep, cfg.hidden, cfg.depth),
+                                             mask="channel", parity=i % 2, scale="softclamp", clamp=cfg.clamp))
+        self.flow = dnn.FlowSequential(*layers)
 
 
 @register_model("realnvp", task="moons", tiny={"n_couplings": 2, "hidden": 8, "depth": 1},

@@ -16,6 +16,7 @@ class TrainSettings:
     batch_size: int
     lr: float
     optimizer: str = "adamw"          # a name in dlkern.train.OPTIMIZERS
+    betas: tuple = (0.9, 0.999)       # Adam / AdamW moment decays (GANs train with β1 = 0.5)
     weight_decay: float = 0.0
     warmup: int = 0                   # linear warm-up steps, then cosine decay to lr / 10
     eval_every: int = 100

@@ -421,3 +421,9 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+# the generative / self-supervised models' tasks (GAN, contrastive) live in their own file
+from dlkern.models.tasks_generative import TASKS as _GENERATIVE_TASKS  # noqa: E402
+
+TASKS.update(_GENERATIVE_TASKS)

@@ -18,6 +18,10 @@ PARITY_CASES = ([(m, KERNEL_BACKEND) for m in MODELS] +
 # ddpm: ε-MSE falls from ~1 fast and the UNet step is the costliest. mamba: a test-sized Mamba stays
 # at the unigram loss for hundreds of steps before it finds the copy; a half-width one finds it in ~150
 SHORT_RUN = {"ddpm": {"steps": 60}, "mamba": {"steps": 300, "tiny": False, "config": {"d_model": 32, "d_state": 8}}}
+# simclr: NT-Xent over 32 strongly augmented views falls slowly at first
+SHORT_RUN.update({"simclr": {"steps": 300}})
+# a GAN's loss is a game's, not a quantity that falls: test_generative_models checks that dcgan learns
+NO_FALLING_LOSS = {"dcgan": "the adversarial loss need not fall (test_dcgan_learns_to_fool_a_digit_classifier)"}
 
 
 def run(name, device, **kw):
@@ -45,6 +49,8 @@ def test_short_run_learns(name, device):
     """The test-sized model on the reference path: 200 steps on fresh batches (a higher peak lr than
     the full-sized default) cut the loss by more than 15 % (the full-sized runs reach the task
     targets: README, Model zoo)."""
+    if name in NO_FALLING_LOSS:
+        pytest.skip(NO_FALLING_LOSS[name])
     kw = {"steps": 200, **SHORT_RUN.get(name, {})}
     losses = run(name, device, batch_size=16, lr=1e-2, backend="reference", **kw)["losses"]
     first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
@@ -71,6 +77,7 @@ def test_optimizer_kernel_step(device):
 def test_registry():
     assert {"gpt", "mamba", "realnvp", "wavenet", "convnext", "resnet", "se_resnet", "efficientnet", "vit", "bert",
             "swin", "glow", "ddpm", "s4d"} <= set(MODELS)   # the issue's rows 1-12 (+ 15)
+    assert {"vae", "iwae", "vae_iaf", "planar_flow", "iresnet", "dcgan", "simclr"} <= set(MODELS)   # issue 21
     model = create_model("gpt", n_layer=1, n_embd=32, n_head=2)
     assert len(model.h) == 1 and model.wte.weight.shape == (17, 32)
     for name in MODELS:
