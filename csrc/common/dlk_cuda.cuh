@@ -136,24 +136,7 @@ struct alignas(sizeof(T) * V) Vec {
   T v[V];
 };
 
-// A 16- or 8-byte store to global memory as one vector instruction (the emulation: a plain store).
-__device__ __forceinline__ void store_global(uint4* p, const uint4& u) {
-#if defined(DLK_EMULATION)
-  *p = u;
-#else
-  asm("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(u.x), "r"(u.y), "r"(u.z), "r"(u.w) : "memory");
-#endif
-}
-__device__ __forceinline__ void store_global(uint2* p, const uint2& u) {
-#if defined(DLK_EMULATION)
-  *p = u;
-#else
-  asm("st.global.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(u.x), "r"(u.y) : "memory");
-#endif
-}
-
 // V consecutive values as fp32 (V > 1: one aligned 16-byte access; the caller checks alignment).
-// store() writes global memory only (it uses the st.global vector intrinsics).
 template <typename T, int V>
 __device__ __forceinline__ void load(const T* p, float (&v)[V]) {
   if constexpr (V == 1) {
@@ -173,21 +156,7 @@ __device__ __forceinline__ void store(T* p, const float (&v)[V]) {
     Vec<T, V> c;
 #pragma unroll
     for (int i = 0; i < V; ++i) c.v[i] = from_float<T>(v[i]);
-    // One st.global.v4 / .v2: a plain store of the 16-byte struct is split into four 32-bit
-    // STG.E by nvcc in some kernels (channel_norm apply, coupling; fp32 too), because LLVM
-    // splits the struct store and does not re-merge it across the strided address. `p` is
-    // global memory (every caller stores to a tensor).
-    if constexpr (sizeof(c) == 16) {
-      uint4 u;
-      __builtin_memcpy(&u, &c, 16);
-      store_global(reinterpret_cast<uint4*>(p), u);
-    } else if constexpr (sizeof(c) == 8) {
-      uint2 u;
-      __builtin_memcpy(&u, &c, 8);
-      store_global(reinterpret_cast<uint2*>(p), u);
-    } else {
-      *reinterpret_cast<Vec<T, V>*>(p) = c;
-    }
+    *reinterpret_cast<Vec<T, V>*>(p) = c;
   }
 }
 
