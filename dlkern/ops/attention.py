@@ -351,8 +351,9 @@ def _cost(sample):
     s = q.element_size()
     q0, k0, v0 = sample.args[:3]  # the bytes of the tensors as given (broadcast dims are not read twice)
     io = (q0.numel() + math.prod(out_shape) + k0.numel() + v0.numel()) * s
-    return Cost(fwd_bytes=io, bwd_bytes=2 * io + k0.numel() * s + v0.numel() * s,
-                fwd_flops=flops, bwd_flops=2.5 * flops)
+    # backward minimum: read q, k, v, o, dO and write dq, dk, dv, each once (2 x io). K and V read
+    # a second time (a separate dQ kernel) is the deterministic path's extra, not the minimum.
+    return Cost(fwd_bytes=io, bwd_bytes=2 * io, fwd_flops=flops, bwd_flops=2.5 * flops)
 
 
 ATTENTION = register_op(OpSpec(
