@@ -405,7 +405,9 @@ class _Reduction:
     def __init__(self, units, u_inner, stride_uo, stride_ui, r, r0, stride_r1, stride_r0, device):
         self.units, self.u_inner, self.stride_uo, self.stride_ui = units, u_inner, stride_uo, stride_ui
         self.r, self.r0, self.stride_r1, self.stride_r0 = r, r0, stride_r1, stride_r0
-        wide = stride_ui == 1 and units > 1 and stride_r0 != 1
+        # Units side by side in memory (channels_last, or a 1x1 plane where r0 == 1 makes the
+        # inner stride moot): a program takes many units and a short stretch of each.
+        wide = stride_ui == 1 and units > 1 and (stride_r0 != 1 or r0 == 1)
         self.block_u = min(64, triton.next_power_of_2(units)) if wide else 1
         self.block_r = max(16, min(TILE // self.block_u, triton.next_power_of_2(max(r, 1))))
         u_blocks = triton.cdiv(units, self.block_u)

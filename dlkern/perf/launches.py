@@ -53,6 +53,12 @@ class ArgTensor:
             n *= s
         return n
 
+    def span_bytes(self) -> int:
+        """Bytes between the first and the last element (what the kernel can touch at most)."""
+        if self.numel() == 0:
+            return 0
+        return (1 + sum((n - 1) * abs(st) for n, st in zip(self.shape, self.strides))) * self.element_size()
+
 
 def _arg(value):
     if isinstance(value, torch.Tensor):
@@ -80,6 +86,11 @@ class Launch:
     @property
     def kernel(self) -> str:
         return self.fn.__name__
+
+    def footprint(self) -> int:
+        """Bytes of memory the launch's tensor arguments span: an upper bound of the distinct bytes
+        it can move (an alias passed twice counts twice, so the bound only loosens)."""
+        return sum(a.span_bytes() for a in self.args if isinstance(a, ArgTensor))
 
     @property
     def module(self) -> str:

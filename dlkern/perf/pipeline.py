@@ -5,7 +5,8 @@ Per launched kernel (one record per autotune config the pruner keeps; ``--quick`
 * bytes: the interpreter counts each Triton kernel on small CPU cases (:mod:`.traffic`); the
   counted launches of the same kernel whose constexprs (code-path flags first) match the GPU
   launch give its bytes as a multiple of the pass's minimum, applied to the GPU case
-  (``bytes_actual``: distinct addresses, ``bytes_requested``: every active lane);
+  (``bytes_actual``: distinct addresses, ``bytes_requested``: every active lane), capped at the
+  bytes the launch's tensor arguments span;
 * issued instructions: the hot loop's trip count is not in the SASS; it is the bytes the kernel
   requests divided by the bytes one pass of the loop loads over all threads (its LDG / LDGSTS
   widths), except for attention, whose loop count is the number of key (or query) blocks.
@@ -257,6 +258,12 @@ def triton_records(op, dtype, quick, arch, compile_bar, errors, traffic_entries)
             unique = t["unique"] * bytes_min if t else None
             loaded = t["loaded"] * bytes_min if t else bytes_min
             stored = t["stored"] * bytes_min if t else 0.0
+            # Counts scale with the pass's minimum; a kernel whose traffic does not (the partial-sum
+            # kernels: a GPU-sized number of partial rows, 4 on the interpreter) is capped at what
+            # its arguments span, its requested bytes in proportion.
+            cap = la.footprint()
+            if unique and cap and unique > cap:
+                loaded, stored, unique = loaded * cap / unique, stored * cap / unique, float(cap)
             trips = (attention_trips(la.kernel, sample, la.config["BLOCK_M"], la.config["BLOCK_N"])
                      if op.name in ATTENTION_OPS and "BLOCK_N" in la.config else None)
             dyn, trips = dynamic_counts(facts, threads * blocks, loaded, stored, trips)
