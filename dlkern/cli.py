@@ -391,7 +391,7 @@ def cmd_perf(args) -> int:
         dtypes = [str(DTYPES[d]).removeprefix("torch.") for d in (args.dtype or ["bfloat16"])]
         try:
             records = run_perf(args.ops, quick=args.quick, archs=archs, out=out, dtypes=list(dict.fromkeys(dtypes)),
-                               cuda=not args.no_cuda, progress=not args.no_progress)
+                               cuda=not args.no_cuda, progress=not args.no_progress, merge=args.merge)
         except ValueError as exc:  # unknown op/arch, TRITON_INTERPRET set: the user's to fix
             raise UsageError(str(exc)) from None
         for arch in archs:
@@ -459,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--readme", action="store_true", help="also rewrite the README's predicted-performance block")
     p.add_argument("--readme-only", action="store_true", help="rewrite the README block from OUT/perf.json; run nothing")
+    p.add_argument("--merge", action="store_true",
+                   help="keep OUT/perf.json's records of the ops not named (replace only the ops run)")
     p.set_defaults(func=cmd_perf)
 
     p = sub.add_parser("train", help="train a model of the zoo on its embedded task (no download)")

@@ -317,7 +317,9 @@ def _bounds(all_records, spec, case_records):
 # The run
 # ---------------------------------------------------------------------------------------------
 def run_perf(ops, quick=False, archs=("sm_90a", "sm_80"), out=None, dtypes=("bfloat16",), cuda=True,
-             progress=True, log=print) -> list[dict]:
+             progress=True, log=print, merge=False) -> list[dict]:
+    """Model ``ops`` (all when empty) and write OUT/perf.json; ``merge`` keeps an existing
+    OUT/perf.json's records and errors of the other ops (returns only this run's records)."""
     import torch
     from tqdm import tqdm
 
@@ -365,5 +367,19 @@ def run_perf(ops, quick=False, archs=("sm_90a", "sm_80"), out=None, dtypes=("bfl
             "launch_us": model.LAUNCH_US, "errors": [list(e) for e in errors],
             "duration_s": round(time.monotonic() - start, 1)}
     if out is not None:
-        report.write(records, meta, Path(out))
+        kept, kept_errors = _kept(Path(out), {op.name for op in selected}) if merge else ([], [])
+        if merge:
+            meta["errors"] += kept_errors
+            meta["merged"] = f"{len(kept)} records of other ops kept from the previous perf.json"
+        report.write(kept + records, meta, Path(out))
     return records
+
+
+def _kept(out: Path, rerun: set) -> tuple[list, list]:
+    """The records and errors of ops outside ``rerun`` in OUT/perf.json (or its .gz), if any."""
+    from dlkern.perf import report
+    if not (out / "perf.json").exists() and not (out / "perf.json.gz").exists():
+        return [], []
+    old = report.load(out / "perf.json")
+    return ([r for r in old["records"] if r["op"] not in rerun],
+            [e for e in old["meta"].get("errors", []) if e[0] not in rerun])

@@ -30,3 +30,20 @@ def test_import_dlkern_does_not_load_the_perf_model():
     code = "import sys, dlkern; print(any(m.startswith('dlkern.perf') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), timeout=300)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_merge_keeps_only_the_other_ops_records(tmp_path):
+    """``--merge``: an existing perf.json's records and errors of the ops not rerun are kept, those
+    of the rerun ops are dropped (they are replaced by the new run's)."""
+    import gzip
+    import json
+
+    from dlkern.perf.pipeline import _kept
+    old = {"meta": {"errors": [["layer_norm", "c1", "x"], ["rms_norm", "c2", "y"]]},
+           "records": [{"op": "layer_norm", "case": "a"}, {"op": "rms_norm", "case": "b"},
+                       {"op": "adamw_step", "case": "c"}]}
+    assert _kept(tmp_path, {"layer_norm"}) == ([], [])           # nothing to keep yet
+    (tmp_path / "perf.json.gz").write_bytes(gzip.compress(json.dumps(old).encode()))
+    records, errors = _kept(tmp_path, {"layer_norm"})
+    assert [r["op"] for r in records] == ["rms_norm", "adamw_step"]
+    assert errors == [["rms_norm", "c2", "y"]]
