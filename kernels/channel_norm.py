@@ -293,15 +293,21 @@ def _grad_finalize_kernel(
     PART_G, PART_GX, W, C1, C2, DW, DB,          # (SPLITS, NB * C) partials in; outputs
     SPLITS, NB, C, cg, inv_count,                # NB samples (1 for BatchNorm), cg channels per group
     HAS_W: tl.constexpr, HAS_C: tl.constexpr, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_CG: tl.constexpr,
+    PER_CHANNEL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_CG: tl.constexpr,
 ):
     """One launch between the gradient sums and dx, for group g = program 0 (its cg channels):
     per-(sample, channel) sums over the splits (fixed order), c1/c2 of each (sample, group)
     (the w-weighted sums over the group / its element count), dweight and dbias of each channel
-    (the sums over samples), cast to their dtypes."""
+    (the sums over samples), cast to their dtypes. PER_CHANNEL (cg == 1: BatchNorm, InstanceNorm):
+    every channel is its own group and a program takes BLOCK_CG of them (a program per channel
+    would load one scalar per split)."""
     g = tl.program_id(0)
-    ch = g * cg + tl.arange(0, BLOCK_CG)
-    ch_ok = tl.arange(0, BLOCK_CG) < cg
+    if PER_CHANNEL:
+        ch = g * BLOCK_CG + tl.arange(0, BLOCK_CG)
+        ch_ok = ch < C
+    else:
+        ch = g * cg + tl.arange(0, BLOCK_CG)
+        ch_ok = tl.arange(0, BLOCK_CG) < cg
     w = tl.full([BLOCK_CG], 1.0, tl.float32)
     if HAS_W:
         w = tl.load(W + ch, mask=ch_ok, other=0.0).to(tl.float32)
@@ -317,9 +323,13 @@ def _grad_finalize_kernel(
             sg += tl.load(PART_G + s * NB * C + offs, mask=mask, other=0.0)
             sgx += tl.load(PART_GX + s * NB * C + offs, mask=mask, other=0.0)
         if HAS_C:
-            units = n.to(tl.int64) * (C // cg) + g
-            tl.store(C1 + units, tl.sum(sgx * w[None, :], axis=1) * inv_count, mask=n < NB)
-            tl.store(C2 + units, tl.sum(sg * w[None, :], axis=1) * inv_count, mask=n < NB)
+            if PER_CHANNEL:
+                tl.store(C1 + offs, sgx * w[None, :] * inv_count, mask=mask)
+                tl.store(C2 + offs, sg * w[None, :] * inv_count, mask=mask)
+            else:
+                units = n.to(tl.int64) * (C // cg) + g
+                tl.store(C1 + units, tl.sum(sgx * w[None, :], axis=1) * inv_count, mask=n < NB)
+                tl.store(C2 + units, tl.sum(sg * w[None, :], axis=1) * inv_count, mask=n < NB)
         dw += tl.sum(sgx, axis=0)
         db += tl.sum(sg, axis=0)
     if HAS_DW:
@@ -364,6 +374,7 @@ def _grad_apply_kernel(
 # Host side: layouts, launch configuration, and the launchers (same names/signatures as CUDA)
 # ---------------------------------------------------------------------------------------------
 TILE = 4096  # elements per program tile
+FINALIZE_CHANNELS = 256  # channels per program of the per-channel gradient finalize (BatchNorm, InstanceNorm)
 ONCHIP_FWD_ELEMS = 32768  # a (sample, group) tile up to this size is normalized from registers
 ONCHIP_BWD_ELEMS = 16384  # ... and its backward (x, dy and their products live: half the tile)
 
@@ -507,15 +518,16 @@ def _grad_finalize(part_g, part_gx, weight, nb, C, groups, count, need_c, dw_dty
         return c1, c2, dw, db
     if C == 0:
         return c1, c2, dw, db
-    block_cg = triton.next_power_of_2(cg)
+    per_channel = cg == 1
+    block_cg = min(FINALIZE_CHANNELS, triton.next_power_of_2(C)) if per_channel else triton.next_power_of_2(cg)
     block_n = max(1, min(triton.next_power_of_2(max(nb, 1)), TILE // block_cg))
     any_out = next(t for t in (c1, dw, db, part_g) if t is not None)
-    _grad_finalize_kernel[(groups,)](
+    _grad_finalize_kernel[(triton.cdiv(C, block_cg) if per_channel else groups,)](
         part_g, part_gx, weight if weight is not None else part_g, c1 if need_c else any_out,
         c2 if need_c else any_out, dw if dw is not None else any_out, db if db is not None else any_out,
         part_g.shape[0], nb, C, cg, 1.0 / max(count, 1),
         HAS_W=weight is not None, HAS_C=need_c, HAS_DW=dw is not None, HAS_DB=db is not None,
-        BLOCK_N=block_n, BLOCK_CG=block_cg, num_warps=num_warps(block_n * block_cg))
+        PER_CHANNEL=per_channel, BLOCK_N=block_n, BLOCK_CG=block_cg, num_warps=num_warps(block_n * block_cg))
     return c1, c2, dw, db
 
 
