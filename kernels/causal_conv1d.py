@@ -47,9 +47,10 @@ def _tap(X, Init, Seq, xrow, irow, srow, seq_l, d, src, D, L, sxl, sil, ssl,
 @triton.jit
 def _seq_at(Seq, srow, l, L, ssl, HAS_SEQ: tl.constexpr):
     """seq_idx at positions l (-2 outside [0, L): equal to no tap's; 0 without seq_idx)."""
+    s = tl.zeros_like(l)  # one return: both branches must give one type (unused and dropped without seq_idx)
     if HAS_SEQ:
-        return tl.load(Seq + srow + l.to(tl.int64) * ssl, mask=(l >= 0) & (l < L), other=-2)
-    return 0
+        s = tl.load(Seq + srow + l.to(tl.int64) * ssl, mask=(l >= 0) & (l < L), other=-2)
+    return s
 
 
 @triton.jit
@@ -155,9 +156,9 @@ def _causal_conv1d_bwd_kernel(
             p = tl.arange(0, BLOCK_K)[None, :] - (WIDTH - 1)
             acc = tl.zeros([BLOCK_D, BLOCK_K], tl.float32)
             for j in tl.static_range(1, WIDTH):
-                dz = _dz_at(X, Wt, Bias, Init, Seq, DY, xrow, irow, srow, dyrow, d, p + j, D, L, sxl, sil,
+                dzp = _dz_at(X, Wt, Bias, Init, Seq, DY, xrow, irow, srow, dyrow, d, p + j, D, L, sxl, sil,
                             ssl, sdyl, WIDTH, HAS_BIAS, SILU, HAS_INIT, HAS_SEQ)
-                acc += dz * tl.load(Wt + d * WIDTH + (WIDTH - 1 - j), mask=dmask, other=0.0).to(tl.float32)
+                acc += dzp * tl.load(Wt + d * WIDTH + (WIDTH - 1 - j), mask=dmask, other=0.0).to(tl.float32)
             tl.store(DINIT + b * sdib + d64 * sdid + (p + WIDTH - 1).to(tl.int64) * sdil,
                      acc.to(DINIT.dtype.element_ty), mask=dmask & (p < 0))
 

@@ -23,7 +23,7 @@ def _causal_conv1d_update_kernel(
     X, S, Wt, Bias, Y, Idx, Lens,   # x (B, D, L), state (B_pool, D, S), weight (D, W), bias (D,),
                                     # y (B, D, L), conv_state_indices (B,), cache_seqlens (B,) int32
     D, L, SLEN,                     # sizes: channels, new tokens, state length
-    sxb, sxd, sxl, ssb, ssd, ssw, syb, syd, syl,
+    sxb, sxd, sxl, ssb, ssd, ssw, syb, syd, syl, sidx, slens,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
     HAS_IDX: tl.constexpr, CIRCULAR: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -34,12 +34,12 @@ def _causal_conv1d_update_kernel(
     dm = d < D
     row = b
     if HAS_IDX:
-        row = tl.load(Idx + b).to(tl.int64)
+        row = tl.load(Idx + b * sidx).to(tl.int64)
     live = row >= 0                                                           # padding slot: skip
     row = tl.maximum(row, 0)
     base = 0
     if CIRCULAR:
-        base = tl.load(Lens + b)
+        base = tl.load(Lens + b * slens)
     srow = S + row * ssb + d64 * ssd
     xrow = X + b * sxb + d64 * sxd
     t = tl.arange(0, BLOCK_L)[None, :]                                        # (1, BL)
@@ -47,7 +47,10 @@ def _causal_conv1d_update_kernel(
     for k in tl.static_range(WIDTH):
         p = t - (WIDTH - 1) + k
         xv = tl.load(xrow + p.to(tl.int64) * sxl, mask=dm & (p >= 0) & (t < L), other=0.0)
-        slot = (base + p + SLEN) % SLEN                                       # p >= -(W - 1) >= -S
+        if CIRCULAR:
+            slot = (base + p + SLEN) % SLEN                                   # p >= -(W - 1) >= -S
+        else:
+            slot = SLEN + p                                                   # no integer division
         sv = tl.load(srow + slot.to(tl.int64) * ssw, mask=live & dm & (p < 0) & (t < L), other=0.0)
         acc += (xv.to(tl.float32) + sv.to(tl.float32)) * tl.load(Wt + d * WIDTH + k, mask=dm, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -88,6 +91,8 @@ def causal_conv1d_update(x, conv_state, weight, bias, silu, cache_seqlens=None, 
         conv_state_indices if conv_state_indices is not None else x,
         cache_seqlens if cache_seqlens is not None else x,
         D, L, slen, *x.stride(), *conv_state.stride(), *y.stride(),
+        conv_state_indices.stride(0) if conv_state_indices is not None else 0,
+        cache_seqlens.stride(0) if cache_seqlens is not None else 0,
         WIDTH=width, HAS_BIAS=bias is not None, SILU=bool(silu),
         HAS_IDX=conv_state_indices is not None, CIRCULAR=cache_seqlens is not None,
         BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_S=triton.next_power_of_2(max(slen, 1)), num_warps=4)

@@ -302,8 +302,9 @@ def _samples(device, dtype):
     # packed rows: sequences of 3, 1, 5 and 4 tokens; of 13; ids need not start at 0
     seq = _int32([[0, 0, 0, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3], [7] * 13], device)
     yield Sample("packed_seq_idx_w4", conv_args(r(2, 5, 13), r(5, 4, scale=0.5), r(5), "silu", seq), {}, (0, 1, 2))
-    yield Sample("packed_channel_last_w3", conv_args(r(2, 13, 6).transpose(1, 2), r(6, 3), None, None, seq), {},
-                 (0, 1))
+    strided_seq = seq.repeat_interleave(2, dim=1)[:, ::2]                     # same ids, stride 2
+    yield Sample("packed_channel_last_w3", conv_args(r(2, 13, 6).transpose(1, 2), r(6, 3), None, None, strided_seq),
+                 {}, (0, 1))
     yield Sample("initial_final_states_w4", conv_args(r(2, 5, 9), r(5, 4, scale=0.5), r(5), "silu", None,
                                                       r(2, 5, 3), True), {}, (0, 1, 2, 4))
     yield Sample("initial_states_channel_last", conv_args(r(2, 11, 6).transpose(1, 2), r(6, 3), r(6), None, None,
@@ -322,8 +323,8 @@ def _update_samples(device, dtype):
     yield Sample("three_tokens_long_state", (r(2, 5, 3), r(2, 5, 6), r(5, 4), r(5), "silu"))
     yield Sample("circular_cache_seqlens", (r(3, 4, 2), r(3, 4, 5), r(4, 4), r(4), "silu", _int32([0, 3, 9], device)))
     yield Sample("pool_indices_padding", (r(3, 6), r(5, 6, 3), r(6, 4), r(6), None, None, _int32([4, -1, 1], device)))
-    yield Sample("circular_pool_w3", (r(2, 5, 4), r(4, 5, 6), r(5, 3), None, "silu", _int32([4, 7], device),
-                                      _int32([2, 0], device)))
+    yield Sample("circular_pool_w3_strided_ints", (r(2, 5, 4), r(4, 5, 6), r(5, 3), None, "silu",
+                                                   _int32([4, 0, 7], device)[::2], _int32([2, 9, 0, 9], device)[::2]))
 
 
 def _bench_cases(device, dtype, quick):
