@@ -17,7 +17,8 @@ from dlkern.backend import choose
 from dlkern.ops.conv_common import dtype_reasons
 from dlkern.registry import Cost, OpSpec, Sample, register_op
 
-ACTIVATIONS = (None, "silu")
+ACTIVATIONS = (None, "silu", "swish")   # "swish" is causal-conv1d's other name for SiLU
+SILU = ("silu", "swish")
 MAX_WIDTH = 8
 
 
@@ -123,7 +124,7 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None, seq
         y = F.conv1d(torch.cat([initial_states, x], dim=-1), weight.unsqueeze(1), bias, groups=weight.shape[0])
     else:
         y = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=weight.shape[0])[..., :length]
-    y = F.silu(y) if activation == "silu" else y
+    y = F.silu(y) if activation in SILU else y
     return _finish(y, x, initial_states, width, return_final_states, final_states_out)
 
 
@@ -157,7 +158,7 @@ def causal_conv1d_update_ref(x: Tensor, conv_state: Tensor, weight: Tensor, bias
     ct = torch.promote_types(x.dtype, torch.float32)                          # fp32 math (fp64 stays)
     y = F.conv1d(window.to(ct), weight.to(ct).unsqueeze(1), bias.to(ct) if bias is not None else None,
                  groups=dim)                                                  # (B, D, L)
-    y = F.silu(y) if activation == "silu" else y
+    y = F.silu(y) if activation in SILU else y
     y = torch.where(live[:, None, None], y, 0.0)
     conv_state[rows[live]] = new_state[live].to(conv_state.dtype)
     return y.to(x.dtype).view(x.shape)
@@ -180,7 +181,7 @@ def _check(x, weight, bias, activation, x_dims=(3,), x_shape="(B, D, L)"):
         raise ValueError(f"bias must be None or a tensor of shape ({d},); got "
                          f"{list(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__}")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None or 'silu'; got {activation!r}")
+        raise ValueError(f"activation must be None or 'silu' ('swish'); got {activation!r}")
 
 
 def _check_int(name, t, shape):
@@ -203,7 +204,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, seq_idx
                   backend: str | None = None):
     """Causal depthwise conv1d with causal-conv1d's arguments. x (B, D, L), channel-first or
     channel-last (a (B, L, D) tensor transposed; the output keeps the layout), weight (D, W) with W
-    in 1..8, bias (D,) or None, activation None or "silu" (fused).
+    in 1..8, bias (D,) or None, activation None or "silu" (fused; "swish" is the same).
 
     seq_idx (B, L) int32: the sequence of each position; sequences packed in one row never see each
     other (each starts from zeros). initial_states (B, D, W - 1): the inputs before position 0 (the
@@ -224,7 +225,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, seq_idx
     chosen = choose(CAUSAL_CONV1D, args, {}, backend)
     if chosen == "reference":
         return causal_conv1d_ref(*args)
-    y = causal_conv1d_fwd_op(x, weight.contiguous(), bias, seq_idx, initial_states, activation == "silu", chosen)
+    y = causal_conv1d_fwd_op(x, weight.contiguous(), bias, seq_idx, initial_states, activation in SILU, chosen)
     return _finish(y, x, initial_states, width, return_final_states, final_states_out)
 
 
@@ -261,7 +262,7 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Te
         if chosen == "reference":
             return causal_conv1d_update_ref(*args)
         x3 = x.unsqueeze(-1) if x.dim() == 2 else x
-        y = causal_conv1d_update_op(x3, conv_state, weight.contiguous(), bias, activation == "silu",
+        y = causal_conv1d_update_op(x3, conv_state, weight.contiguous(), bias, activation in SILU,
                                     cache_seqlens, conv_state_indices, chosen)
     return y.view(x.shape)
 

@@ -130,7 +130,7 @@ def test_chunked_prefill_equals_one_shot(backend):
     state, outs, start = None, [], 0
     for n in (5, 2, 6):
         y, state = dlkern.nn.functional.causal_conv1d(x1[:, :, start:start + n], w1, b1, None, state, True,
-                                                      activation="silu", backend=backend)
+                                                      activation="swish", backend=backend)  # causal-conv1d's alias
         assert state.shape == (B, D, W - 1)
         outs.append(y)
         start += n
@@ -169,7 +169,7 @@ def test_multi_token_updates_equal_the_full_sequence(backend):
     state, outs, start = torch.zeros(B, D, S, device=DEVICE), [], 0
     for n in (1, 3, 2, 4):
         piece = x[:, :, start] if n == 1 else x[:, :, start:start + n]
-        y = dlkern.nn.functional.causal_conv1d_update(piece, state, w, b, "silu", backend=backend)
+        y = dlkern.nn.functional.causal_conv1d_update(piece, state, w, b, "swish", backend=backend)  # = silu
         assert y.shape == piece.shape
         outs.append(y.reshape(B, D, n))
         start += n
