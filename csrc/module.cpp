@@ -124,15 +124,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("dy3"), py::arg("x3"), py::arg("w"));
   m.def("causal_conv1d_fwd", &causal_conv1d_fwd,
         "Causal depthwise conv1d of x (B, D, L) (any strides) with weight (D, W), W <= 8, bias (D,)"
-        " or None, SiLU fused when silu.\nReturns y (B, D, L) in x's layout.",
-        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("silu"));
+        " or None, SiLU fused when silu; seq_idx (B, L) int32 (packed sequences) and"
+        " initial_states (B, D, W - 1) or None.\nReturns y (B, D, L) in x's layout.",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("silu"),
+        py::arg("seq_idx") = py::none(), py::arg("initial_states") = py::none());
   m.def("causal_conv1d_bwd", &causal_conv1d_bwd,
-        "Causal depthwise conv1d backward.\nReturns (dx like x, dweight (D, W), dbias (D,) or None);"
-        " dweight/dbias are deterministic.",
-        py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("silu"));
+        "Causal depthwise conv1d backward.\nReturns (dx like x, dweight (D, W), dbias (D,) or None,"
+        " dinitial_states (B, D, W - 1) or None); dweight/dbias are deterministic.",
+        py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("silu"),
+        py::arg("seq_idx") = py::none(), py::arg("initial_states") = py::none());
   m.def("causal_conv1d_update", &causal_conv1d_update,
-        "One decode step: x (B, D), conv_state (B, D, W - 1) updated in place.\nReturns y (B, D).",
-        py::arg("x"), py::arg("conv_state"), py::arg("weight"), py::arg("bias"), py::arg("silu"));
+        "Decode steps: x (B, D) or (B, D, L), conv_state (B_pool, D, S >= W - 1) updated in place;"
+        " cache_seqlens (B,) int32 makes it a circular buffer, conv_state_indices (B,) int32 picks"
+        " the state rows (negative: padding, y = 0).\nReturns y shaped like x.",
+        py::arg("x"), py::arg("conv_state"), py::arg("weight"), py::arg("bias"), py::arg("silu"),
+        py::arg("cache_seqlens") = py::none(), py::arg("conv_state_indices") = py::none());
   m.def("depthwise_conv2d_fwd", &depthwise_conv2d_fwd,
         "Depthwise conv2d of x (N, C, H, W) (any strides) with weight (C, KH, KW), bias (C,) or"
         " None; stride, padding (top, left), dilation and out_hw (OH, OW) are pairs.\nReturns y"

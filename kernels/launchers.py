@@ -11,7 +11,8 @@ from .weight_norm import weight_norm_bwd, weight_norm_fwd
 from .affine_coupling import affine_coupling_bwd, affine_coupling_fwd
 from .act_norm import act_norm_bwd, act_norm_fwd
 from .inv_conv1x1 import inv_conv1x1_bwd, inv_conv1x1_fwd
-from .causal_conv1d import causal_conv1d_bwd, causal_conv1d_fwd, causal_conv1d_update
+from .causal_conv1d import causal_conv1d_bwd, causal_conv1d_fwd
+from .causal_conv1d_update import causal_conv1d_update
 from .depthwise_conv2d import depthwise_conv2d_bwd, depthwise_conv2d_fwd
 from .dilated_conv1d import dilated_conv1d_bwd, dilated_conv1d_fwd
 from .wavenet import wavenet_layer_bwd, wavenet_layer_fwd

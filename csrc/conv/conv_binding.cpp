@@ -70,17 +70,48 @@ at::Tensor causal_conv1d_weight(const at::Tensor& weight, const at::Tensor& x, i
 
 }  // namespace
 
+namespace {
+
+// seq_idx, cache_seqlens, conv_state_indices: int32 of `sizes` on x's device, any strides; or None.
+const int32_t* int32_or_null(const OptTensor& t, const char* name, const at::Tensor& x,
+                             at::IntArrayRef sizes) {
+  if (!present(t)) return nullptr;
+  TORCH_CHECK(t->device() == x.device(), name, " must be on x's device ", x.device(), ", got ",
+              t->device());
+  TORCH_CHECK(t->scalar_type() == at::kInt, name, " must be int32, got ", t->scalar_type());
+  TORCH_CHECK(t->sizes() == sizes, name, " must have shape ", sizes, ", got ", t->sizes());
+  return t->data_ptr<int32_t>();
+}
+
+// initial_states (B, D, W - 1) like x, any strides; or undefined.
+at::Tensor initial_states_or_undefined(const OptTensor& t, const at::Tensor& x, int64_t width) {
+  if (!present(t)) return at::Tensor();
+  check_conv_operand(*t, "initial_states", x, {x.size(0), x.size(1), width - 1});
+  return *t;
+}
+
+template <size_t N>
+void strides_or_zero(const OptTensor& t, int64_t (&s)[N]) {
+  for (size_t i = 0; i < N; ++i) s[i] = present(t) ? t->stride(int64_t(i)) : 0;
+}
+
+}  // namespace
+
 at::Tensor causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight_in,
-                             const OptTensor& bias_in, bool silu) {
+                             const OptTensor& bias_in, bool silu, const OptTensor& seq_idx,
+                             const OptTensor& initial_states_in) {
   check_conv_x(x, "x", 3, "(B, D, L)");
   const at::Tensor weight = causal_conv1d_weight(weight_in, x, x.size(1));
   const at::Tensor bias = conv_bias(bias_in, x, x.size(1));
+  const at::Tensor init = initial_states_or_undefined(initial_states_in, x, weight.size(1));
   LaunchContext ctx(x);
   at::Tensor y = new_buffer_same_layout(x);  // (B, D, L)
   dlk::CausalConv1dFwdParams p{};
   p.x = x.data_ptr();
   p.weight = weight.data_ptr();
   p.bias = ptr_or_null<const void>(bias);
+  p.initial_states = ptr_or_null<const void>(init);
+  p.seq_idx = int32_or_null(seq_idx, "seq_idx", x, {x.size(0), x.size(2)});
   p.y = y.data_ptr();
   p.B = x.size(0);
   p.D = x.size(1);
@@ -88,6 +119,8 @@ at::Tensor causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight_in,
   p.width = int(weight.size(1));
   copy_strides(x, p.x_stride);
   copy_strides(y, p.y_stride);
+  strides_or_zero(initial_states_in, p.init_stride);
+  strides_or_zero(seq_idx, p.seq_stride);
   p.silu = silu;
   p.dtype = kernel_dtype(x);
   p.num_sms = ctx.num_sms();
@@ -95,28 +128,35 @@ at::Tensor causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight_in,
   return y;
 }
 
-// (dx like x, dweight (D, W) in weight's dtype, dbias (D,) in bias's dtype or None)
-std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd(
+// (dx like x, dweight (D, W) in weight's dtype, dbias (D,) in bias's dtype or None,
+//  dinitial_states (B, D, W - 1) or None)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd(
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight_in,
-    const OptTensor& bias_in, bool silu) {
+    const OptTensor& bias_in, bool silu, const OptTensor& seq_idx,
+    const OptTensor& initial_states_in) {
   check_conv_x(x, "x", 3, "(B, D, L)");
   check_conv_operand(dy, "dy", x, x.sizes());
   const at::Tensor weight = causal_conv1d_weight(weight_in, x, x.size(1));
   const at::Tensor bias = conv_bias(bias_in, x, x.size(1));
+  const at::Tensor init = initial_states_or_undefined(initial_states_in, x, weight.size(1));
   const int64_t D = x.size(1);
   LaunchContext ctx(x);
   const auto f32 = x.options().dtype(at::kFloat);
   at::Tensor dx = new_buffer_same_layout(x);                            // (B, D, L)
   at::Tensor dweight = new_buffer({D, weight.size(1)}, f32);           // (D, W)
   at::Tensor dbias = bias.defined() ? new_buffer({D}, f32) : at::Tensor();  // (D,)
+  at::Tensor dinit = init.defined() ? new_buffer(init.sizes(), x.options()) : at::Tensor();
   dlk::CausalConv1dBwdParams p{};
   p.dy = dy.data_ptr();
   p.x = x.data_ptr();
   p.weight = weight.data_ptr();
   p.bias = ptr_or_null<const void>(bias);
+  p.initial_states = ptr_or_null<const void>(init);
+  p.seq_idx = int32_or_null(seq_idx, "seq_idx", x, {x.size(0), x.size(2)});
   p.dx = dx.data_ptr();
   p.dweight = dweight.data_ptr<float>();
   p.dbias = ptr_or_null<float>(dbias);
+  p.dinitial_states = ptr_or_null<void>(dinit);
   p.B = x.size(0);
   p.D = D;
   p.L = x.size(2);
@@ -124,40 +164,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd(
   copy_strides(dy, p.dy_stride);
   copy_strides(x, p.x_stride);
   copy_strides(dx, p.dx_stride);
+  strides_or_zero(initial_states_in, p.init_stride);
+  strides_or_zero(seq_idx, p.seq_stride);
   p.silu = silu;
   p.dtype = kernel_dtype(x);
   p.num_sms = ctx.num_sms();
   dlk::causal_conv1d_bwd(p, ctx.stream());
   return {dx, dweight.to(weight.scalar_type()),
-          bias.defined() ? dbias.to(bias.scalar_type()) : at::Tensor()};
+          bias.defined() ? dbias.to(bias.scalar_type()) : at::Tensor(), dinit};
 }
 
-// y (B, D); conv_state (B, D, W - 1) is updated in place (never copied).
-at::Tensor causal_conv1d_update(const at::Tensor& x, const at::Tensor& conv_state,
-                                const at::Tensor& weight_in, const OptTensor& bias_in, bool silu) {
-  check_conv_x(x, "x", 2, "(B, D)");
+// y (B, D, L) (x (B, D) -> y (B, D)); conv_state (B_pool, D, S) is updated in place (never copied).
+at::Tensor causal_conv1d_update(const at::Tensor& x_in, const at::Tensor& conv_state,
+                                const at::Tensor& weight_in, const OptTensor& bias_in, bool silu,
+                                const OptTensor& cache_seqlens,
+                                const OptTensor& conv_state_indices) {
+  TORCH_CHECK(x_in.defined() && (x_in.dim() == 2 || x_in.dim() == 3),
+              "x must have shape (B, D) or (B, D, L)");
+  const at::Tensor x = x_in.dim() == 2 ? x_in.unsqueeze(2) : x_in;
+  check_conv_x(x, "x", 3, "(B, D, L)");
   const at::Tensor weight = causal_conv1d_weight(weight_in, x, x.size(1));
   const at::Tensor bias = conv_bias(bias_in, x, x.size(1));
-  check_conv_operand(conv_state, "conv_state", x, {x.size(0), x.size(1), weight.size(1) - 1});
+  const int64_t B = x.size(0), D = x.size(1);
+  TORCH_CHECK(conv_state.defined() && conv_state.dim() == 3 && conv_state.size(1) == D &&
+                  conv_state.size(2) >= weight.size(1) - 1 &&
+                  (present(conv_state_indices) || conv_state.size(0) == B),
+              "conv_state must have shape (B (or any pool size with conv_state_indices), D, S >= W"
+              " - 1), got ", conv_state.defined() ? conv_state.sizes() : at::IntArrayRef{});
+  check_like_x(conv_state, "conv_state", x);
   LaunchContext ctx(x);
-  at::Tensor y = new_buffer({x.size(0), x.size(1)}, x.options());  // (B, D)
+  at::Tensor y = new_buffer(x.sizes(), x.options());  // (B, D, L)
   dlk::CausalConv1dUpdateParams p{};
   p.x = x.data_ptr();
   p.state = conv_state.data_ptr();
   p.weight = weight.data_ptr();
   p.bias = ptr_or_null<const void>(bias);
+  p.cache_seqlens = int32_or_null(cache_seqlens, "cache_seqlens", x, {B});
+  p.state_indices = int32_or_null(conv_state_indices, "conv_state_indices", x, {B});
   p.y = y.data_ptr();
-  p.B = x.size(0);
-  p.D = x.size(1);
+  p.B = B;
+  p.D = D;
+  p.L = x.size(2);
+  p.S = conv_state.size(2);
   p.width = int(weight.size(1));
   copy_strides(x, p.x_stride);
   copy_strides(conv_state, p.state_stride);
   copy_strides(y, p.y_stride);
+  p.lens_stride = present(cache_seqlens) ? cache_seqlens->stride(0) : 0;
+  p.indices_stride = present(conv_state_indices) ? conv_state_indices->stride(0) : 0;
   p.silu = silu;
   p.dtype = kernel_dtype(x);
   p.num_sms = ctx.num_sms();
   dlk::causal_conv1d_update(p, ctx.stream());
-  return y;
+  return x_in.dim() == 2 ? y.squeeze(2) : y;
 }
 
 namespace {

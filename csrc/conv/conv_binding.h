@@ -11,14 +11,18 @@
 namespace dlk_bind {
 
 at::Tensor causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight_in,
-                             const OptTensor& bias_in, bool silu);
+                             const OptTensor& bias_in, bool silu, const OptTensor& seq_idx,
+                             const OptTensor& initial_states_in);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_bwd(
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& weight_in,
-    const OptTensor& bias_in, bool silu);
+    const OptTensor& bias_in, bool silu, const OptTensor& seq_idx,
+    const OptTensor& initial_states_in);
 
-at::Tensor causal_conv1d_update(const at::Tensor& x, const at::Tensor& conv_state,
-                                const at::Tensor& weight_in, const OptTensor& bias_in, bool silu);
+at::Tensor causal_conv1d_update(const at::Tensor& x_in, const at::Tensor& conv_state,
+                                const at::Tensor& weight_in, const OptTensor& bias_in, bool silu,
+                                const OptTensor& cache_seqlens,
+                                const OptTensor& conv_state_indices);
 
 at::Tensor depthwise_conv2d_fwd(const at::Tensor& x, const at::Tensor& weight_in,
                                 const OptTensor& bias_in, const std::vector<int64_t>& stride,

@@ -59,7 +59,7 @@ class MambaMixer(nn.Module):
 
     def forward(self, hidden):                                              # (B, L, d_model)
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                        # (B, L, d_inner) each
-        x = DF.causal_conv1d(x.transpose(1, 2), self.conv_weight, self.conv_bias, "silu")  # (B, d_inner, L)
+        x = DF.causal_conv1d(x.transpose(1, 2), self.conv_weight, self.conv_bias, activation="silu")  # (B, d_inner, L)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = nn.functional.linear(dt, self.dt_proj.weight)               # (B, L, d_inner); bias in the scan
         y = DF.selective_scan(x, delta.transpose(1, 2), -torch.exp(self.A_log),
@@ -73,16 +73,21 @@ class MambaMixer(nn.Module):
         conv = like.new_zeros(batch, self.d_inner, self.conv_weight.shape[1] - 1)
         return conv, like.new_zeros(batch, self.d_inner, self.d_state, dtype=torch.float32)
 
-    def step(self, hidden, state):                                          # (B, d_model), updates state
+    def step(self, hidden, state, rows=None, seqlens=None):                # (B, d_model), updates state
         """One token: the same math as forward at that position, with the conv window and the scan
-        state carried in ``state`` (updated in place)."""
+        state carried in ``state`` (updated in place). Serving: ``rows`` (B,) int32 picks each
+        token's state in a pool of states (the conv state's conv_state_indices), ``seqlens`` (B,)
+        int32 the tokens each has seen (the conv state is then a circular buffer)."""
         conv_state, ssm_state = state
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                        # (B, d_inner) each
-        x = DF.causal_conv1d_update(x, conv_state, self.conv_weight, self.conv_bias, "silu")
+        x = DF.causal_conv1d_update(x, conv_state, self.conv_weight, self.conv_bias, "silu", seqlens, rows)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = nn.functional.linear(dt, self.dt_proj.weight)               # (B, d_inner)
-        y = DF.selective_state_update(ssm_state, x, delta, -torch.exp(self.A_log), B, C, self.D, z,
+        ssm = ssm_state if rows is None else ssm_state[rows.long()]        # the scan op takes no pool: gather
+        y = DF.selective_state_update(ssm, x, delta, -torch.exp(self.A_log), B, C, self.D, z,
                                       dt_bias=self.dt_proj.bias, dt_softplus=True)  # (B, d_inner)
+        if rows is not None:
+            ssm_state[rows.long()] = ssm                                    # and scatter back
         return self.out_proj(y)                                             # (B, d_model)
 
 
@@ -119,30 +124,53 @@ class Mamba(nn.Module):
     def new_state(self, batch: int) -> list:
         return [layer.mixer.new_state(batch, self.embedding.weight) for layer in self.layers]
 
-    def step(self, token, state):                      # token (B,) -> logits (B, vocab); updates state
+    def step(self, token, state, rows=None, seqlens=None):  # token (B,) -> logits (B, vocab); updates state
         """Recurrent decoding: constant time and memory per token (the conv window and the scan
-        state per layer), equal to ``forward`` at that position."""
+        state per layer), equal to ``forward`` at that position. ``rows``/``seqlens``: see
+        :meth:`MambaMixer.step`."""
         x = self.embedding(token)                      # (B, d_model)
         for layer, layer_state in zip(self.layers, state):
-            x = x + layer.mixer.step(layer.norm(x), layer_state)
+            x = x + layer.mixer.step(layer.norm(x), layer_state, rows, seqlens)
         return self.lm_head(self.norm_f(x))
 
+    @staticmethod
+    def _pick(logits, temperature, generator):
+        if temperature > 0:
+            return torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+        return logits.argmax(-1)
+
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 0.0, generator=None):
+    def generate(self, idx, max_new_tokens: int, temperature: float = 0.0, generator=None, lengths=None):
         """Feed the prompt idx (B, L) token by token, then sample max_new_tokens (greedy when
-        temperature is 0). Returns (B, L + max_new_tokens)."""
-        state = self.new_state(idx.shape[0])
-        for t in range(idx.shape[1]):
-            logits = self.step(idx[:, t], state)
-        out = [idx]
-        for _ in range(max_new_tokens):
-            if temperature > 0:
-                token = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
-            else:
-                token = logits.argmax(-1)
-            out.append(token[:, None])
-            logits = self.step(token, state)
-        return torch.cat(out, 1)
+        temperature is 0). Returns (B, L + max_new_tokens).
+
+        Prompts of different lengths: ``lengths`` (B,), prompt b is ``idx[b, :lengths[b]]`` (the
+        rest is padding). Row b's answer is ``out[b, :lengths[b] + max_new_tokens]`` (zeros after),
+        the tokens its own unbatched generate gives. Served as a pool of states: every step feeds
+        each unfinished row its next prompt token or its last sampled one, only those rows
+        (conv_state_indices), each conv state a circular buffer (cache_seqlens)."""
+        if lengths is None:
+            state = self.new_state(idx.shape[0])
+            for t in range(idx.shape[1]):
+                logits = self.step(idx[:, t], state)
+            out = [idx]
+            for _ in range(max_new_tokens):
+                token = self._pick(logits, temperature, generator)
+                out.append(token[:, None])
+                logits = self.step(token, state)
+            return torch.cat(out, 1)
+        lengths = torch.as_tensor(lengths, device=idx.device).long()
+        batch, total = idx.shape[0], lengths + max_new_tokens
+        out = torch.zeros(batch, idx.shape[1] + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        out[:, :idx.shape[1]] = idx * (torch.arange(idx.shape[1], device=idx.device) < lengths[:, None])
+        state = self.new_state(batch)
+        for t in range(int(total.max()) - 1):
+            rows = torch.nonzero(total - 1 > t)[:, 0]                      # rows with a token still to pick
+            logits = self.step(out[rows, t], state, rows.int(), torch.full_like(rows, t, dtype=torch.int32))
+            sampling = t + 1 >= lengths[rows]                               # past the prompt: keep the pick
+            picked = self._pick(logits, temperature, generator)
+            out[rows[sampling], t + 1] = picked[sampling]
+        return out
 
 
 @register_model("mamba", task="copy", tiny={"n_layer": 1, "d_model": 4, "expand": 1, "d_state": 4},

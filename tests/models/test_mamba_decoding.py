@@ -38,3 +38,21 @@ def test_greedy_generate_matches_rerunning_the_prefix(device):
     with torch.no_grad():
         for t in range(5, 11):
             assert torch.equal(out[:, t], model(out[:, :t])[:, -1].argmax(-1)), f"position {t}"
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
+def test_batched_prompts_of_different_lengths_decode_as_alone(backend, device):
+    """generate(lengths=...) serves prompts of 5, 2 and 7 tokens as one batch (a pool of states,
+    rows leaving as they finish): each row's tokens are its own unbatched greedy decode."""
+    if backend != "reference" and dlkern.backend.availability(backend, device):
+        pytest.skip("; ".join(dlkern.backend.availability(backend, device)))
+    model = small_mamba(device)
+    lengths, new = [5, 2, 7], 4
+    idx = torch.randint(0, 17, (3, 7), generator=torch.Generator().manual_seed(3)).to(device)
+    with dlkern.use_backend(backend):
+        out = model.generate(idx, new, lengths=torch.tensor(lengths))
+        alone = [model.generate(idx[b:b + 1, :n], new)[0] for b, n in enumerate(lengths)]
+    assert out.shape == (3, 7 + new)
+    for b, n in enumerate(lengths):
+        assert torch.equal(out[b, :n + new], alone[b]), f"prompt {b}"
+        assert not out[b, n + new:].any()

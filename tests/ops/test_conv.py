@@ -28,7 +28,7 @@ def test_decode_steps_equal_full_sequence(backend, width, activation):
     _need(backend)
     B, D, L = 2, 5, 9
     x, w, b = _randn(B, D, L, seed=1), _randn(D, width, seed=2), _randn(D, seed=3)
-    full = dlkern.nn.functional.causal_conv1d(x, w, b, activation, backend="reference")
+    full = dlkern.nn.functional.causal_conv1d(x, w, b, activation=activation, backend="reference")
     state = torch.zeros(B, D, width - 1, device=DEVICE)
     steps = []
     for t in range(L):
@@ -53,11 +53,11 @@ def test_causal_conv1d_keeps_channel_last_and_takes_expanded_grads(backend):
     _need(backend)
     x = _randn(2, 11, 6, seed=1).transpose(1, 2).requires_grad_()   # (B, D, L), channel-last
     w = _randn(6, 4, seed=2).requires_grad_()
-    y = dlkern.nn.functional.causal_conv1d(x, w, None, "silu", backend=backend)
+    y = dlkern.nn.functional.causal_conv1d(x, w, None, activation="silu", backend=backend)
     assert y.stride() == x.stride()
     y.sum().backward()  # the cotangent is an expanded, stride-0 tensor
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-    dlkern.nn.functional.causal_conv1d(xr, wr, None, "silu", backend="reference").sum().backward()
+    dlkern.nn.functional.causal_conv1d(xr, wr, None, activation="silu", backend="reference").sum().backward()
     torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(w.grad, wr.grad, rtol=1e-5, atol=1e-5)
 
@@ -70,6 +70,171 @@ def test_causal_conv1d_bad_arguments():
         dlkern.nn.functional.causal_conv1d(x, _randn(3, 4), activation="relu")
     with pytest.raises(ValueError, match="conv_state must be"):
         dlkern.nn.functional.causal_conv1d_update(x[:, :, 0], torch.zeros(2, 3, 2, device=DEVICE), _randn(3, 4))
+
+
+# ---- causal_conv1d: packed sequences, chunked prefill, serving caches ---------------------------
+# Checked against an independent formulation: torch's conv1d run on each sequence by itself.
+def _conv_alone(x, w, b, activation, before=None):
+    """F.conv1d over one sequence x (B, D, L), zeros (or `before`, (B, D, W - 1)) before it."""
+    width = w.shape[1]
+    xin = torch.cat([before, x], -1) if before is not None else F.pad(x, (width - 1, 0))
+    y = F.conv1d(xin, w.unsqueeze(1), b, groups=w.shape[0])
+    return F.silu(y) if activation == "silu" else y
+
+
+def _grads(out, inputs, cot):
+    return torch.autograd.grad(out, inputs, cot)
+
+
+def _leaves(*tensors):
+    return tuple(t.clone().requires_grad_() for t in tensors)
+
+
+def _assert_all_close(got, expected):
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("channel_last", [False, True])
+def test_packed_rows_equal_per_sequence_runs(backend, channel_last):
+    _need(backend)
+    lengths = [[3, 1, 6, 2], [12]]                       # row 0 packs four sequences, row 1 one
+    B, D, L, W = 2, 5, 12, 4
+    x = _randn(B, L, D, seed=1).transpose(1, 2) if channel_last else _randn(B, D, L, seed=1)
+    w, b = _randn(D, W, seed=2), _randn(D, seed=3)
+    seq = torch.tensor([sum(([i] * n for i, n in enumerate(row)), []) for row in lengths], dtype=torch.int32,
+                       device=DEVICE)
+    cot = _randn(B, D, L, seed=4)
+    x1, w1, b1 = _leaves(x, w, b)
+    y = dlkern.nn.functional.causal_conv1d(x1, w1, b1, seq, activation="silu", backend=backend)
+    got = (y, *_grads(y, (x1, w1, b1), cot))
+    x2, w2, b2 = _leaves(x, w, b)
+    pieces = []
+    for r, row in enumerate(lengths):
+        starts = [sum(row[:i]) for i in range(len(row))]
+        pieces.append(torch.cat([_conv_alone(x2[r:r + 1, :, s:s + n], w2, b2, "silu") for s, n in zip(starts, row)], -1))
+    ref = torch.cat(pieces, 0)
+    expected = (ref, *_grads(ref, (x2, w2, b2), cot))
+    _assert_all_close(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chunked_prefill_equals_one_shot(backend):
+    """Chunks of 5, 2 (shorter than W - 1: its final states reach into its initial states) and 6
+    tokens, each starting from the previous one's final states; forward and every gradient."""
+    _need(backend)
+    B, D, L, W = 2, 4, 13, 4
+    x, w, b, cot = _randn(B, D, L, seed=1), _randn(D, W, seed=2), _randn(D, seed=3), _randn(B, D, L, seed=4)
+    x1, w1, b1 = _leaves(x, w, b)
+    state, outs, start = None, [], 0
+    for n in (5, 2, 6):
+        y, state = dlkern.nn.functional.causal_conv1d(x1[:, :, start:start + n], w1, b1, None, state, True,
+                                                      activation="swish", backend=backend)  # causal-conv1d's alias
+        assert state.shape == (B, D, W - 1)
+        outs.append(y)
+        start += n
+    y = torch.cat(outs, -1)
+    got = (y, state, *_grads(y, (x1, w1, b1), cot))
+    x2, w2, b2 = _leaves(x, w, b)
+    ref = _conv_alone(x2, w2, b2, "silu")
+    expected = (ref, x[:, :, L - (W - 1):], *_grads(ref, (x2, w2, b2), cot))
+    _assert_all_close(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_initial_states_gradient_and_final_states_out(backend):
+    _need(backend)
+    B, D, L, W = 2, 3, 6, 4
+    x, w, init = _randn(B, D, L, seed=1), _randn(D, W, seed=2), _randn(B, D, W - 1, seed=3)
+    cot_y, cot_f = _randn(B, D, L, seed=4), _randn(B, D, W - 1, seed=5)
+    out = torch.full((B, D, W - 1), float("nan"), device=DEVICE)
+    x1, i1 = _leaves(x, init)
+    y, final = dlkern.nn.functional.causal_conv1d(x1, w, None, None, i1, True, out, backend=backend)
+    assert final is out
+    got = (y, out, *_grads((y, final), (x1, i1), (cot_y, cot_f)))
+    x2, i2 = _leaves(x, init)
+    ref = _conv_alone(x2, w, None, None, before=i2)
+    expected = (ref, x[:, :, L - (W - 1):], *_grads((ref, x2[:, :, L - (W - 1):]), (x2, i2), (cot_y, cot_f)))
+    _assert_all_close(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multi_token_updates_equal_the_full_sequence(backend):
+    """Pieces of 1, 3, 2 and 4 tokens through a linear state longer than W - 1."""
+    _need(backend)
+    B, D, W, S = 2, 5, 4, 6
+    x, w, b = _randn(B, D, 10, seed=1), _randn(D, W, seed=2), _randn(D, seed=3)
+    full = _conv_alone(x, w, b, "silu")
+    state, outs, start = torch.zeros(B, D, S, device=DEVICE), [], 0
+    for n in (1, 3, 2, 4):
+        piece = x[:, :, start] if n == 1 else x[:, :, start:start + n]
+        y = dlkern.nn.functional.causal_conv1d_update(piece, state, w, b, "swish", backend=backend)  # = silu
+        assert y.shape == piece.shape
+        outs.append(y.reshape(B, D, n))
+        start += n
+    torch.testing.assert_close(torch.cat(outs, -1), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, x[:, :, 10 - S:])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_circular_buffer_continues_each_history(backend):
+    """Rows with 0, 2 and 9 past tokens held in a circular buffer of S = 5 (slot p mod S holds
+    position p); 3 new tokens continue the full-sequence conv, and land at their slots."""
+    _need(backend)
+    B, D, W, S, new = 3, 4, 4, 5, 3
+    past = [0, 2, 9]
+    w, b = _randn(D, W, seed=2), _randn(D, seed=3)
+    hist = _randn(B, D, max(past) + new, seed=1)
+    state = torch.full((B, D, S), float("nan"), device=DEVICE)
+    for r, n in enumerate(past):
+        for p in range(n - S, n):                        # zeros before the sequence's start
+            state[r, :, p % S] = hist[r, :, p] if p >= 0 else 0.0
+    x = torch.stack([hist[r, :, n:n + new] for r, n in enumerate(past)])
+    lens = torch.tensor(past, dtype=torch.int32, device=DEVICE)
+    state_before = state.clone()
+    y = dlkern.nn.functional.causal_conv1d_update(x, state, w, b, None, lens, backend=backend)
+    for r, n in enumerate(past):
+        full = _conv_alone(hist[r:r + 1, :, :n + new], w, b, None)
+        torch.testing.assert_close(y[r], full[0, :, n:], rtol=1e-5, atol=1e-5)
+        expected = state_before[r].clone()
+        for t in range(new):
+            expected[:, (n + t) % S] = x[r, :, t]
+        torch.testing.assert_close(state[r], expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_indices_select_pool_rows_and_skip_padding(backend):
+    _need(backend)
+    D, W = 6, 4
+    pool = _randn(5, D, W - 1, seed=1)
+    x, w = _randn(3, D, 2, seed=2), _randn(D, W, seed=3)
+    rows = torch.tensor([4, -1, 1], dtype=torch.int32, device=DEVICE)
+    state = pool.clone()
+    y = dlkern.nn.functional.causal_conv1d_update(x, state, w, None, "silu", None, rows, backend=backend)
+    for i, r in ((0, 4), (2, 1)):
+        alone = pool[r:r + 1].clone()
+        torch.testing.assert_close(y[i:i + 1], _conv_alone(x[i:i + 1], w, None, "silu", before=alone), rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(state[r], torch.cat([pool[r], x[i]], -1)[:, 2:])
+    assert torch.equal(y[1], torch.zeros_like(y[1]))                   # padding slot
+    for r in (0, 2, 3):
+        assert torch.equal(state[r], pool[r])                          # rows not in the batch
+
+
+def test_packed_and_state_arguments_are_checked():
+    x, w = _randn(2, 3, 5), _randn(3, 4)
+    seq = torch.zeros(2, 5, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match="seq_idx excludes initial_states"):
+        dlkern.nn.functional.causal_conv1d(x, w, None, seq, _randn(2, 3, 3))
+    with pytest.raises(ValueError, match="seq_idx must be None or an int32"):
+        dlkern.nn.functional.causal_conv1d(x, w, None, seq.long())
+    with pytest.raises(TypeError, match="the 4th argument is seq_idx"):
+        dlkern.nn.functional.causal_conv1d(x, w, None, "silu")
+    with pytest.raises(ValueError, match="initial_states must be None or a"):
+        dlkern.nn.functional.causal_conv1d(x, w, None, None, _randn(2, 3, 2))
+    with pytest.raises(ValueError, match="conv_state must be"):  # a pool needs conv_state_indices
+        dlkern.nn.functional.causal_conv1d_update(x, _randn(4, 3, 3), w)
 
 
 # ---- depthwise_conv2d, conv2d, Conv2d ---------------------------------------------------------
@@ -187,7 +352,7 @@ def test_compile_fullgraph_conv_ops(backend):
     def block(x, w_dw, w_causal):
         y = dlkern.nn.functional.depthwise_conv2d(x, w_dw, None, 1, "same")          # (N, C, H, W)
         seq = y.flatten(2)                                                             # (N, C, H*W)
-        return dlkern.nn.functional.causal_conv1d(seq, w_causal, None, "silu").square().sum()
+        return dlkern.nn.functional.causal_conv1d(seq, w_causal, None, activation="silu").square().sum()
 
     x = _randn(1, 4, 5, 5, seed=1).to(memory_format=torch.channels_last).requires_grad_()
     w_dw, w_causal = _randn(4, 1, 3, 3, seed=2).requires_grad_(), _randn(4, 3, seed=3).requires_grad_()
