@@ -137,7 +137,8 @@ def seq_idx_from_cu_seqlens(cu_seqlens: Tensor, L: int) -> Tensor:
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                        z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
                        return_last_state: bool = False, initial_state: Tensor | None = None,
-                       seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None):
+                       seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None,
+                       return_varlen_states: bool = False):
     """Reference: the sequential recurrence, one step at a time, in fp32 (fp64 for fp64 inputs).
 
     u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L), (batch, G, N, L) with G dividing
@@ -147,10 +148,15 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     cu_seqlens: (S + 1,) int32 starts of S sequences packed in one row (batch 1; 0 first, L last).
     Returns out (batch, dim, L) in u's dtype and, with ``return_last_state``, the state after each
     row's last step (batch, dim, N) in fp32 (fp64 for fp64 inputs): with packed sequences, the
-    final state of each row's last sequence.
+    final state of each row's last sequence. ``return_varlen_states`` (with cu_seqlens) appends the
+    final state of every sequence, (S, dim, N) (an empty sequence's is zero).
     """
+    ends = {}   # step -> the sequences ending there
     if cu_seqlens is not None:
         seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, u.shape[2])
+        for k, (a, b) in enumerate(zip(cu_seqlens.tolist(), cu_seqlens.tolist()[1:])):
+            if b > a:
+                ends.setdefault(b - 1, []).append(k)
     f = torch.promote_types(u.dtype, torch.float32)
     batch, dim, L = u.shape
     uf, dt = u.to(f), delta.to(f)
@@ -165,6 +171,7 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     # keep[:, t]: 0 where step t starts a new sequence (the state restarts from zero)
     keep = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(f)[:, :, None, None] if seq_idx is not None else None
     ys = []
+    finals = [uf.new_zeros(dim, A.shape[1])] * (cu_seqlens.numel() - 1 if cu_seqlens is not None else 0)
     for t, (dt_t, u_t) in enumerate(zip(dt.unbind(-1), uf.unbind(-1))):
         B_t = B0 if Bs is None else Bs[t]
         C_t = C0 if Cs is None else Cs[t]
@@ -172,13 +179,18 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
             h = h * keep[:, t - 1]
         h = torch.exp(dt_t[..., None] * Af) * h + (dt_t * u_t)[..., None] * B_t   # (batch, dim, N)
         ys.append((h * C_t).sum(-1))                                             # (batch, dim)
+        for k in ends.get(t, ()):
+            finals[k] = h[0]
     out = torch.stack(ys, -1)
     if D is not None:
         out = out + uf * D.to(f)[:, None]
     if z is not None:
         out = out * F.silu(z.to(f))
     out = out.to(u.dtype)
-    return (out, h) if return_last_state else out
+    result = (out, h) if return_last_state else (out,)
+    if return_varlen_states:
+        result += (torch.stack(finals),)
+    return result if len(result) > 1 else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +252,50 @@ def _check_packing(u, A, initial_state, seq_idx, cu_seqlens):
                 raise ValueError(f"cu_seqlens must rise from 0 to L = {L}; got {c}")
 
 
+def _check_varlen_states(args):
+    if args[12] is None:
+        raise ValueError("return_varlen_states needs cu_seqlens")
+    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args):
+        raise ValueError("return_varlen_states is forward only (as mamba_ssm's): run it under torch.no_grad() or "
+                         "on inputs that do not require grad")
+
+
+@torch.no_grad()
+def _varlen_states(u, delta, A, B, C, delta_bias, softplus, h0, cu_seqlens, states):
+    """Each sequence's final state from the forward's stored states (every backend stores the state
+    after every CHUNK-th step): from the last stored state inside the sequence (or from its start:
+    zero, or h0 for the one at step 0) replay the < CHUNK remaining steps, all sequences at once."""
+    f = torch.float32
+    L, N = u.shape[2], A.shape[1]
+    cu = cu_seqlens.long()
+    start, end = cu[:-1], cu[1:]                                           # (S,), end exclusive
+    stored = (end // CHUNK) * CHUNK                                        # first step after the last stored state
+    from_stored = (stored > start) & (stored > 0)
+    t0 = torch.where(from_stored, stored, start)
+    h = torch.zeros(start.numel(), u.shape[1], N, dtype=f, device=u.device)
+    k = (stored // CHUNK - 1).clamp(min=0)
+    h = torch.where(from_stored[:, None, None], states[0, :, k].transpose(0, 1), h)     # (S, dim, N)
+    if h0 is not None:
+        h = torch.where(((start == 0) & ~from_stored & (end > 0))[:, None, None], h0[0].to(f), h)
+    dt = delta[0].to(f) + (delta_bias.to(f)[:, None] if delta_bias is not None else 0)
+    dt = F.softplus(dt) if softplus else dt                               # (dim, L)
+    uf = u[0].to(f)
+    # variable B as (dim or 1, N, L); time-invariant B (dim, N) as it is
+    Bv = (B[0][None] if B.dim() == 3 else B[0].repeat_interleave(u.shape[1] // B.shape[1], 0)).to(f) \
+        if B.dim() >= 3 else None
+    for j in range(CHUNK):
+        t = t0 + j
+        live = t < end
+        if not bool(live.any()):
+            break
+        tc = t.clamp(max=L - 1)
+        dt_t, u_t = dt[:, tc].T, uf[:, tc].T                                # (S, dim)
+        B_t = Bv[..., tc].permute(2, 0, 1) if Bv is not None else B.to(f)[None]   # (S, dim or 1, N)
+        h_new = torch.exp(dt_t[..., None] * A.to(f)) * h + (dt_t * u_t)[..., None] * B_t
+        h = torch.where(live[:, None, None], h_new, h)
+    return h
+
+
 def _cpu_path(args) -> bool:
     """Whether the reference backend runs the C++ kernel (else the oracle itself, which also serves
     the differentiation modes the kernel has no rule for: forward AD, torch.func's grad)."""
@@ -254,13 +310,16 @@ def _cpu_path(args) -> bool:
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
                    return_last_state: bool = False, initial_state: Tensor | None = None,
-                   seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None, *, backend: str | None = None):
+                   seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None,
+                   return_varlen_states: bool = False, *, backend: str | None = None):
     """Drop-in for ``mamba_ssm``'s ``selective_scan_fn`` (shapes: :func:`selective_scan_ref`), plus
     an initial state and packed sequences (``seq_idx`` or ``cu_seqlens``: the state restarts from
     zero at each sequence start).
 
     Returns out (batch, dim, L) in u's dtype, and the last state (batch, dim, N, fp32) with
-    ``return_last_state`` (with packed sequences, the final state of each row's last sequence).
+    ``return_last_state`` (with packed sequences, the final state of each row's last sequence), and
+    with ``return_varlen_states`` (cu_seqlens only; forward only, as mamba_ssm's: no input may
+    require grad) the final state of every sequence, (S, dim, N) fp32.
     Gradients flow to every tensor argument, initial_state included (and through the last state).
     delta, B, C and z are computed in u's dtype; A, D, delta_bias and initial_state in fp32.
     """
@@ -268,9 +327,11 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     _check_packing(u, A, initial_state, seq_idx, cu_seqlens)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state, seq_idx,
             cu_seqlens)
+    if return_varlen_states:
+        _check_varlen_states(args)
     chosen = choose(SELECTIVE_SCAN, args, {}, backend)
     if chosen == "reference" and not _cpu_path(args):
-        return selective_scan_ref(*args)
+        return selective_scan_ref(*args, return_varlen_states)
     impl = "cpu" if chosen == "reference" else chosen
     dt = u.dtype
     as4 = lambda X: (X.unsqueeze(1) if X.dim() == 3 else X).to(dt)  # noqa: E731  (batch, 1, N, L)
@@ -281,7 +342,11 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                                         opt(z, dt), opt(delta_bias, torch.float32), bool(delta_softplus),
                                         opt(initial_state, torch.float32),
                                         seq_idx.contiguous() if seq_idx is not None else None, impl)
-    return (out, states[:, :, -1]) if return_last_state else out
+    result = (out, states[:, :, -1]) if return_last_state else (out,)
+    if return_varlen_states:
+        result += (_varlen_states(u, delta, A, B, C, delta_bias, delta_softplus, initial_state, cu_seqlens,
+                                  states),)
+    return result if len(result) > 1 else out
 
 
 # ---------------------------------------------------------------------------------------------

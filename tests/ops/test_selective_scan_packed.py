@@ -154,3 +154,34 @@ def test_cu_seqlens_must_cover_the_row():
     args = make_inputs(1, 3, 10, 5, seed=3)
     with pytest.raises(ValueError, match="rise from 0"):
         selective_scan(*args, cu_seqlens=torch.tensor([0, 4, 9], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("backend", PATHS)
+@pytest.mark.parametrize("cu", [[0, 64, 129, 130], [0, 0, 3, 70, 130]], ids=["chunk_aligned", "empty_and_long"])
+def test_varlen_states_equal_per_sequence_final_states(backend, cu):
+    """return_varlen_states: every sequence's final state (from the stored chunk states and a
+    replay of the steps after them) = the oracle run on that sequence alone."""
+    device = CUDA_DEVICE if backend == "cuda" else "cpu"
+    args = list(make_inputs(1, 4, 130, 3, groups=2, seed=len(cu), device=device))
+    h0 = torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(2)).to(device)
+    cu_t = torch.tensor(cu, dtype=torch.int32, device=device)
+    kw = dict(backend=backend) if backend else {}
+    with torch.no_grad():
+        out, states = selective_scan(*args, True, False, h0, cu_seqlens=cu_t, return_varlen_states=True, **kw)
+    lengths = [b - a for a, b in zip(cu, cu[1:])]
+    exact = [a.cpu().double() for a in args] + [h0.cpu().double()]
+    e_out, _ = _per_sequence([[n for n in lengths if n]], True)(*exact)
+    finals = []
+    for k, (a, b) in enumerate(zip(cu, cu[1:])):
+        sl = lambda t: t[..., a:b] if t is not None and t.dim() >= 3 else t  # noqa: E731
+        finals.append(selective_scan_ref(*[sl(t) for t in exact[:8]], True, True, exact[8] if a == 0 else None)[1][0]
+                      if b > a else torch.zeros(4, 3, dtype=torch.float64))
+    assert states.shape == (len(cu) - 1, 4, 3)
+    torch.testing.assert_close(out.cpu().double(), e_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(states.cpu().double(), torch.stack(finals), rtol=1e-4, atol=1e-5)
+
+
+def test_varlen_states_are_forward_only():
+    args = [a.requires_grad_(True) for a in make_inputs(1, 2, 10, 3, seed=1)]
+    with pytest.raises(ValueError, match="forward only"):
+        selective_scan(*args, True, cu_seqlens=torch.tensor([0, 4, 10], dtype=torch.int32), return_varlen_states=True)
