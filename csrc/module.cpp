@@ -185,9 +185,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   dlk_scan::def_selective_scan(m, &selective_scan_fwd, &selective_scan_bwd);
   m.def("selective_state_update", &selective_state_update,
         "One decoding step of the selective scan (csrc/scan/state_update.h). state (batch, dim, N), fp32"
-        " or x's dtype, is updated in place; B, C: (batch, G, N).\nReturns out (batch, dim) in x's dtype.",
+        " or x's dtype, is updated in place; B, C: (batch, G, N); state_batch_indices: (batch,) int32 rows of"
+        " state (a pool), or None.\nReturns out (batch, dim) in x's dtype.",
         py::arg("state"), py::arg("x"), py::arg("dt"), py::arg("A"), py::arg("B"), py::arg("C"),
-        py::arg("D"), py::arg("z"), py::arg("dt_bias"), py::arg("dt_softplus"));
+        py::arg("D"), py::arg("z"), py::arg("dt_bias"), py::arg("dt_softplus"),
+        py::arg("state_batch_indices") = py::none());
   m.def("set_debug_nan_fill", &set_debug_nan_fill,
         "When enabled, every output and partial buffer is filled with NaN before its kernel runs.",
         py::arg("enabled"));

@@ -35,8 +35,8 @@ const dlk_scan::Layout kCpuLayout{is_cpu, "a CPU tensor", /*fp32_time_major=*/tr
 std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const OptTensor& D, const OptTensor& z, const OptTensor& delta_bias,
-    bool delta_softplus) {
-  ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, kCpuLayout);
+    bool delta_softplus, const OptTensor& initial_state, const OptTensor& seq_idx) {
+  ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, kCpuLayout);
   const auto opts = in.u.options();
   at::Tensor out = new_buffer({in.p.batch, in.p.dim, in.p.L}, opts);
   at::Tensor states = new_buffer({in.p.batch, in.p.dim, in.n_chunks(), in.p.N}, opts);
@@ -48,13 +48,14 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(
 }
 
 // (du, ddelta, dz or empty: u's dtype; dA, dB, dC: fp32 in A's, B's, C's shapes; dD, ddelta_bias:
-// fp32 (dim,) or empty)
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+// fp32 (dim,) or empty; dinitial_state: fp32 (batch, dim, N) or empty)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
                    const at::Tensor& A, const at::Tensor& B, const at::Tensor& C, const OptTensor& D,
                    const OptTensor& z, const OptTensor& delta_bias, bool delta_softplus,
-                   const at::Tensor& states, const OptTensor& dlast) {
-  ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, kCpuLayout);
+                   const at::Tensor& states, const OptTensor& dlast, const OptTensor& initial_state,
+                   const OptTensor& seq_idx) {
+  ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, kCpuLayout);
   in.check_backward(dout, states, dlast, kCpuLayout);
   const dlk::SelectiveScanFwdParams& p = in.p;
   const at::Tensor dout32 = dout.to(at::kFloat).contiguous(), states32 = states.contiguous();
@@ -78,6 +79,8 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
   };
   at::Tensor dB = bc_partial(p.variable_B), dC = bc_partial(p.variable_C);
   at::Tensor dD = in.D.defined() ? new_buffer({p.batch, p.dim}, opts) : at::Tensor();
+  at::Tensor dh0 = in.h0.defined() ? new_buffer({p.batch, p.dim, p.N}, opts) : at::empty({0}, opts);
+  q.dh0 = in.h0.defined() ? dh0.data_ptr<float>() : nullptr;
   q.dout = dout32.data_ptr();
   q.dlast = dlast32.defined() ? dlast32.data_ptr<float>() : nullptr;
   q.du = du.data_ptr();
@@ -103,7 +106,7 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
   auto empty = [&](at::ScalarType t) { return at::empty({0}, opts.dtype(t)); };  // distinct outputs
   return {du.to(dtype), ddelta.to(dtype), dA.sum(0), finish_bc(dB, p.variable_B), finish_bc(dC, p.variable_C),
           dD.defined() ? dD.sum(0) : empty(at::kFloat), dz.defined() ? dz.to(dtype) : empty(dtype),
-          dbias.defined() ? dbias : empty(at::kFloat)};
+          dbias.defined() ? dbias : empty(at::kFloat), dh0};
 }
 
 }  // namespace

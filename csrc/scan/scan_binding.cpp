@@ -27,8 +27,8 @@ const dlk_scan::Layout kScanLayout{on_kernel_device, kDeviceKind, /*fp32_time_ma
 std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const OptTensor& D, const OptTensor& z, const OptTensor& delta_bias,
-    bool delta_softplus) {
-  dlk_scan::ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, kScanLayout);
+    bool delta_softplus, const OptTensor& initial_state, const OptTensor& seq_idx) {
+  dlk_scan::ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, kScanLayout);
   LaunchContext ctx(in.u);
   at::Tensor out = new_buffer({in.p.batch, in.p.dim, in.p.L}, in.u.options());
   at::Tensor states = new_buffer({in.p.batch, in.p.dim, in.n_chunks(), in.p.N}, in.u.options().dtype(at::kFloat));
@@ -40,13 +40,14 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(
 }
 
 // (du, ddelta, dz or empty: u's dtype; dA, dB, dC: fp32 in A's, B's, C's shapes; dD, ddelta_bias:
-// fp32 (dim,) or empty)
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+// fp32 (dim,) or empty; dinitial_state: fp32 (batch, dim, N) or empty)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor& delta,
                    const at::Tensor& A, const at::Tensor& B, const at::Tensor& C, const OptTensor& D,
                    const OptTensor& z, const OptTensor& delta_bias, bool delta_softplus,
-                   const at::Tensor& states, const OptTensor& dlast) {
-  dlk_scan::ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, kScanLayout);
+                   const at::Tensor& states, const OptTensor& dlast, const OptTensor& initial_state,
+                   const OptTensor& seq_idx) {
+  dlk_scan::ScanInputs in(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, kScanLayout);
   in.check_backward(dout, states, dlast, kScanLayout);
   const dlk::SelectiveScanFwdParams& p = in.p;
   LaunchContext ctx(in.u);
@@ -64,6 +65,7 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
   at::Tensor dB = bc(in.B, p.variable_B), dC = bc(in.C, p.variable_C);
   at::Tensor dD = in.D.defined() ? new_buffer({p.batch, p.dim}, f32) : at::Tensor();
   at::Tensor dbias = in.delta_bias.defined() ? new_buffer({p.batch, p.dim}, f32) : at::Tensor();
+  at::Tensor dh0 = in.h0.defined() ? new_buffer({p.batch, p.dim, p.N}, f32) : at::empty({0}, f32);
   dlk::SelectiveScanBwdParams q{};
   q.fwd = p;
   q.fwd.states = states_c.data_ptr<float>();
@@ -78,6 +80,7 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
   q.dC = dC.data_ptr<float>();
   q.dD = dD.defined() ? dD.data_ptr<float>() : nullptr;
   q.ddelta_bias = dbias.defined() ? dbias.data_ptr<float>() : nullptr;
+  q.dh0 = in.h0.defined() ? dh0.data_ptr<float>() : nullptr;
   q.n_dblocks = 1;
   if (p.batch > 0) {
     dlk::selective_scan_bwd(q, ctx.stream());
@@ -87,22 +90,32 @@ selective_scan_bwd(const at::Tensor& dout, const at::Tensor& u, const at::Tensor
   auto finish = [&](const at::Tensor& t, bool variable) { return variable ? t : t.sum(0); };
   return {du, ddelta, dA.sum(0), finish(dB, p.variable_B), finish(dC, p.variable_C),
           dD.defined() ? dD.sum(0) : at::empty({0}, f32), dz,
-          dbias.defined() ? dbias.sum(0) : at::empty({0}, f32)};
+          dbias.defined() ? dbias.sum(0) : at::empty({0}, f32), dh0};
 }
 
 // ---- selective state update (one decoding step) ------------------------------------------------
 
-// out (batch, dim) in x's dtype; state updated in place. dt, z, B, C are read in x's dtype, A, D,
-// dt_bias in fp32 (copies only where the given tensors differ: all of them are small).
+// out (batch, dim) in x's dtype; state updated in place (rows state_batch_indices[b] when given).
+// dt, z, B, C are read in x's dtype, A, D, dt_bias in fp32 (copies only where the given tensors
+// differ: all of them are small).
 at::Tensor selective_state_update(const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt,
                                   const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
                                   const OptTensor& D, const OptTensor& z, const OptTensor& dt_bias,
-                                  bool dt_softplus) {
+                                  bool dt_softplus, const OptTensor& state_batch_indices) {
   const dlk_scan::Layout& lay = kScanLayout;
   for (auto [t, name] : {std::pair{&state, "state"}, {&x, "x"}, {&dt, "dt"}, {&A, "A"}, {&B, "B"}, {&C, "C"}})
     dlk_scan::check_tensor(*t, name, lay);
   TORCH_CHECK(state.dim() == 3, "state must be (batch, dim, N), got shape ", state.sizes());
-  const int64_t batch = state.size(0), dim = state.size(1), N = state.size(2);
+  const bool indexed = present(state_batch_indices);
+  const int64_t batch = indexed ? x.size(0) : state.size(0), dim = state.size(1), N = state.size(2);
+  at::Tensor index;
+  if (indexed) {
+    TORCH_CHECK(lay.on_device(*state_batch_indices) && state_batch_indices->scalar_type() == at::kInt &&
+                    state_batch_indices->dim() == 1 && state_batch_indices->size(0) == batch,
+                "state_batch_indices must be ", lay.device_kind, " of int32 (batch,), got ",
+                state_batch_indices->scalar_type(), " ", state_batch_indices->sizes());
+    index = state_batch_indices->contiguous();
+  }
   TORCH_CHECK(x.dim() == 2 && x.size(0) == batch && x.size(1) == dim, "x must be (batch, dim) = (", batch,
               ", ", dim, "), got shape ", x.sizes());
   const dlk::DType io = kernel_dtype(x);
@@ -130,6 +143,7 @@ at::Tensor selective_state_update(const at::Tensor& state, const at::Tensor& x, 
   at::Tensor out = new_buffer({batch, dim}, x.options());
   dlk::SelectiveStateUpdateParams p{};
   p.state = state.data_ptr();
+  p.state_index = indexed ? index.data_ptr<int32_t>() : nullptr;
   p.x = x.data_ptr();
   p.dt = dt_x.data_ptr();
   p.z = z_x.defined() ? z_x.data_ptr() : nullptr;

@@ -33,12 +33,13 @@ inline void check_tensor(const at::Tensor& t, const char* name, const Layout& la
 
 // The prepared operands and the params struct pointing into them (the struct does not own them).
 struct ScanInputs {
-  at::Tensor u, delta, A, B, C, D, z, delta_bias;
+  at::Tensor u, delta, A, B, C, D, z, delta_bias, h0, seq_idx;
   dlk::SelectiveScanFwdParams p{};
 
   ScanInputs(const at::Tensor& u_in, const at::Tensor& delta_in, const at::Tensor& A_in,
              const at::Tensor& B_in, const at::Tensor& C_in, const OptTensor& D_in,
-             const OptTensor& z_in, const OptTensor& bias_in, bool delta_softplus, const Layout& lay) {
+             const OptTensor& z_in, const OptTensor& bias_in, bool delta_softplus, const OptTensor& h0_in,
+             const OptTensor& seq_in, const Layout& lay) {
     for (auto [t, name] : {std::pair{&u_in, "u"}, {&delta_in, "delta"}, {&A_in, "A"}, {&B_in, "B"}, {&C_in, "C"}})
       check_tensor(*t, name, lay);
     TORCH_CHECK(u_in.dim() == 3, "u must be (batch, dim, L), got shape ", u_in.sizes());
@@ -79,6 +80,19 @@ struct ScanInputs {
     if (present(bias_in)) delta_bias = as_f32(*bias_in);
     for (auto [t, name] : {std::pair{&D, "D"}, {&delta_bias, "delta_bias"}})
       TORCH_CHECK(!t->defined() || t->numel() == dim, name, " must be (dim,), got shape ", t->sizes());
+    if (present(h0_in)) {
+      check_tensor(*h0_in, "initial_state", lay);
+      TORCH_CHECK(h0_in->sizes() == at::IntArrayRef({batch, dim, N}), "initial_state must be (batch, dim, N), got ",
+                  h0_in->sizes());
+      h0 = as_f32(*h0_in);
+    }
+    if (present(seq_in)) {
+      TORCH_CHECK(lay.on_device(*seq_in) && seq_in->scalar_type() == at::kInt &&
+                      seq_in->sizes() == at::IntArrayRef({batch, L}),
+                  "seq_idx must be ", lay.device_kind, " of int32 (batch, L), got ", seq_in->scalar_type(), " ",
+                  seq_in->sizes());
+      seq_idx = seq_in->contiguous();
+    }
     p.u = u.data_ptr();
     p.delta = delta.data_ptr();
     p.A = A.data_ptr<float>();
@@ -87,6 +101,8 @@ struct ScanInputs {
     p.D = D.defined() ? D.data_ptr<float>() : nullptr;
     p.z = z.defined() ? z.data_ptr() : nullptr;
     p.delta_bias = delta_bias.defined() ? delta_bias.data_ptr<float>() : nullptr;
+    p.h0 = h0.defined() ? h0.data_ptr<float>() : nullptr;
+    p.seq_idx = seq_idx.defined() ? seq_idx.data_ptr<int32_t>() : nullptr;
     p.batch = batch;
     p.dim = dim;
     p.L = L;

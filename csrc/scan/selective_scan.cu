@@ -16,6 +16,10 @@
 // before the chunk (a forward block scan), then scans the adjoint x_t = a_t (C_t dy_t + x_{t+1})
 // backwards (reverse block scan; x carried between chunks in shared memory, started from dlast).
 // With z it first recomputes y (one more forward pass over n) for dz and dy.
+// Initial state and packed sequences (selective_scan.h): h0 enters as the state before chunk 0;
+// a step that starts a sequence gets a = 0 (a K-bit mask per thread, `resets`), which the block
+// scans compose like any other map (a segmented scan without a separate flag); the backward's
+// adjoint leaving chunk 0, a_0 g_0, is dh0.
 // Reductions: du and ddelta sum over n in registers; dA and time-invariant dB/dC sum over t per
 // warp (shuffles) into per-warp shared accumulators, written once per (row, n) at the end; dD
 // and ddelta_bias by block_sum2. Variable dB/dC sum over the channels of a group, which other
@@ -133,6 +137,7 @@ struct ScanRow {
   int64_t row, d, off, bc_off, n_stored;
   float D, bias;
   bool vec;
+  const int32_t* seq;   // this row's sequence ids, or null
 
   __device__ ScanRow(const SelectiveScanFwdParams& params, bool vec_ok) : p(params), vec(vec_ok) {
     row = blockIdx.x;
@@ -142,7 +147,24 @@ struct ScanRow {
     n_stored = (p.L + kScanChunk - 1) / kScanChunk;
     D = p.D ? p.D[d] : 0.f;
     bias = p.delta_bias ? p.delta_bias[d] : 0.f;
+    seq = p.seq_idx ? p.seq_idx + (row / p.dim) * p.L : nullptr;
   }
+
+  // Bit k: step t + k starts a new sequence (its decay is 0); no bits without seq_idx.
+  __device__ uint32_t resets(int64_t t) const {
+    uint32_t mask = 0;
+    if (seq) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int64_t tk = t + k;
+        if (tk > 0 && tk < p.L && seq[tk] != seq[tk - 1]) mask |= 1u << k;
+      }
+    }
+    return mask;
+  }
+
+  // The initial state of state n (0 without h0).
+  __device__ float initial(int64_t n) const { return p.h0 ? p.h0[row * p.N + n] : 0.f; }
 
   // u, the raw dt (delta + bias) and dt (softplus'd if asked; 0 past L: the identity step).
   __device__ void load_steps(int64_t t, float (&u)[K], float (&raw)[K], float (&dt)[K]) const {
@@ -167,21 +189,22 @@ struct ScanRow {
     }
   }
 
-  // The maps of this thread's steps for state n: a_t = exp(dt A), b_t = dt B u.
+  // The maps of this thread's steps for state n: a_t = exp(dt A) (0 where `resets` has bit k),
+  // b_t = dt B u.
   __device__ Affine steps(float A, const float (&dt)[K], const float (&u)[K], const float (&Bv)[K],
-                          Affine (&step)[K]) const {
+                          uint32_t resets, Affine (&step)[K]) const {
     Affine mine{1.f, 0.f};
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      step[k] = {expf(dt[k] * A), dt[k] * Bv[k] * u[k]};
+      step[k] = {(resets >> k) & 1u ? 0.f : expf(dt[k] * A), dt[k] * Bv[k] * u[k]};
       mine = then(mine, step[k]);
     }
     return mine;
   }
 
-  // The stored state after step t - 1 (t a multiple of kScanChunk; 0 before the sequence).
+  // The stored state after step t - 1 (t a multiple of kScanChunk; h0 before step 0).
   __device__ float stored_state_before(int64_t t, int64_t n) const {
-    return t == 0 ? 0.f : p.states[(row * n_stored + t / kScanChunk - 1) * p.N + n];
+    return t == 0 ? initial(n) : p.states[(row * n_stored + t / kScanChunk - 1) * p.N + n];
   }
 };
 
@@ -197,6 +220,7 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p, bool vec) {
     const int64_t t = t0 + int64_t(threadIdx.x) * K;
     float u[K], raw[K], dt[K], y[K];
     r.load_steps(t, u, raw, dt);
+    const uint32_t resets = r.resets(t);
 #pragma unroll
     for (int k = 0; k < K; ++k) y[k] = r.D * u[k];
     const float* carry_in = carry[c & 1];
@@ -206,9 +230,9 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p, bool vec) {
       r.load_bc(p.B, p.variable_B, n, t, Bv);
       r.load_bc(p.C, p.variable_C, n, t, Cv);
       Affine step[K], total;
-      const Affine before = block_exclusive_scan<false>(r.steps(p.A[r.d * p.N + n], dt, u, Bv, step),
+      const Affine before = block_exclusive_scan<false>(r.steps(p.A[r.d * p.N + n], dt, u, Bv, resets, step),
                                                         warp_tot, phase, total);
-      const float h0 = c == 0 ? 0.f : carry_in[n];   // written before the scan's barrier
+      const float h0 = c == 0 ? r.initial(n) : carry_in[n];   // written before the scan's barrier
       float h = before.a * h0 + before.b;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
@@ -230,8 +254,10 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p, bool vec) {
   }
 }
 
+// 4 blocks per SM (<= 128 registers): without the bound nvcc took 143 on sm_90a once the packing
+// arguments came in (3 blocks per SM).
 template <typename T, int K = kBwdItems>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreads, 4)
 selective_scan_bwd_kernel(const SelectiveScanBwdParams q, bool vec) {
   const SelectiveScanFwdParams& p = q.fwd;
   __shared__ Affine warp_tot[2][kMaxWarps];
@@ -253,6 +279,7 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams q, bool vec) {
     float u[K], raw[K], dt[K], dy[K], Bv[K], Cv[K];
     Affine step[K], total;
     r.load_steps(t, u, raw, dt);
+    const uint32_t resets = r.resets(t);
     load_items(dout_row, 1, t, p.L, vec, dy);   // 0 past L
     if (p.z) {   // dz needs y: one more forward pass over n
       float y[K], z[K], dz[K];
@@ -261,7 +288,7 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams q, bool vec) {
       for (int64_t n = 0; n < p.N; ++n) {
         r.load_bc(p.B, p.variable_B, n, t, Bv);
         r.load_bc(p.C, p.variable_C, n, t, Cv);
-        const Affine before = block_exclusive_scan<false>(r.steps(p.A[r.d * p.N + n], dt, u, Bv, step),
+        const Affine before = block_exclusive_scan<false>(r.steps(p.A[r.d * p.N + n], dt, u, Bv, resets, step),
                                                           warp_tot, phase, total);
         float h = before.a * r.stored_state_before(t0, n) + before.b;
 #pragma unroll
@@ -284,7 +311,8 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams q, bool vec) {
       const float A = p.A[r.d * p.N + n];
       r.load_bc(p.B, p.variable_B, n, t, Bv);
       r.load_bc(p.C, p.variable_C, n, t, Cv);
-      const Affine before = block_exclusive_scan<false>(r.steps(A, dt, u, Bv, step), warp_tot, phase, total);
+      const Affine before = block_exclusive_scan<false>(r.steps(A, dt, u, Bv, resets, step), warp_tot, phase,
+                                                        total);
       float hprev[K];   // the state before each step
       float h = before.a * r.stored_state_before(t0, n) + before.b;
 #pragma unroll
@@ -298,7 +326,11 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams q, bool vec) {
       for (int k = K - 1; k >= 0; --k) mine = then(mine, {step[k].a, step[k].a * Cv[k] * dy[k]});
       const Affine after = block_exclusive_scan<true>(mine, warp_tot, phase, total);
       const float x_end = c < last ? carry[(c + 1) & 1][n] : q.dlast ? q.dlast[r.row * p.N + n] : 0.f;
-      if (threadIdx.x == 0) carry[c & 1][n] = total.a * x_end + total.b;
+      if (threadIdx.x == 0) {
+        const float x_start = total.a * x_end + total.b;   // a_{t0} g_{t0}
+        carry[c & 1][n] = x_start;
+        if (c == 0 && q.dh0) q.dh0[r.row * p.N + n] = x_start;
+      }
       float x = after.a * x_end + after.b, dA = 0.f, dB_sum = 0.f, dC_sum = 0.f;
 #pragma unroll
       for (int k = K - 1; k >= 0; --k) {

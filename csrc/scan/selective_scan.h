@@ -3,7 +3,12 @@
 //
 // For each batch b, channel d and state n, over time t (all math in fp32):
 //   dt_t   = delta[b,d,t] + delta_bias[d], then softplus(dt_t) if delta_softplus
-//   h_t[n] = exp(dt_t A[d,n]) h_{t-1}[n] + dt_t B[n,t] u[b,d,t]          (h_{-1} = 0)
+//   h_t[n] = exp(dt_t A[d,n]) h_{t-1}[n] + dt_t B[n,t] u[b,d,t]          (h_{-1} = h0 or 0)
+// Packed sequences (seq_idx): at a step t > 0 whose id seq_idx[b,t] differs from step t - 1's the
+// decay exp(dt_t A) is replaced by 0, so the state restarts from zero. In the affine form of a step
+// (h -> a h + b) that is the reset flag of a segmented scan: composed maps forget everything before
+// a map with a = 0, so the block and chunk scans need no other change, and the adjoint below stops
+// there too (g_{t-1} gets a_t g_t = 0). dh0 = a_0 g_0.
 //   y_t    = sum_n C[n,t] h_t[n] + D[d] u[b,d,t];   out = y_t * silu(z[b,d,t]) if z is given
 // B and C are grouped, (batch, G, N, L) with channel d in group d / (dim / G), or time-invariant,
 // (dim, N). `states` holds h at the end of every chunk of kChunk steps: the backward recomputes
@@ -37,6 +42,8 @@ struct SelectiveScanFwdParams {
   const float* D;           // (dim,) or null
   const void* z;            // or null
   const float* delta_bias;  // (dim,) or null
+  const float* h0;          // (batch, dim, N) initial state, or null (zero)
+  const int32_t* seq_idx;   // (batch, L) sequence ids, or null (one sequence per row)
   void* out;
   float* states;            // (batch, dim, n_chunks, N)
   // sizes
@@ -61,6 +68,7 @@ struct SelectiveScanBwdParams {
   float* dC;                    // as dB
   float* dD;                    // (batch, dim) partials or null
   float* ddelta_bias;           // (batch, dim) partials or null
+  float* dh0;                   // (batch, dim, N) gradient of h0, or null (no h0)
   int64_t n_dblocks;            // CPU: tasks per (batch, group), each owning dB/dC partials
 };
 

@@ -217,9 +217,11 @@ DLK_INLINE void scatter(Vec* src, const SelectiveScanFwdParams& p, const Tile& t
 }
 
 // One chunk's inputs, transposed to (step, lane): the step sizes dt (delta + delta_bias, softplus'd
-// when asked) and d dt / d delta.
+// when asked) and d dt / d delta; reset[i]: step i starts a new sequence (its decay is 0; the
+// tile's lanes share one batch row, so one flag per step).
 struct ChunkIn {
   Vec dt[kScanChunk], dt_slope[kScanChunk], u[kScanChunk], z[kScanChunk];
+  bool reset[kScanChunk];
 };
 
 DLK_INLINE void load_chunk(const SelectiveScanFwdParams& p, const Tile& tile, int64_t t0, int64_t t1, ChunkIn& in) {
@@ -230,6 +232,17 @@ DLK_INLINE void load_chunk(const SelectiveScanFwdParams& p, const Tile& tile, in
   }
   gather(static_cast<const float*>(p.u), p, tile, t0, t1, in.u);
   if (p.z) gather(static_cast<const float*>(p.z), p, tile, t0, t1, in.z);
+  const int32_t* seq = p.seq_idx ? p.seq_idx + tile.b * p.L : nullptr;
+  for (int64_t i = 0; i < kScanChunk; ++i) {
+    const int64_t t = t0 + i;
+    in.reset[i] = seq && t > 0 && t < t1 && seq[t] != seq[t - 1];
+  }
+}
+
+// The initial state of the tile's lanes (zero without h0).
+DLK_INLINE void initial_state(const SelectiveScanFwdParams& p, const Tile& tile, Vec* h) {
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int v = 0; v < kLanes; ++v) h[n][v] = (p.h0 && v < tile.count) ? p.h0[tile.row(p, v) * p.N + n] : 0.f;
 }
 
 // Steps [t0, t1) from state h[N] (updated). y[i]: pre-gate outputs; hs/as: every state and decay,
@@ -241,9 +254,10 @@ DLK_INLINE void scan_chunk(const SelectiveScanFwdParams& p, const Tile& tile, co
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t i = t - t0;
     const Vec dt = in.dt[i], dtu = dt * in.u[i];
+    const bool reset = in.reset[i];
     Vec acc = tile.D * in.u[i];
     for (int64_t n = 0; n < N; ++n) {
-      const Vec a = exp_approx(dt * tile.A[n]);
+      const Vec a = reset ? Vec{} : exp_approx(dt * tile.A[n]);
       const Vec hn = a * h[n] + dtu * Bx.at<VB>(t, n, N);
       h[n] = hn;
       acc += Cx.at<VC>(t, n, N) * hn;
@@ -260,7 +274,8 @@ template <bool VB, bool VC>
 DLK_INLINE void fwd_tile(const SelectiveScanFwdParams& p, const Tile& tile) {
   const int64_t n_chunks = (p.L + kScanChunk - 1) / kScanChunk;
   const BC Bx(p, p.B, p.variable_B, tile), Cx(p, p.C, p.variable_C, tile);
-  Vec h[kScanMaxState] = {};
+  Vec h[kScanMaxState];
+  initial_state(p, tile, h);
   ChunkIn in;
   Vec y[kScanChunk];
   for (int64_t c = 0; c < n_chunks; ++c) {
@@ -305,9 +320,13 @@ DLK_INLINE void bwd_tile(const SelectiveScanBwdParams& q, const Tile& tile, floa
     for (int v = 0; v < kLanes; ++v) g[n][v] = (q.dlast && v < tile.count) ? q.dlast[tile.row(p, v) * N + n] : 0.f;
   for (int64_t c = n_chunks - 1; c >= 0; --c) {
     const int64_t t0 = c * kScanChunk, t1 = std::min(p.L, t0 + kScanChunk);
-    for (int64_t n = 0; n < N; ++n)
-      for (int v = 0; v < kLanes; ++v)
-        h0[n][v] = (c > 0 && v < tile.count) ? p.states[(tile.row(p, v) * n_chunks + c - 1) * N + n] : 0.f;
+    if (c == 0) {
+      initial_state(p, tile, h0);
+    } else {
+      for (int64_t n = 0; n < N; ++n)
+        for (int v = 0; v < kLanes; ++v)
+          h0[n][v] = v < tile.count ? p.states[(tile.row(p, v) * n_chunks + c - 1) * N + n] : 0.f;
+    }
     std::memcpy(h, h0, sizeof(Vec) * N);
     load_chunk(p, tile, t0, t1, in);
     gather(static_cast<const float*>(q.dout), p, tile, t0, t1, dout);
@@ -352,6 +371,7 @@ DLK_INLINE void bwd_tile(const SelectiveScanBwdParams& q, const Tile& tile, floa
   for (int v = 0; v < tile.count; ++v) {
     const int64_t row = tile.row(p, v);
     for (int64_t n = 0; n < N; ++n) {
+      if (q.dh0) q.dh0[row * N + n] = g[n][v];   // a_0 g_0 after the walk back
       q.dA[row * N + n] = dA[n][v];
       if (!VB) dB[row * N + n] = dBi[n][v];
       if (!VC) dC[row * N + n] = dCi[n][v];

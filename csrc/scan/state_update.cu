@@ -84,7 +84,8 @@ selective_state_update_kernel(const SelectiveStateUpdateParams p, int log2_lanes
       dt = to_float(DT[b * p.dt_stride[0] + d * p.dt_stride[1]]) + (p.dt_bias ? p.dt_bias[d] : 0.f);
       if (p.dt_softplus) dt = softplus_f(dt);
       const float dtx = dt * x;
-      S* h_row = state + b * p.state_stride[0] + d * p.state_stride[1];
+      const int64_t sb = p.state_index ? int64_t(p.state_index[b]) : b;
+      S* h_row = state + sb * p.state_stride[0] + d * p.state_stride[1];
       const int64_t bc_row = (b * p.groups + g) * p.N;
       const T* B_row = static_cast<const T*>(p.B) + bc_row;
       const T* C_row = static_cast<const T*>(p.C) + bc_row;

@@ -5,6 +5,9 @@
 //   dt = delta[b,d] + dt_bias[d], softplus'd when dt_softplus
 //   h[n] = exp(dt A[d,n]) state[b,d,n] + dt x[b,d] B[b,g,n]      (written back to state)
 //   out[b,d] = (sum_n C[b,g,n] h[n] + D[d] x[b,d]) * silu(z[b,d]) (z optional)
+// With state_index, row b reads and writes state[state_index[b]] (a pool of states; the indices
+// are distinct). mamba_ssm's multi-head layout is this one over nheads * dim channels (the
+// binding's caller flattens it).
 #pragma once
 
 #include <cstdint>
@@ -17,7 +20,8 @@ constexpr int kStateUpdateMaxState = 256;   // largest N
 
 struct SelectiveStateUpdateParams {
   // pointers
-  void* state;              // (batch, dim, N) in `state_dtype` (fp32 or `dtype`), strided, in place
+  void* state;              // (batch or pool, dim, N) in `state_dtype` (fp32 or `dtype`), strided, in place
+  const int32_t* state_index;   // (batch,) rows of `state`, or null (row b)
   const void* x;            // (batch, dim) strided, in `dtype`; dt and z as x
   const void* dt;
   const void* z;            // or null

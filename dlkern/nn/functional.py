@@ -15,7 +15,8 @@ from dlkern.ops.depthwise_conv2d import conv2d, depthwise_conv2d
 from dlkern.ops.dilated_conv1d import dilated_conv1d
 from dlkern.ops.wavenet import wavenet_layer
 # selective scan (Mamba)
-from dlkern.ops.selective_scan import selective_scan, selective_state_update
+from dlkern.ops.selective_scan import selective_scan
+from dlkern.ops.selective_state_update import selective_state_update
 # normalizing flows
 from dlkern.ops.act_norm import act_norm
 from dlkern.ops.affine_coupling import affine_coupling

@@ -14,7 +14,8 @@ from dlkern.ops.causal_conv1d import causal_conv1d, causal_conv1d_update  # noqa
 from dlkern.ops.depthwise_conv2d import depthwise_conv2d  # noqa: F401
 from dlkern.ops.dilated_conv1d import dilated_conv1d  # noqa: F401
 from dlkern.ops.wavenet import wavenet_layer  # noqa: F401
-from dlkern.ops.selective_scan import selective_scan, selective_state_update  # noqa: F401
+from dlkern.ops.selective_scan import selective_scan  # noqa: F401
+from dlkern.ops.selective_state_update import selective_state_update  # noqa: F401
 
 from dlkern.ops.higher_order import guard_double_backward  # noqa: E402
 from dlkern.registry import OPS  # noqa: E402

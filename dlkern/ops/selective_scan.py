@@ -7,13 +7,21 @@ For batch b, channel d, state n and time t (math in fp32 whatever the input dtyp
     h_t  = exp(dt_t A[d, n]) h_{t-1} + dt_t B[n, t] u_t
     y_t  = sum_n C[n, t] h_t + D u_t;      out_t = y_t silu(z_t) when z is given
 
+h_{-1} is ``initial_state`` (zero when absent). Packed sequences (``seq_idx`` (batch, L), or
+``cu_seqlens`` on a batch-1 row): at a step t > 0 whose sequence id differs from step t - 1's, the
+state restarts from zero, h_t = dt_t B[n, t] u_t. Every kernel computes that restart as a decay of
+0 at the first step of a sequence: the affine step maps h -> a h + b then compose across a boundary
+exactly as a segmented scan with a reset flag would (the map with a = 0 forgets everything before
+it), so the chunked and block-level scans need no new combine operator, and the adjoint
+g_{t-1} = a_t g_t stops at the boundary for the same reason.
+
 Implementations: ``selective_scan_ref`` is the plain sequential recurrence, the oracle the tests
 compare everything with. On CPU tensors the default path (the ``reference`` backend) runs the C++
 kernel in ``dlkern._C_cpu`` (the oracle when that build is missing); ``triton`` and ``cuda`` run
 the kernels. All three kernel paths share one pair of custom ops whose ``impl`` argument names the
 launcher module; the forward stores the state at the end of every 64-step chunk so the backward
 recomputes the states inside a chunk instead of storing every step. ``selective_state_update``
-(oracle: ``selective_state_update_ref``) has one in-place custom op, a Triton and a CUDA kernel.
+(dlkern/ops/selective_state_update.py) is the one-step decoding form.
 """
 from __future__ import annotations
 
@@ -43,58 +51,65 @@ def _launchers(impl: str, device: torch.device):
 # ---------------------------------------------------------------------------------------------
 # Custom ops (absent optional outputs are empty tensors at this level)
 # ---------------------------------------------------------------------------------------------
+# initial_state: (batch, dim, N) fp32, h_{-1}; seq_idx: (batch, L) int32 sequence ids (module docstring).
 @torch.library.custom_op("dlkern::selective_scan_fwd", mutates_args=())
 def selective_scan_fwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                           z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+                          initial_state: Optional[Tensor], seq_idx: Optional[Tensor],
                           impl: str) -> tuple[Tensor, Tensor]:
-    out, states = _launchers(impl, u.device).selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    out, states = _launchers(impl, u.device).selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                                initial_state, seq_idx)
     return out, states
 
 
 @torch.library.custom_op("dlkern::selective_scan_bwd", mutates_args=())
 def selective_scan_bwd_op(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                           D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
-                          delta_softplus: bool, states: Tensor, dlast: Optional[Tensor], impl: str
-                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                          delta_softplus: bool, states: Tensor, dlast: Optional[Tensor],
+                          initial_state: Optional[Tensor], seq_idx: Optional[Tensor], impl: str
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The forward's gradients and, last, that of initial_state (fp32; empty without one)."""
     grads = _launchers(impl, u.device).selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias,
-                                                           delta_softplus, states, dlast)
+                                                           delta_softplus, states, dlast, initial_state, seq_idx)
     return tuple(grads)
 
 
 @selective_scan_fwd_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, impl):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx, impl):
     batch, dim, L = u.shape
     n_chunks = (L + CHUNK - 1) // CHUNK
     return u.new_empty(batch, dim, L), u.new_empty(batch, dim, n_chunks, A.shape[1], dtype=torch.float32)
 
 
 @selective_scan_bwd_op.register_fake
-def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, states, dlast, impl):
+def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, states, dlast, initial_state, seq_idx, impl):
     f32 = torch.float32
     dim = u.shape[1]
     return (u.new_empty(u.shape), u.new_empty(u.shape), A.new_empty(A.shape, dtype=f32),
             B.new_empty(B.shape, dtype=f32), C.new_empty(C.shape, dtype=f32),
             u.new_empty(dim, dtype=f32) if D is not None else u.new_empty(0, dtype=f32),
             u.new_empty(u.shape) if z is not None else u.new_empty(0),
-            u.new_empty(dim, dtype=f32) if delta_bias is not None else u.new_empty(0, dtype=f32))
+            u.new_empty(dim, dtype=f32) if delta_bias is not None else u.new_empty(0, dtype=f32),
+            u.new_empty(initial_state.shape, dtype=f32) if initial_state is not None else u.new_empty(0, dtype=f32))
 
 
 def _setup(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, impl = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1])
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, impl = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1], h0, seq_idx)
     ctx.delta_softplus, ctx.impl = delta_softplus, impl
 
 
 def _backward(ctx, dout, dstates):
-    u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+    u, delta, A, B, C, D, z, delta_bias, states, h0, seq_idx = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(u)
     dlast = dstates[:, :, -1] if dstates is not None else None
-    du, ddelta, dA, dB, dC, dD, dz, dbias = selective_scan_bwd_op(
-        dout, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, states, dlast, ctx.impl)
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = selective_scan_bwd_op(
+        dout, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, states, dlast, h0, seq_idx, ctx.impl)
     return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD.to(D.dtype) if D is not None else None, dz if z is not None else None,
-            dbias.to(delta_bias.dtype) if delta_bias is not None else None, None, None)
+            dbias.to(delta_bias.dtype) if delta_bias is not None else None, None,
+            dh0 if h0 is not None else None, None, None)
 
 
 selective_scan_fwd_op.register_autograd(_backward, setup_context=_setup)
@@ -112,15 +127,36 @@ def _per_step(X: Tensor, dim: int):
     return list(X.repeat_interleave(dim // X.shape[1], dim=1).unbind(-1)), None  # (batch, G, N, L)
 
 
+def seq_idx_from_cu_seqlens(cu_seqlens: Tensor, L: int) -> Tensor:
+    """(S + 1,) int32 sequence starts (0, ..., L) -> (1, L) int32 sequence ids 0 .. S - 1."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    ids = torch.arange(lengths.numel(), dtype=torch.int32, device=cu_seqlens.device)
+    return torch.repeat_interleave(ids, lengths, output_size=L)[None]
+
+
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                        z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                       return_last_state: bool = False):
+                       return_last_state: bool = False, initial_state: Tensor | None = None,
+                       seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None,
+                       return_varlen_states: bool = False):
     """Reference: the sequential recurrence, one step at a time, in fp32 (fp64 for fp64 inputs).
 
     u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, N, L), (batch, G, N, L) with G dividing
-    dim, or (dim, N); D, delta_bias: (dim,). Returns out (batch, dim, L) in u's dtype and, with
-    ``return_last_state``, the last state (batch, dim, N) in fp32 (fp64 for fp64 inputs).
+    dim, or (dim, N); D, delta_bias: (dim,); initial_state: (batch, dim, N), the state before step 0
+    (so with packed sequences, that of each row's first sequence; later ones start from zero);
+    seq_idx: (batch, L) int32 sequence ids, the state restarting from zero where the id changes;
+    cu_seqlens: (S + 1,) int32 starts of S sequences packed in one row (batch 1; 0 first, L last).
+    Returns out (batch, dim, L) in u's dtype and, with ``return_last_state``, the state after each
+    row's last step (batch, dim, N) in fp32 (fp64 for fp64 inputs): with packed sequences, the
+    final state of each row's last sequence. ``return_varlen_states`` (with cu_seqlens) appends the
+    final state of every sequence, (S, dim, N) (an empty sequence's is zero).
     """
+    ends = {}   # step -> the sequences ending there
+    if cu_seqlens is not None:
+        seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, u.shape[2])
+        for k, (a, b) in enumerate(zip(cu_seqlens.tolist(), cu_seqlens.tolist()[1:])):
+            if b > a:
+                ends.setdefault(b - 1, []).append(k)
     f = torch.promote_types(u.dtype, torch.float32)
     batch, dim, L = u.shape
     uf, dt = u.to(f), delta.to(f)
@@ -131,20 +167,30 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     Af = A.to(f)
     Bs, B0 = _per_step(B.to(f), dim)
     Cs, C0 = _per_step(C.to(f), dim)
-    h = uf.new_zeros(batch, dim, A.shape[1])
+    h = initial_state.to(f) if initial_state is not None else uf.new_zeros(batch, dim, A.shape[1])
+    # keep[:, t]: 0 where step t starts a new sequence (the state restarts from zero)
+    keep = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(f)[:, :, None, None] if seq_idx is not None else None
     ys = []
+    finals = [uf.new_zeros(dim, A.shape[1])] * (cu_seqlens.numel() - 1 if cu_seqlens is not None else 0)
     for t, (dt_t, u_t) in enumerate(zip(dt.unbind(-1), uf.unbind(-1))):
         B_t = B0 if Bs is None else Bs[t]
         C_t = C0 if Cs is None else Cs[t]
+        if keep is not None and t > 0:
+            h = h * keep[:, t - 1]
         h = torch.exp(dt_t[..., None] * Af) * h + (dt_t * u_t)[..., None] * B_t   # (batch, dim, N)
         ys.append((h * C_t).sum(-1))                                             # (batch, dim)
+        for k in ends.get(t, ()):
+            finals[k] = h[0]
     out = torch.stack(ys, -1)
     if D is not None:
         out = out + uf * D.to(f)[:, None]
     if z is not None:
         out = out * F.silu(z.to(f))
     out = out.to(u.dtype)
-    return (out, h) if return_last_state else out
+    result = (out, h) if return_last_state else (out,)
+    if return_varlen_states:
+        result += (torch.stack(finals),)
+    return result if len(result) > 1 else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,128 +225,128 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
             raise ValueError(f"{name} must be (dim,) = ({dim},); got shape {list(t.shape)}")
 
 
+def _check_packing(u, A, initial_state, seq_idx, cu_seqlens):
+    batch, dim, L = u.shape
+    if initial_state is not None:
+        if not isinstance(initial_state, Tensor) or not initial_state.is_floating_point() or \
+                tuple(initial_state.shape) != (batch, dim, A.shape[1]):
+            raise ValueError(f"initial_state must be a floating-point (batch, dim, N) = ({batch}, {dim}, "
+                             f"{A.shape[1]}) tensor; got {getattr(initial_state, 'shape', initial_state)}")
+    if seq_idx is not None and cu_seqlens is not None:
+        raise ValueError("give seq_idx or cu_seqlens, not both")
+    for name, t, shape in (("seq_idx", seq_idx, (batch, L)), ("cu_seqlens", cu_seqlens, None)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor) or t.dtype != torch.int32 or t.device != u.device:
+            raise TypeError(f"{name} must be an int32 tensor on u's device {u.device}; got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+        if shape is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name} must be (batch, L) = {shape}; got shape {list(t.shape)}")
+    if cu_seqlens is not None:
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or batch != 1:
+            raise ValueError(f"cu_seqlens must be (S + 1,) with S >= 1 on a batch-1 packed row; got shape "
+                             f"{list(cu_seqlens.shape)} with batch {batch}")
+        if cu_seqlens.device.type != "cuda":   # (on a GPU the check would synchronize: the contract stands)
+            c = cu_seqlens.tolist()
+            if c[0] != 0 or c[-1] != L or any(b < a for a, b in zip(c, c[1:])):
+                raise ValueError(f"cu_seqlens must rise from 0 to L = {L}; got {c}")
+
+
+def _check_varlen_states(args):
+    if args[12] is None:
+        raise ValueError("return_varlen_states needs cu_seqlens")
+    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args):
+        raise ValueError("return_varlen_states is forward only (as mamba_ssm's): run it under torch.no_grad() or "
+                         "on inputs that do not require grad")
+
+
+@torch.no_grad()
+def _varlen_states(u, delta, A, B, C, delta_bias, softplus, h0, cu_seqlens, states):
+    """Each sequence's final state from the forward's stored states (every backend stores the state
+    after every CHUNK-th step): from the last stored state inside the sequence (or from its start:
+    zero, or h0 for the one at step 0) replay the < CHUNK remaining steps, all sequences at once."""
+    f = torch.float32
+    L, N = u.shape[2], A.shape[1]
+    cu = cu_seqlens.long()
+    start, end = cu[:-1], cu[1:]                                           # (S,), end exclusive
+    stored = (end // CHUNK) * CHUNK                                        # first step after the last stored state
+    from_stored = (stored > start) & (stored > 0)
+    t0 = torch.where(from_stored, stored, start)
+    h = torch.zeros(start.numel(), u.shape[1], N, dtype=f, device=u.device)
+    k = (stored // CHUNK - 1).clamp(min=0)
+    h = torch.where(from_stored[:, None, None], states[0, :, k].transpose(0, 1), h)     # (S, dim, N)
+    if h0 is not None:
+        h = torch.where(((start == 0) & ~from_stored & (end > 0))[:, None, None], h0[0].to(f), h)
+    dt = delta[0].to(f) + (delta_bias.to(f)[:, None] if delta_bias is not None else 0)
+    dt = F.softplus(dt) if softplus else dt                               # (dim, L)
+    uf = u[0].to(f)
+    # variable B as (dim or 1, N, L); time-invariant B (dim, N) as it is
+    Bv = (B[0][None] if B.dim() == 3 else B[0].repeat_interleave(u.shape[1] // B.shape[1], 0)).to(f) \
+        if B.dim() >= 3 else None
+    for j in range(CHUNK):
+        t = t0 + j
+        live = t < end
+        if not bool(live.any()):
+            break
+        tc = t.clamp(max=L - 1)
+        dt_t, u_t = dt[:, tc].T, uf[:, tc].T                                # (S, dim)
+        B_t = Bv[..., tc].permute(2, 0, 1) if Bv is not None else B.to(f)[None]   # (S, dim or 1, N)
+        h_new = torch.exp(dt_t[..., None] * A.to(f)) * h + (dt_t * u_t)[..., None] * B_t
+        h = torch.where(live[:, None, None], h_new, h)
+    return h
+
+
 def _cpu_path(args) -> bool:
     """Whether the reference backend runs the C++ kernel (else the oracle itself, which also serves
     the differentiation modes the kernel has no rule for: forward AD, torch.func's grad)."""
     u, A = args[0], args[2]
+    tensors = [t for t in args if isinstance(t, Tensor)]
     return (u.device.type == "cpu" and u.dtype in KERNEL_DTYPES and A.shape[1] <= MAX_STATE
             and _ext.cpu_module() is not None
-            and not _backend.autodiff_transforms([t for t in args if t is not None]))
+            and not _backend.autodiff_transforms(tensors))
 
 
 @follows_autocast(NONE)
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                   return_last_state: bool = False, *, backend: str | None = None):
-    """Drop-in for ``mamba_ssm``'s ``selective_scan_fn`` (shapes: :func:`selective_scan_ref`).
+                   return_last_state: bool = False, initial_state: Tensor | None = None,
+                   seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None,
+                   return_varlen_states: bool = False, *, backend: str | None = None):
+    """Drop-in for ``mamba_ssm``'s ``selective_scan_fn`` (shapes: :func:`selective_scan_ref`), plus
+    an initial state and packed sequences (``seq_idx`` or ``cu_seqlens``: the state restarts from
+    zero at each sequence start).
 
     Returns out (batch, dim, L) in u's dtype, and the last state (batch, dim, N, fp32) with
-    ``return_last_state``. Gradients flow to every tensor argument (and through the last state).
-    delta, B, C and z are computed in u's dtype; A, D and delta_bias in fp32.
+    ``return_last_state`` (with packed sequences, the final state of each row's last sequence), and
+    with ``return_varlen_states`` (cu_seqlens only; forward only, as mamba_ssm's: no input may
+    require grad) the final state of every sequence, (S, dim, N) fp32.
+    Gradients flow to every tensor argument, initial_state included (and through the last state).
+    delta, B, C and z are computed in u's dtype; A, D, delta_bias and initial_state in fp32.
     """
     _check(u, delta, A, B, C, D, z, delta_bias)
-    args = (u, delta, A, B, C, D, z, delta_bias)
+    _check_packing(u, A, initial_state, seq_idx, cu_seqlens)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state, seq_idx,
+            cu_seqlens)
+    if return_varlen_states:
+        _check_varlen_states(args)
     chosen = choose(SELECTIVE_SCAN, args, {}, backend)
     if chosen == "reference" and not _cpu_path(args):
-        return selective_scan_ref(*args, delta_softplus, return_last_state)
+        return selective_scan_ref(*args, return_varlen_states)
     impl = "cpu" if chosen == "reference" else chosen
     dt = u.dtype
     as4 = lambda X: (X.unsqueeze(1) if X.dim() == 3 else X).to(dt)  # noqa: E731  (batch, 1, N, L)
     opt = lambda t, dtype: t.to(dtype) if t is not None else None  # noqa: E731
+    if cu_seqlens is not None:
+        seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, u.shape[2])
     out, states = selective_scan_fwd_op(u, delta.to(dt), A.float(), as4(B), as4(C), opt(D, torch.float32),
-                                        opt(z, dt), opt(delta_bias, torch.float32), bool(delta_softplus), impl)
-    return (out, states[:, :, -1]) if return_last_state else out
-
-
-def selective_state_update_ref(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                               D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
-                               dt_softplus: bool = False) -> Tensor:
-    """Reference decoding step: one step of :func:`selective_scan_ref`. **Updates ``state`` in
-    place** (rounded to its dtype) and returns out (batch, dim) in x's dtype.
-
-    state: (batch, dim, N); x, dt, z: (batch, dim); A: (dim, N); B, C: (batch, N) or (batch, G, N)
-    with G dividing dim; D, dt_bias: (dim,). Math in fp32 (fp64 for fp64 inputs)."""
-    dim = state.shape[1]
-    f = torch.promote_types(x.dtype, torch.float32)
-    per_channel = lambda t: (t[:, None] if t.dim() == 2 else  # noqa: E731  -> (batch, dim or 1, N)
-                             t.repeat_interleave(dim // t.shape[1], dim=1)).to(f)
-    dtf = dt.to(f) + (dt_bias.to(f) if dt_bias is not None else 0)
-    if dt_softplus:
-        dtf = F.softplus(dtf)
-    xf = x.to(f)
-    h = torch.exp(dtf[..., None] * A.to(f)) * state.to(f) + (dtf * xf)[..., None] * per_channel(B)
-    state.copy_(h)
-    out = (h * per_channel(C)).sum(-1)
-    if D is not None:
-        out = out + xf * D.to(f)
-    if z is not None:
-        out = out * F.silu(z.to(f))
-    return out.to(x.dtype)
-
-
-@torch.library.custom_op("dlkern::selective_state_update", mutates_args=("state",))
-def selective_state_update_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                              D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
-                              dt_softplus: bool, backend: str) -> Tensor:
-    """B, C (batch, G, N); dt, z, B, C in x's dtype; A, D, dt_bias fp32; ``backend``: triton or cuda."""
-    return _backend.launchers(backend, x.device).selective_state_update(state, x, dt, A, B, C, D, z, dt_bias,
-                                                                        dt_softplus)
-
-
-@selective_state_update_op.register_fake
-def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
-    return x.new_empty(x.shape)
-
-
-def _check_state_update(state, x, dt, A, B, C, D, z, dt_bias):
-    for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-                    ("dt_bias", dt_bias)):
-        if t is not None and (not isinstance(t, Tensor) or not t.is_floating_point() or t.is_complex()):
-            raise TypeError(f"{name} must be a real floating-point tensor; got {type(t).__name__}"
-                            + (f" of dtype {t.dtype}" if isinstance(t, Tensor) else ""))
-    if state.dim() != 3 or x.shape != state.shape[:2] or dt.shape != x.shape or A.shape != state.shape[1:]:
-        raise ValueError(f"expected state (batch, dim, N), x and dt (batch, dim), A (dim, N); got state "
-                         f"{list(state.shape)}, x {list(x.shape)}, dt {list(dt.shape)}, A {list(A.shape)}")
-    batch, dim, N = state.shape
-    for name, t in (("B", B), ("C", C)):
-        if not ((t.dim() == 2 and tuple(t.shape) == (batch, N)) or
-                (t.dim() == 3 and t.shape[0] == batch and t.shape[2] == N and t.shape[1] >= 1
-                 and dim % t.shape[1] == 0)):
-            raise ValueError(f"{name} must be (batch, N) = ({batch}, {N}) or (batch, G, N) with G dividing "
-                             f"dim = {dim}; got shape {list(t.shape)}")
-    if (B.shape[1] if B.dim() == 3 else 1) != (C.shape[1] if C.dim() == 3 else 1):
-        raise ValueError(f"B and C must have the same number of groups; got shapes {list(B.shape)} and "
-                         f"{list(C.shape)}")
-    if z is not None and z.shape != x.shape:
-        raise ValueError(f"z must have x's shape {list(x.shape)}; got {list(z.shape)}")
-    for name, t in (("D", D), ("dt_bias", dt_bias)):
-        if t is not None and tuple(t.shape) != (dim,):
-            raise ValueError(f"{name} must be (dim,) = ({dim},); got shape {list(t.shape)}")
-
-
-@follows_autocast(NONE)
-def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                           D: Tensor | None = None, z: Tensor | None = None, dt_bias: Tensor | None = None,
-                           dt_softplus: bool = False, *, backend: str | None = None) -> Tensor:
-    """One decoding step of the scan (``mamba_ssm``'s ``selective_state_update``). **Updates
-    ``state`` in place** with the new state and returns out (batch, dim) in x's dtype.
-
-    state: (batch, dim, N), fp32 or x's dtype on the kernel backends; x, dt, z: (batch, dim);
-    A: (dim, N); B, C: (batch, N) or (batch, G, N) with G dividing dim; D, dt_bias: (dim,).
-    dt, z, B and C are read in x's dtype; A, D and dt_bias in fp32; math in fp32. Inference only:
-    runs under ``torch.no_grad()``.
-    """
-    _check_state_update(state, x, dt, A, B, C, D, z, dt_bias)
-    args = (state, x, dt, A, B, C, D, z, dt_bias)
-    with torch.no_grad():
-        chosen = choose(SELECTIVE_STATE_UPDATE, args, {}, backend)
-        if chosen == "reference":
-            return selective_state_update_ref(*args, dt_softplus)
-        xt = x.dtype
-        as3 = lambda X: (X.unsqueeze(1) if X.dim() == 2 else X).to(xt)  # noqa: E731  (batch, G, N)
-        opt = lambda t, dtype: t.to(dtype) if t is not None else None  # noqa: E731
-        return selective_state_update_op(state, x, dt.to(xt), A.float(), as3(B), as3(C), opt(D, torch.float32),
-                                         opt(z, xt), opt(dt_bias, torch.float32), bool(dt_softplus), chosen)
+                                        opt(z, dt), opt(delta_bias, torch.float32), bool(delta_softplus),
+                                        opt(initial_state, torch.float32),
+                                        seq_idx.contiguous() if seq_idx is not None else None, impl)
+    result = (out, states[:, :, -1]) if return_last_state else (out,)
+    if return_varlen_states:
+        result += (_varlen_states(u, delta, A, B, C, delta_bias, delta_softplus, initial_state, cu_seqlens,
+                                  states),)
+    return result if len(result) > 1 else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,6 +354,7 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
 # ---------------------------------------------------------------------------------------------
 def _supports(backend, u, delta, A, B, C, D=None, z=None, delta_bias=None, *rest, **kw):
     reasons = []
+    # (every kernel takes initial_state, seq_idx and cu_seqlens: nothing to refuse there)
     if u.dtype not in KERNEL_DTYPES:
         reasons.append(f"u dtype {u.dtype} is not supported (float32, float16, bfloat16)")
     max_state = MAX_STATE_TRITON if backend == "triton" else MAX_STATE
@@ -346,6 +393,16 @@ def _samples(device, dtype):
     yield Sample("L1_mixed_BC", (u, dl, A, B, C, None, z), {"delta_softplus": True}, (0, 1, 2, 3, 4, 6))
     u, dl, A, B, C, D, z, bias = mk(1, 4, 70, 3, groups=2, softplus=False, seed=2)
     yield Sample("grouped_L70_batch1", (u, dl, A, B, C), {}, tuple(range(5)))
+    # packed rows (ids need not start at 0; one- and two-step sequences) from an initial state
+    u, dl, A, B, C, D, z, bias = mk(2, 3, 20, 4, groups=3, seed=5)
+    h0 = make_inputs(2, 3, 1, 4, seed=6, device=device, dtype=dtype)[0].expand(2, 3, 4).contiguous()
+    seq_idx = torch.tensor([[0] * 7 + [1] * 13, [4] * 5 + [5] + [6] * 2 + [7] * 12], dtype=torch.int32, device=device)
+    yield Sample("packed_seq_idx_initial_state", (u, dl, A, B, C, D, z, bias, True, True, h0, seq_idx),
+                 {}, (*range(8), 10))
+    u, dl, A, B, C, D, z, bias = mk(1, 2, 9, 3, variable_B=False, seed=7)
+    cu = torch.tensor([0, 4, 5, 9], dtype=torch.int32, device=device)
+    yield Sample("cu_seqlens_invariant_B", (u, dl, A, B, C, D, None, bias, True), {"cu_seqlens": cu},
+                 (0, 1, 2, 3, 4, 5, 7))
 
 
 def _bench_cases(device, dtype, quick):
@@ -356,6 +413,13 @@ def _bench_cases(device, dtype, quick):
         u, dl, A, B, C, D, z, bias = make_inputs(batch, dim, L, N, device=device, dtype=dtype)
         yield Sample(f"b{batch}_d{dim}_L{L}_N{N}", (u, dl, A, B, C, D, z, bias), {"delta_softplus": True},
                      tuple(range(8)))
+    # the first shape's batch packed into one row of 8 sequences (cu_seqlens), from an initial state
+    batch, dim, L, N = shapes[0]
+    u, dl, A, B, C, D, z, bias = make_inputs(1, dim, batch * L, N, device=device, dtype=dtype)
+    cu = torch.linspace(0, batch * L, 9, device=device).round().to(torch.int32)
+    h0 = torch.zeros(1, dim, N, device=device, dtype=dtype)
+    yield Sample(f"packed8_d{dim}_L{batch * L}_N{N}", (u, dl, A, B, C, D, z, bias, True, False, h0),
+                 {"cu_seqlens": cu}, (*range(8), 10))
 
 
 def _cost(sample):
@@ -389,64 +453,3 @@ SELECTIVE_SCAN = register_op(OpSpec(
 ))
 
 
-def _update_supports(backend, state, x, *rest, **kw):
-    reasons = []
-    if x.dtype not in KERNEL_DTYPES:
-        reasons.append(f"x dtype {x.dtype} is not supported (float32, float16, bfloat16)")
-    if state.dtype not in (x.dtype, torch.float32):
-        reasons.append(f"state dtype {state.dtype} must be float32 or x's dtype {x.dtype}")
-    if state.shape[2] > MAX_STATE:
-        reasons.append(f"N = {state.shape[2]} is larger than {MAX_STATE}, the most the {backend} kernel takes")
-    return reasons
-
-
-def _update_inputs(batch, dim, N, *, groups=1, device="cpu", dtype=torch.float32, state_dtype=None, seed=0):
-    """(state, x, dt, A, B, C, D, z, dt_bias) as a Mamba layer decodes them: raw dt for softplus,
-    B and C (batch, G, N) (or (batch, N) for G = 0)."""
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(s, generator=gen)  # noqa: E731
-    state, x, z = r(batch, dim, N), r(batch, dim), r(batch, dim)
-    dt = r(batch, dim) * 0.5 - 2.0
-    A = -torch.arange(1, N + 1, dtype=torch.float32).repeat(dim, 1) * (0.5 + torch.rand(dim, 1, generator=gen))
-    B, C = (r(batch, N), r(batch, N)) if groups == 0 else (r(batch, groups, N), r(batch, groups, N))
-    D, bias = r(dim), r(dim) * 0.1
-    to = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-    return (state.to(device=device, dtype=state_dtype or dtype), *(to(t) for t in (x, dt, A, B, C, D, z, bias)))
-
-
-def _update_samples(device, dtype):
-    mk = lambda *a, **k: _update_inputs(*a, device=device, dtype=dtype, **k)  # noqa: E731
-    yield Sample("all_options_G1", mk(2, 6, 4, seed=21), {"dt_softplus": True})
-    yield Sample("grouped_G3_odd_N", mk(3, 9, 5, groups=3, seed=22), {"dt_softplus": True})
-    s, x, dt, A, B, C, D, z, bias = mk(1, 5, 3, groups=0, seed=23)
-    yield Sample("batch1_BC_2d_no_options", (s, x, dt.abs() * 0.1, A, B, C))
-    s, x, dt, A, B, C, D, z, bias = mk(2, 7, 16, groups=7, state_dtype=torch.float32, seed=24)
-    yield Sample("fp32_state_strided", (s.transpose(0, 1).contiguous().transpose(0, 1), x[:, :], dt, A, B, C, D,
-                                        z, bias), {"dt_softplus": True})
-    s, x, dt, A, B, C, D, z, bias = mk(2, 16, 8, seed=25)
-    yield Sample("strided_views", (torch.cat([s, s], 2)[..., ::2], torch.cat([x, x], 1)[:, 1::2], dt, A, B, C,
-                                   None, z[:, :], bias), {"dt_softplus": True})
-
-
-def _update_bench_cases(device, dtype, quick):
-    """Decode shapes: batch 64, d_inner 4096 (Mamba-2.8b's 2 x 2560 rounded), N 16, fp32 state."""
-    batch, dim = (64, 4096) if device.type == "cuda" else (8, 1024)
-    yield Sample(f"b{batch}_d{dim}_N16", _update_inputs(batch, dim, 16, device=device, dtype=dtype,
-                                                        state_dtype=torch.float32), {"dt_softplus": True})
-
-
-def _update_cost(sample):
-    """The state read and written, A read; x, dt, z, out (batch, dim) and B, C once per batch row."""
-    state, x, A, B, C = (sample.args[i] for i in (0, 1, 3, 4, 5))
-    s = x.element_size()
-    return Cost(fwd_bytes=2 * state.numel() * state.element_size() + A.numel() * A.element_size()
-                + 4 * x.numel() * s + (B.numel() + C.numel()) * s, bwd_bytes=0,
-                fwd_flops=6.0 * state.numel())
-
-
-SELECTIVE_STATE_UPDATE = register_op(OpSpec(
-    name="selective_state_update", family="ssm", fn=selective_state_update, reference=selective_state_update_ref,
-    backends=("triton", "cuda"), auto_order=("triton", "cuda"), supports=_update_supports,
-    samples=_update_samples, bench_cases=_update_bench_cases, cost=_update_cost,
-    torch_equivalent=selective_state_update_ref, launchers=("selective_state_update",),
-))

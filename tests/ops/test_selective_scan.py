@@ -10,9 +10,10 @@ import torch
 import dlkern
 from dlkern import _ext
 from dlkern.backend import availability
-from dlkern.ops.selective_scan import (_update_inputs, _update_samples, make_inputs, selective_scan,
-                                       selective_scan_bwd_op, selective_scan_fwd_op, selective_scan_ref,
-                                       selective_state_update, selective_state_update_ref)
+from dlkern.ops.selective_scan import (make_inputs, selective_scan, selective_scan_bwd_op, selective_scan_fwd_op,
+                                       selective_scan_ref)
+from dlkern.ops.selective_state_update import (_update_inputs, _update_samples, selective_state_update,
+                                               selective_state_update_ref)
 from numerics import assert_close_to_reference
 
 needs_cpu_kernels = pytest.mark.skipif(_ext.cpu_module() is None, reason=_ext.cpu_unavailable_reason()
@@ -144,10 +145,12 @@ def test_cpu_outputs_fully_written_under_nan_fill():
     they skip shows up as NaN here."""
     dlkern.debug.set_debug_nan_fill(True)
     args = make_inputs(3, 6, 130, 7, seed=11, groups=3)
+    packing = (torch.randn(3, 6, 7), torch.arange(390, dtype=torch.int32).reshape(3, 130) // 50)
     out, states = selective_scan_fwd_op(args[0], args[1], args[2], args[3], args[4], args[5], args[6],
-                                        args[7], True, "cpu")
+                                        args[7], True, *packing, "cpu")
     grads = selective_scan_bwd_op(torch.randn_like(out), *args[:5], args[5], args[6], args[7], True,
-                                  states, torch.randn(3, 6, 7), "cpu")
+                                  states, torch.randn(3, 6, 7), *packing, "cpu")
+    assert grads[-1].shape == (3, 6, 7)   # d initial_state
     for t in (out, states, *grads):
         assert torch.isfinite(t).all()
 
@@ -282,11 +285,13 @@ def test_named_backend_does_not_fall_back():
 @needs_cpu_kernels
 def test_opcheck_cpu_custom_ops():
     args = make_inputs(2, 4, 70, 3, seed=17, groups=2)
-    fwd_args = (*args, True, "cpu")
-    torch.library.opcheck(selective_scan_fwd_op, fwd_args)
-    out, states = selective_scan_fwd_op(*fwd_args)
-    torch.library.opcheck(selective_scan_bwd_op, (torch.randn_like(out), *args, True, states,
-                                                   torch.randn(2, 4, 3), "cpu"))
+    seq_idx = torch.tensor([[0] * 30 + [1] * 40, [3] * 70], dtype=torch.int32)
+    for packing in ((None, None), (torch.randn(2, 4, 3), seq_idx)):
+        fwd_args = (*args, True, *packing, "cpu")
+        torch.library.opcheck(selective_scan_fwd_op, fwd_args)
+        out, states = selective_scan_fwd_op(*fwd_args)
+        torch.library.opcheck(selective_scan_bwd_op, (torch.randn_like(out), *args, True, states,
+                                                       torch.randn(2, 4, 3), *packing, "cpu"))
 
 
 @needs_cpu_kernels
