@@ -42,6 +42,19 @@ struct AttentionMask {
   uint64_t seed;       // Philox key
 };
 
+// Packed (variable-length) sequences, FlashAttention's varlen layout: q, do (total_q, Hq, D), k, v
+// (total_k, Hkv, D) read through their (head, token) strides (the batch strides are 0); sequence b
+// owns the rows [cu_q[b], cu_q[b + 1]) and [cu_k[b], cu_k[b + 1]); shape.B is the number of
+// sequences and shape.Lq / shape.Lk their longest lengths (the grid). The contiguous outputs become
+// o, dq (total_q, Hq, D), dk, dv (total_k, Hkv, D), lse and delta (Hq, total_q); the masks apply
+// per sequence with its own lengths (bottom_right: offset Lk - Lq of the sequence). No bias or
+// dropout. Null cu_q: the padded layout above.
+struct AttentionSeqs {
+  const int* cu_q = nullptr;  // (B + 1,) device int32 prefix sums
+  const int* cu_k = nullptr;
+  int64_t total_q = 0;
+};
+
 struct AttentionFwdParams {
   // pointers
   const void* q;  // (B, Hq, Lq, D)
@@ -52,6 +65,7 @@ struct AttentionFwdParams {
   AttentionStrides q_strides, k_strides, v_strides;
   AttentionShape shape;
   AttentionMask mask;
+  AttentionSeqs seqs;
   DType dtype;
 };
 
@@ -71,6 +85,7 @@ struct AttentionBwdParams {
   AttentionStrides dout_strides, q_strides, k_strides, v_strides;
   AttentionShape shape;
   AttentionMask mask;
+  AttentionSeqs seqs;
   DType dtype;
 };
 

@@ -30,6 +30,9 @@ from dlkern.ops.attention import HEAD_DIM_MAX, attention_ref
 from dlkern.registry import Cost, OpSpec, Sample, register_op
 
 
+SEQUENCES_MAX = 65535   # the kernels' grids have one dimension of sequences
+
+
 # ---------------------------------------------------------------------------------------------
 # Custom ops around the launchers
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +162,9 @@ def _supports(backend, q, k, v, *args, **kwargs):
         reasons.append(f"dtype {q.dtype} is not supported (float32, float16, bfloat16)")
     if q.shape[-1] > HEAD_DIM_MAX:
         reasons.append(f"head dim {q.shape[-1]} > {HEAD_DIM_MAX}")
+    cu_q = args[0] if args else kwargs.get("cu_seqlens_q")
+    if isinstance(cu_q, Tensor) and cu_q.numel() - 1 > SEQUENCES_MAX:
+        reasons.append(f"{cu_q.numel() - 1} sequences > {SEQUENCES_MAX} (one grid dimension)")
     return reasons
 
 
@@ -257,7 +263,7 @@ def _cost(sample):
 
 FLASH_ATTN_VARLEN = register_op(OpSpec(
     name="flash_attn_varlen", family="attention", fn=flash_attn_varlen, reference=flash_attn_varlen_ref,
-    backends=("triton",), auto_order=("triton",), supports=_supports, samples=_samples,
+    backends=("triton", "cuda"), auto_order=("triton", "cuda"), supports=_supports, samples=_samples,
     bench_cases=_bench_cases, cost=_cost, launchers=("attention_varlen_fwd", "attention_varlen_bwd"),
     uses_tl_dot=True, floor_factor=4.0,
 ))
