@@ -89,9 +89,31 @@ struct AttentionBwdParams {
   DType dtype;
 };
 
+// Decode over a paged KV cache (forward only): q (B, Lq, Hq, D) through its strides (unit stride
+// along D); k_cache, v_cache (num_pages, page_size, Hkv, D) through theirs; token n of sequence b is
+// slot n % page_size of page block_table[b, n / page_size]; seqlens[b] = L cached tokens, the Lq
+// queries being the last Lq positions (causal: query i sees keys j <= i + L - Lq). o (B, Lq, Hq, D)
+// contiguous; a query that sees no key gets 0.
+struct AttentionPagedParams {
+  const void* q;
+  int64_t q_sb, q_sm, q_sh;
+  const void* k_cache;
+  const void* v_cache;
+  int64_t k_sp, k_ss, k_sh, v_sp, v_ss, v_sh;
+  const int* block_table;  // (B, max_pages), row stride bt_sb
+  int64_t bt_sb;
+  const int* seqlens;      // (B,)
+  const float* scale;      // (Hq,)
+  void* o;
+  int B, Lq, Hq, Hkv, D, page_size;
+  bool causal;
+  DType dtype;
+};
+
 // Launch on `stream` (a cudaStream_t). Requires B, Hq, Hkv, Lq, Lk >= 1, 1 <= D <= 256,
 // Hq % Hkv == 0. Throw on invalid parameters or a failed launch. Never synchronize.
 void attention_fwd(const AttentionFwdParams& params, void* stream);
 void attention_bwd(const AttentionBwdParams& params, void* stream);
+void attention_paged_fwd(const AttentionPagedParams& params, void* stream);
 
 }  // namespace dlk

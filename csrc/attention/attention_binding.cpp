@@ -297,4 +297,74 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_varlen_bwd(
   return {dq, dk, dv};
 }
 
+// ---- decode over a paged KV cache ------------------------------------------------------------
+
+// o (B, Lq, Hq, D) in q's dtype, contiguous. num_splits is accepted for the Triton launcher's
+// signature and ignored: this kernel runs a sequence's keys in one block. The caller guarantees
+// that cache_seqlens fit the block table and that the pages it names exist (checking would
+// synchronize).
+at::Tensor attention_paged_fwd(const at::Tensor& q_in, const at::Tensor& k_cache_in, const at::Tensor& v_cache_in,
+                               const at::Tensor& block_table_in, const at::Tensor& cache_seqlens_in,
+                               const at::Tensor& scale_in, bool is_causal, int64_t num_splits) {
+  (void)num_splits;
+  TORCH_CHECK(q_in.defined() && q_in.dim() == 4, "q must be 4-D (B, Lq, Hq, D)");
+  TORCH_CHECK(on_kernel_device(q_in), "q must be ", kDeviceKind, ", got a tensor on ", q_in.device());
+  TORCH_CHECK(q_in.scalar_type() == at::kFloat || q_in.scalar_type() == at::kHalf ||
+                  q_in.scalar_type() == at::kBFloat16,
+              "q must be float32, float16 or bfloat16, got ", q_in.scalar_type());
+  const at::Tensor q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
+  auto cache = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.defined() && t.dim() == 4 && t.device() == q_in.device() && t.scalar_type() == q_in.scalar_type(),
+                name, " must be a 4-D (num_pages, page_size, Hkv, D) tensor of q's dtype on q's device");
+    TORCH_CHECK(t.size(3) == q.size(3), name, " must have q's head dim ", q.size(3));
+    return t.stride(3) == 1 ? t : t.contiguous();
+  };
+  const at::Tensor kc = cache(k_cache_in, "k_cache"), vc = cache(v_cache_in, "v_cache");
+  TORCH_CHECK(kc.sizes() == vc.sizes(), "k_cache and v_cache must have one shape");
+  const int64_t B = q.size(0), Lq = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = kc.size(2);
+  TORCH_CHECK(Hkv >= 1 && Hq % Hkv == 0, "the cache's head count must divide q's");
+  TORCH_CHECK(block_table_in.defined() && block_table_in.device() == q_in.device() &&
+                  block_table_in.scalar_type() == at::kInt && block_table_in.dim() == 2 &&
+                  block_table_in.size(0) == B && block_table_in.stride(1) == 1,
+              "block_table must be an int32 (B, max_pages) tensor with unit column stride on q's device");
+  TORCH_CHECK(cache_seqlens_in.defined() && cache_seqlens_in.device() == q_in.device() &&
+                  cache_seqlens_in.scalar_type() == at::kInt && cache_seqlens_in.sizes() == at::IntArrayRef({B}),
+              "cache_seqlens must be an int32 (B,) tensor on q's device");
+  TORCH_CHECK(scale_in.defined() && scale_in.device() == q_in.device() && scale_in.scalar_type() == at::kFloat &&
+                  scale_in.sizes() == at::IntArrayRef({Hq}),
+              "scale must be a float32 (Hq,) tensor on q's device");
+  const at::Tensor seqlens = cache_seqlens_in.contiguous(), scale = scale_in.contiguous();
+  LaunchContext ctx(q);
+  at::Tensor o = new_buffer({B, Lq, Hq, D}, q.options());
+  if (o.numel() == 0) return o;
+  dlk::AttentionPagedParams p{};
+  p.q = q.data_ptr();
+  p.q_sb = q.stride(0);
+  p.q_sm = q.stride(1);
+  p.q_sh = q.stride(2);
+  p.k_cache = kc.data_ptr();
+  p.v_cache = vc.data_ptr();
+  p.k_sp = kc.stride(0);
+  p.k_ss = kc.stride(1);
+  p.k_sh = kc.stride(2);
+  p.v_sp = vc.stride(0);
+  p.v_ss = vc.stride(1);
+  p.v_sh = vc.stride(2);
+  p.block_table = block_table_in.data_ptr<int>();
+  p.bt_sb = block_table_in.stride(0);
+  p.seqlens = seqlens.data_ptr<int>();
+  p.scale = scale.data_ptr<float>();
+  p.o = o.data_ptr();
+  p.B = int(B);
+  p.Lq = int(Lq);
+  p.Hq = int(Hq);
+  p.Hkv = int(Hkv);
+  p.D = int(D);
+  p.page_size = int(kc.size(1));
+  p.causal = is_causal;
+  p.dtype = kernel_dtype(q);
+  dlk::attention_paged_fwd(p, ctx.stream());
+  return o;
+}
+
 }  // namespace dlk_bind

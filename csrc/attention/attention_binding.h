@@ -31,4 +31,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_varlen_bwd(
     const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, const at::Tensor& scale,
     bool is_causal);
 
+at::Tensor attention_paged_fwd(const at::Tensor& q_in, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                               const at::Tensor& block_table, const at::Tensor& cache_seqlens,
+                               const at::Tensor& scale, bool is_causal, int64_t num_splits);
+
 }  // namespace dlk_bind

@@ -187,7 +187,7 @@ def _cost(sample):
 
 FLASH_ATTN_WITH_KVCACHE = register_op(OpSpec(
     name="flash_attn_with_kvcache", family="attention", fn=flash_attn_with_kvcache,
-    reference=flash_attn_with_kvcache_ref, backends=("triton",), auto_order=("triton",), supports=_supports,
-    samples=_samples, bench_cases=_bench_cases, cost=_cost, launchers=("attention_paged_fwd",),
+    reference=flash_attn_with_kvcache_ref, backends=("triton", "cuda"), auto_order=("triton", "cuda"),
+    supports=_supports, samples=_samples, bench_cases=_bench_cases, cost=_cost, launchers=("attention_paged_fwd",),
     uses_tl_dot=True, floor_factor=4.0,
 ))

@@ -26,6 +26,7 @@ CU_TYPES = {"bfloat16": "__nv_bfloat16", "float16": "__half", "float32": "float"
 FILE_OPS = {  # kernel file -> the ops it serves (for the unmatched template-instance records)
     "attention/attention_fwd.cu": ["scaled_dot_product_attention", "flash_attn_varlen"],
     "attention/attention_bwd.cu": ["scaled_dot_product_attention", "flash_attn_varlen"],
+    "attention/attention_paged.cu": ["flash_attn_with_kvcache"],
     "conv/causal_conv1d.cu": ["causal_conv1d", "causal_conv1d_update"],
     "conv/depthwise_conv2d.cu": ["depthwise_conv2d"], "conv/dilated_conv1d.cu": ["dilated_conv1d"],
     "conv/wavenet.cu": ["wavenet_layer"], "flows/act_norm.cu": ["act_norm"],
