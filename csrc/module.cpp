@@ -182,6 +182,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("do"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"),
         py::arg("bias"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
         py::arg("is_causal"), py::arg("bottom_right"), py::arg("bias_grad"));
+  m.def("attention_varlen_fwd", &attention_varlen_fwd,
+        "Fused attention forward over packed sequences (cu_seqlens, causal bottom-right per sequence)."
+        "\nReturns (o (total_q, Hq, D) in q's dtype, lse (Hq, total_q) float32).",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"),
+        py::arg("max_seqlen_q"), py::arg("max_seqlen_k"), py::arg("scale"), py::arg("is_causal"));
+  m.def("attention_varlen_bwd", &attention_varlen_bwd,
+        "Fused attention backward over packed sequences.\nReturns (dq, dk, dv) in q's dtype.",
+        py::arg("do"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"),
+        py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"), py::arg("max_seqlen_q"), py::arg("max_seqlen_k"),
+        py::arg("scale"), py::arg("is_causal"));
+  m.def("attention_paged_fwd", &attention_paged_fwd,
+        "Decode attention over a paged KV cache (forward only).\nReturns o (B, Lq, Hq, D) in q's dtype.",
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("block_table"), py::arg("cache_seqlens"),
+        py::arg("scale"), py::arg("is_causal"), py::arg("num_splits"));
   dlk_scan::def_selective_scan(m, &selective_scan_fwd, &selective_scan_bwd);
   m.def("selective_state_update", &selective_state_update,
         "One decoding step of the selective scan (csrc/scan/state_update.h). state (batch, dim, N), fp32"

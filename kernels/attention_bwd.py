@@ -45,6 +45,21 @@ def _lse2(LSE_h, offs_m, Lq, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _query_tile_ranges(start_n, Lq, causal_offset, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
+    """(lo, mid, full) for the key block at start_n: query tiles [lo, mid) cross the causal diagonal
+    (masked), [mid, full) are whole and see every key of the block (unmasked), [full, Lq) is the
+    ragged last tile (masked)."""
+    lo = start_n * 0
+    mid = lo
+    if IS_CAUSAL:
+        lo = tl.maximum(start_n - causal_offset, 0) // BLOCK_M * BLOCK_M
+        mid = tl.maximum(tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - causal_offset, 0), BLOCK_M) * BLOCK_M, lo)
+        mid = tl.minimum(mid, tl.cdiv(Lq, BLOCK_M) * BLOCK_M)
+    return lo, mid, Lq // BLOCK_M * BLOCK_M
+
+
+@triton.jit
 def _dkdv_tiles(dk, dv, k, v, q_base, do_base, bias_cols, LSE_h, DELTA_h, DQ_h, lo, hi, offs_n, offs_d,
                 sqm, sdom, sbm, scale, scale2, Lq, Lk, causal_offset, seed, row_base, dropout_p,
                 D: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr, KEY_MASK: tl.constexpr,
@@ -120,15 +135,7 @@ def _attn_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
-    # Query tiles: [lo, mid) cross the causal diagonal (masked), [mid, full) are whole and see
-    # every key of the block (unmasked), [full, Lq) is the ragged last tile (masked).
-    lo = start_n * 0
-    mid = lo
-    if IS_CAUSAL:
-        lo = tl.maximum(start_n - causal_offset, 0) // BLOCK_M * BLOCK_M
-        mid = tl.maximum(tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - causal_offset, 0), BLOCK_M) * BLOCK_M, lo)
-        mid = tl.minimum(mid, tl.cdiv(Lq, BLOCK_M) * BLOCK_M)
-    full = Lq // BLOCK_M * BLOCK_M
+    lo, mid, full = _query_tile_ranges(start_n, Lq, causal_offset, IS_CAUSAL, BLOCK_M, BLOCK_N)
     for g in range(0, GROUP):
         h = hk * GROUP + g
         bh = b * Hq + h

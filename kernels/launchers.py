@@ -3,6 +3,8 @@ same name and signature as its CUDA twin in ``dlkern._C``. ``INTERPRET``: see ``
 """
 from .interpret import INTERPRET  # noqa: F401
 from .attention import attention_bwd, attention_fwd
+from .attention_varlen import attention_varlen_bwd, attention_varlen_fwd
+from .attention_paged import attention_paged_fwd
 from .channel_norm import batch_norm_bwd, batch_norm_fwd, group_norm_bwd, group_norm_fwd
 from .optim import (multi_tensor_adabound, multi_tensor_adagrad, multi_tensor_adam,
                     multi_tensor_rmsprop, multi_tensor_sgd)

@@ -35,6 +35,8 @@ ATEN_EQUIVALENT = {
     "batch_norm": "batch_norm", "instance_norm": "instance_norm", "weight_norm": "_weight_norm",
     "depthwise_conv2d": "conv2d", "dilated_conv1d": "conv1d", "causal_conv1d": "conv1d",
     "wavenet_layer": "conv1d", "scaled_dot_product_attention": "scaled_dot_product_attention",
+    "flash_attn_varlen": "scaled_dot_product_attention",
+    "flash_attn_with_kvcache": "scaled_dot_product_attention",
 }
 
 

@@ -27,6 +27,10 @@ SPILLS_ALLOWED = {
                                  "size, no tensor cores): a correctness path, not a fast one",
     ("_dconv_", "float32", None): "issue #19: the fp32 dilated-conv tiles (IEEE dots on CUDA cores) spill 24-28 B",
     ("_wavenet_", "float32", None): "issue #19: the fp32 WaveNet layer tile (IEEE dots on CUDA cores) spills 52 B",
+    ("_attn_varlen_dkdv_kernel", "bfloat16", "sm_80"): "issue #23: the packed-sequence dK/dV kernel spills 8-16 B "
+                                                       "on sm_80 in both d64 tiles (predicted by dlkern perf; the "
+                                                       "key-bound mask stays live in every query tile since the "
+                                                       "lengths vary per sequence)",
     ("_row_norm_bwd_kernel", "bfloat16", "sm_80"): "issue #18: the fused row-norm backward spills 8 B on sm_80 "
                                                    "(found once the compile test built the launched variants)",
     ("_row_norm_bwd_kernel", "float32", "sm_90a"): "issue #18: the fp32 residual row-norm backward (4096x1024, "

@@ -42,6 +42,19 @@ struct AttentionMask {
   uint64_t seed;       // Philox key
 };
 
+// Packed (variable-length) sequences, FlashAttention's varlen layout: q, do (total_q, Hq, D), k, v
+// (total_k, Hkv, D) read through their (head, token) strides (the batch strides are 0); sequence b
+// owns the rows [cu_q[b], cu_q[b + 1]) and [cu_k[b], cu_k[b + 1]); shape.B is the number of
+// sequences and shape.Lq / shape.Lk their longest lengths (the grid). The contiguous outputs become
+// o, dq (total_q, Hq, D), dk, dv (total_k, Hkv, D), lse and delta (Hq, total_q); the masks apply
+// per sequence with its own lengths (bottom_right: offset Lk - Lq of the sequence). No bias or
+// dropout. Null cu_q: the padded layout above.
+struct AttentionSeqs {
+  const int* cu_q = nullptr;  // (B + 1,) device int32 prefix sums
+  const int* cu_k = nullptr;
+  int64_t total_q = 0;
+};
+
 struct AttentionFwdParams {
   // pointers
   const void* q;  // (B, Hq, Lq, D)
@@ -52,6 +65,7 @@ struct AttentionFwdParams {
   AttentionStrides q_strides, k_strides, v_strides;
   AttentionShape shape;
   AttentionMask mask;
+  AttentionSeqs seqs;
   DType dtype;
 };
 
@@ -71,6 +85,28 @@ struct AttentionBwdParams {
   AttentionStrides dout_strides, q_strides, k_strides, v_strides;
   AttentionShape shape;
   AttentionMask mask;
+  AttentionSeqs seqs;
+  DType dtype;
+};
+
+// Decode over a paged KV cache (forward only): q (B, Lq, Hq, D) through its strides (unit stride
+// along D); k_cache, v_cache (num_pages, page_size, Hkv, D) through theirs; token n of sequence b is
+// slot n % page_size of page block_table[b, n / page_size]; seqlens[b] = L cached tokens, the Lq
+// queries being the last Lq positions (causal: query i sees keys j <= i + L - Lq). o (B, Lq, Hq, D)
+// contiguous; a query that sees no key gets 0.
+struct AttentionPagedParams {
+  const void* q;
+  int64_t q_sb, q_sm, q_sh;
+  const void* k_cache;
+  const void* v_cache;
+  int64_t k_sp, k_ss, k_sh, v_sp, v_ss, v_sh;
+  const int* block_table;  // (B, max_pages), row stride bt_sb
+  int64_t bt_sb;
+  const int* seqlens;      // (B,)
+  const float* scale;      // (Hq,)
+  void* o;
+  int B, Lq, Hq, Hkv, D, page_size;
+  bool causal;
   DType dtype;
 };
 
@@ -78,5 +114,6 @@ struct AttentionBwdParams {
 // Hq % Hkv == 0. Throw on invalid parameters or a failed launch. Never synchronize.
 void attention_fwd(const AttentionFwdParams& params, void* stream);
 void attention_bwd(const AttentionBwdParams& params, void* stream);
+void attention_paged_fwd(const AttentionPagedParams& params, void* stream);
 
 }  // namespace dlk

@@ -21,19 +21,27 @@ using namespace attn;
 
 constexpr int kDeltaThreads = 128;
 
+// Rows of delta (and lse): B·Hq·Lq padded, Hq·total_q packed.
+__host__ __device__ inline int64_t delta_rows(const AttentionBwdParams& p) {
+  return p.seqs.cu_q != nullptr ? int64_t(p.shape.Hq) * p.seqs.total_q
+                                : int64_t(p.shape.B) * p.shape.Hq * p.shape.Lq;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kDeltaThreads)
 attention_bwd_delta_kernel(const AttentionBwdParams p) {
   const AttentionShape& sh = p.shape;
-  const int64_t rows = int64_t(sh.B) * sh.Hq * sh.Lq;
+  const bool packed = p.seqs.cu_q != nullptr;
+  const int64_t rows = delta_rows(p);
   const int lane = threadIdx.x & 31;
   for (int64_t row = int64_t(blockIdx.x) * (kDeltaThreads / 32) + (threadIdx.x >> 5); row < rows;
        row += int64_t(gridDim.x) * (kDeltaThreads / 32)) {
-    const int64_t bh = row / sh.Lq;
-    const int i = int(row % sh.Lq), b = int(bh / sh.Hq), h = int(bh % sh.Hq);
-    const T* dout = head_ptr<T>(p.dout, p.dout_strides, b, h) +
-                    i * p.dout_strides.l;
-    const T* o = static_cast<const T*>(p.o) + row * sh.D;
+    // row: (b, h, i) of (B, Hq, Lq) padded; (h, packed token i) of (Hq, total_q) packed
+    const int64_t bh = packed ? row / p.seqs.total_q : row / sh.Lq;
+    const int64_t i = packed ? row % p.seqs.total_q : row % sh.Lq;
+    const int b = packed ? 0 : int(bh / sh.Hq), h = packed ? int(bh) : int(bh % sh.Hq);
+    const T* dout = head_ptr<T>(p.dout, p.dout_strides, b, h) + i * p.dout_strides.l;
+    const T* o = static_cast<const T*>(p.o) + (packed ? (i * sh.Hq + h) * sh.D : row * sh.D);
     float acc = 0.f;
     for (int d = lane; d < sh.D; d += 32) acc += to_float(dout[d]) * to_float(o[d]);
     acc = warp_sum(acc);
@@ -64,11 +72,15 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
   T* qdo_s = v_s + BK * LD;    // [2][Q (BQ, LD), dO (BQ, LD)]: double buffer
   float* stats_s = reinterpret_cast<float*>(qdo_s + 4 * BQ * LD);  // [2][lse (BQ,) base 2, delta (BQ,)]
 
-  const AttentionShape& sh = p.shape;
   const int k0 = blockIdx.x * BK, hk = blockIdx.y, b = blockIdx.z;
+  const Seq seq = Seq::make(p.seqs, p.shape, b);
+  if (k0 >= seq.Lk) return;  // a packed sequence shorter than the grid's longest
+  AttentionShape sh = p.shape;
+  sh.Lq = seq.Lq;
+  sh.Lk = seq.Lk;
   const int group = sh.Hq / sh.Hkv;
-  const T* k = head_ptr<T>(p.k, p.k_strides, b, hk);
-  const T* v = head_ptr<T>(p.v, p.v_strides, b, hk);
+  const T* k = seq.in<T>(p.k, p.k_strides, b, hk, true);
+  const T* v = seq.in<T>(p.v, p.v_strides, b, hk, true);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int key0 = k0 + warp * 16;  // the warp's keys; this thread's: key0 + g, key0 + g + 8
 
@@ -80,16 +92,16 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
   // Step `it`'s Q, dO tiles (cp.async), lse and delta into buffer it % 2.
   auto issue = [&](int it) {
     const int h = hk * group + it / n_q, q0 = q_start + (it % n_q) * BQ;
-    const int64_t bh = int64_t(b) * sh.Hq + h;
+    const int64_t rows = seq.row_offset(b, h, sh.Hq);
     T* q_buf = qdo_s + (it % 2) * 2 * BQ * LD;
-    load_tile_async<T, kD, BQ, kThreads>(q_buf, head_ptr<T>(p.q, p.q_strides, b, h), p.q_strides.l, q0,
+    load_tile_async<T, kD, BQ, kThreads>(q_buf, seq.in<T>(p.q, p.q_strides, b, h, false), p.q_strides.l, q0,
                                          sh.Lq, sh.D, q_vec);
-    load_tile_async<T, kD, BQ, kThreads>(q_buf + BQ * LD, head_ptr<T>(p.dout, p.dout_strides, b, h),
+    load_tile_async<T, kD, BQ, kThreads>(q_buf + BQ * LD, seq.in<T>(p.dout, p.dout_strides, b, h, false),
                                          p.dout_strides.l, q0, sh.Lq, sh.D, do_vec);
     float* st = stats_s + (it % 2) * 2 * BQ;
     for (int r = threadIdx.x; r < BQ; r += kThreads) {
-      st[r] = lse2_or_inf(p.lse + bh * sh.Lq, q0 + r, sh.Lq);
-      st[BQ + r] = q0 + r < sh.Lq ? p.delta[bh * sh.Lq + q0 + r] : 0.f;
+      st[r] = lse2_or_inf(p.lse + rows, q0 + r, sh.Lq);
+      st[BQ + r] = q0 + r < sh.Lq ? p.delta[rows + q0 + r] : 0.f;
     }
     cp_async_commit();
   };
@@ -142,9 +154,9 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
   }
   cp_async_wait<0>();  // nothing may be in flight when the block's shared memory is reused
   const float one[2] = {1.f, 1.f};
-  const int64_t out = (int64_t(b) * sh.Hkv + hk) * sh.Lk * sh.D;
-  if constexpr (kOut & kDK) store_rows<T>(static_cast<T*>(p.dk) + out, dk, key0, sh.Lk, sh.D, one);
-  if constexpr (kOut & kDV) store_rows<T>(static_cast<T*>(p.dv) + out, dv, key0, sh.Lk, sh.D, one);
+  const int64_t out = seq.out_offset(b, hk, sh.Hkv, sh.Lk, sh.D, true), ld = seq.out_ld(sh.Hkv, sh.D);
+  if constexpr (kOut & kDK) store_rows<T>(static_cast<T*>(p.dk) + out, dk, key0, sh.Lk, sh.D, one, ld);
+  if constexpr (kOut & kDV) store_rows<T>(static_cast<T*>(p.dv) + out, dv, key0, sh.Lk, sh.D, one, ld);
 }
 
 template <typename T, int kD>
@@ -158,14 +170,19 @@ attention_bwd_dq_kernel(const AttentionBwdParams p, const Dropout drop, const bo
   T* do_s = q_s + BQ * LD;   // (BQ, LD)
   T* kv_s = do_s + BQ * LD;  // [2][K (BK, LD), V (BK, LD)]: double buffer
 
-  const AttentionShape& sh = p.shape;
   const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
+  const Seq seq = Seq::make(p.seqs, p.shape, b);
+  if (q0 >= seq.Lq) return;  // a packed sequence shorter than the grid's longest
+  AttentionShape sh = p.shape;
+  sh.Lq = seq.Lq;
+  sh.Lk = seq.Lk;
   const int hk = h / (sh.Hq / sh.Hkv);
   const int64_t bh = int64_t(b) * sh.Hq + h;
-  const T* q = head_ptr<T>(p.q, p.q_strides, b, h);
-  const T* dout = head_ptr<T>(p.dout, p.dout_strides, b, h);
-  const T* k = head_ptr<T>(p.k, p.k_strides, b, hk);
-  const T* v = head_ptr<T>(p.v, p.v_strides, b, hk);
+  const int64_t rows = seq.row_offset(b, h, sh.Hq);
+  const T* q = seq.in<T>(p.q, p.q_strides, b, h, false);
+  const T* dout = seq.in<T>(p.dout, p.dout_strides, b, h, false);
+  const T* k = seq.in<T>(p.k, p.k_strides, b, hk, true);
+  const T* v = seq.in<T>(p.v, p.v_strides, b, hk, true);
   const Scorer score = Scorer::make<T>(p.mask, b, h, sh.Lq, sh.Lk);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int row0 = q0 + warp * 16;  // the warp's queries; this thread's: row0 + g, row0 + g + 8
@@ -188,8 +205,8 @@ attention_bwd_dq_kernel(const AttentionBwdParams p, const Dropout drop, const bo
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int i = row0 + g + 8 * r;
-    lse2[r] = lse2_or_inf(p.lse + bh * sh.Lq, i, sh.Lq);
-    delta[r] = i < sh.Lq ? p.delta[bh * sh.Lq + i] : 0.f;
+    lse2[r] = lse2_or_inf(p.lse + rows, i, sh.Lq);
+    delta[r] = i < sh.Lq ? p.delta[rows + i] : 0.f;
   }
   Acc<kD / 8> dq;
   dq.zero();
@@ -235,7 +252,8 @@ attention_bwd_dq_kernel(const AttentionBwdParams p, const Dropout drop, const bo
     }
   }
   const float one[2] = {1.f, 1.f};
-  store_rows<T>(static_cast<T*>(p.dq) + bh * sh.Lq * sh.D, dq, row0, sh.Lq, sh.D, one);
+  store_rows<T>(static_cast<T*>(p.dq) + seq.out_offset(b, h, sh.Hq, sh.Lq, sh.D, false), dq, row0, sh.Lq, sh.D, one,
+                seq.out_ld(sh.Hq, sh.D));
 }
 
 template <typename T, int kD>
@@ -275,7 +293,7 @@ void bwd_launch(const AttentionBwdParams& p, cudaStream_t stream) {
 
 template <typename T>
 void delta_launch(const AttentionBwdParams& p, cudaStream_t stream) {
-  const int64_t rows = int64_t(p.shape.B) * p.shape.Hq * p.shape.Lq;
+  const int64_t rows = delta_rows(p);
   const unsigned grid = unsigned(std::min<int64_t>((rows + 3) / 4, int64_t(1) << 20));
   auto kern = attention_bwd_delta_kernel<T>;
   DLK_LAUNCH(kern, grid, kDeltaThreads, 0, stream, p);

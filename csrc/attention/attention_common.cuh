@@ -108,6 +108,37 @@ __device__ __forceinline__ const T* head_ptr(const void* base, const AttentionSt
   return static_cast<const T*>(base) + b * s.b + h * s.h;
 }
 
+// Where the rows of sequence b lie (AttentionSeqs): its lengths, and the first packed row of its
+// queries and keys (0 in the padded layout, whose lengths are the shape's).
+struct Seq {
+  int Lq, Lk;
+  int64_t q_start, k_start;
+  bool packed;
+  int64_t total_q;
+
+  __device__ __forceinline__ static Seq make(const AttentionSeqs& s, const AttentionShape& sh, int b) {
+    if (s.cu_q == nullptr) return {sh.Lq, sh.Lk, 0, 0, false, 0};
+    const int q0 = s.cu_q[b], k0 = s.cu_k[b];
+    return {s.cu_q[b + 1] - q0, s.cu_k[b + 1] - k0, q0, k0, true, s.total_q};
+  }
+  // The (L, D) matrix of an input operand (q, do: query rows; k, v: key rows) of head h.
+  template <typename T>
+  __device__ __forceinline__ const T* in(const void* base, const AttentionStrides& st, int b, int h,
+                                         bool keys) const {
+    return head_ptr<T>(base, st, b, h) + (keys ? k_start : q_start) * st.l;
+  }
+  // A contiguous output's (L, D) matrix of head h among H heads and its row stride: (B, H, L, D)
+  // padded, (total, H, D) packed. L is the sequence's length of that side.
+  __device__ __forceinline__ int64_t out_offset(int b, int h, int H, int L, int D, bool keys) const {
+    return packed ? ((keys ? k_start : q_start) * H + h) * D : (int64_t(b) * H + h) * L * D;
+  }
+  __device__ __forceinline__ int64_t out_ld(int H, int D) const { return packed ? int64_t(H) * D : D; }
+  // The per-query-row fp32 vectors (lse, delta) of head h: (B, Hq, Lq) padded, (Hq, total_q) packed.
+  __device__ __forceinline__ int64_t row_offset(int b, int h, int Hq) const {
+    return packed ? h * total_q + q_start : (int64_t(b) * Hq + h) * Lq;
+  }
+};
+
 // A (16, 8) fp32 accumulator tile per entry of n-tiles.
 template <int N>
 struct Acc {
@@ -190,18 +221,18 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// The warp's 16 rows [row0, row0 + 16) of acc, row r scaled by mul[r / 8], into the contiguous
-// (L, D) matrix out (rows >= L and columns >= D are padding: not stored).
+// The warp's 16 rows [row0, row0 + 16) of acc, row r scaled by mul[r / 8], into the (L, D) matrix
+// out with row stride ld (rows >= L and columns >= D are padding: not stored).
 template <typename T, int N>
 __device__ __forceinline__ void store_rows(T* out, const Acc<N>& acc, int row0, int L, int D,
-                                           const float (&mul)[2]) {
+                                           const float (&mul)[2], int64_t ld) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int n = 0; n < N; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int row = row0 + g + 8 * (e / 2), col = n * 8 + 2 * t + e % 2;
-      if (row < L && col < D) out[int64_t(row) * D + col] = from_float<T>(acc.c[n][e] * mul[e / 2]);
+      if (row < L && col < D) out[int64_t(row) * ld + col] = from_float<T>(acc.c[n][e] * mul[e / 2]);
     }
 }
 

@@ -57,13 +57,17 @@ attention_fwd_kernel(const AttentionFwdParams p, const Dropout drop, const bool 
   T* k_s = q_s + BQ * LD;    // (BK, LD)
   T* v_s = k_s + BK * LD;    // (BK, LD)
 
-  const AttentionShape& sh = p.shape;
   const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
+  const Seq seq = Seq::make(p.seqs, p.shape, b);
+  if (q0 >= seq.Lq) return;  // a packed sequence shorter than the grid's longest
+  AttentionShape sh = p.shape;
+  sh.Lq = seq.Lq;
+  sh.Lk = seq.Lk;
   const int hk = h / (sh.Hq / sh.Hkv);
   const int64_t bh = int64_t(b) * sh.Hq + h;
-  const T* q = head_ptr<T>(p.q, p.q_strides, b, h);
-  const T* k = head_ptr<T>(p.k, p.k_strides, b, hk);
-  const T* v = head_ptr<T>(p.v, p.v_strides, b, hk);
+  const T* q = seq.in<T>(p.q, p.q_strides, b, h, false);
+  const T* k = seq.in<T>(p.k, p.k_strides, b, hk, true);
+  const T* v = seq.in<T>(p.v, p.v_strides, b, hk, true);
   const Scorer score = Scorer::make<T>(p.mask, b, h, sh.Lq, sh.Lk);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   // The warp's queries: row0 + 16 mt + [0, 16); this thread's: row0 + 16 mt + g (+ 8).
@@ -176,10 +180,11 @@ attention_fwd_kernel(const AttentionFwdParams p, const Dropout drop, const bool 
       inv[r] = sum > 0.f ? 1.f / sum : 0.f;
       const int row = row0 + 16 * mt + g + 8 * r;
       if (t == 0 && row < sh.Lq) {
-        p.lse[bh * sh.Lq + row] = sum > 0.f ? (m[mt][r] + log2f(sum)) * kLn2 : -INFINITY;
+        p.lse[seq.row_offset(b, h, sh.Hq) + row] = sum > 0.f ? (m[mt][r] + log2f(sum)) * kLn2 : -INFINITY;
       }
     }
-    store_rows<T>(static_cast<T*>(p.o) + bh * sh.Lq * sh.D, o[mt], row0 + 16 * mt, sh.Lq, sh.D, inv);
+    store_rows<T>(static_cast<T*>(p.o) + seq.out_offset(b, h, sh.Hq, sh.Lq, sh.D, false), o[mt], row0 + 16 * mt,
+                  sh.Lq, sh.D, inv, seq.out_ld(sh.Hq, sh.D));
   }
 }
 

@@ -7,6 +7,8 @@ from dlkern.ops.group_norm import group_norm, group_norm_act  # noqa: F401
 from dlkern.ops.instance_norm import instance_norm  # noqa: F401
 from dlkern.ops.weight_norm import weight_norm  # noqa: F401
 from dlkern.ops.attention import scaled_dot_product_attention  # noqa: F401
+from dlkern.ops.attention_varlen import flash_attn_varlen  # noqa: F401
+from dlkern.ops.attention_paged import flash_attn_with_kvcache  # noqa: F401
 from dlkern.ops.affine_coupling import affine_coupling  # noqa: F401
 from dlkern.ops.act_norm import act_norm  # noqa: F401
 from dlkern.ops.inv_conv1x1 import inv_conv1x1  # noqa: F401

@@ -24,8 +24,9 @@ from dlkern.toolchain import NVCC_FLAGS, find_tool
 REPO_CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CU_TYPES = {"bfloat16": "__nv_bfloat16", "float16": "__half", "float32": "float"}
 FILE_OPS = {  # kernel file -> the ops it serves (for the unmatched template-instance records)
-    "attention/attention_fwd.cu": ["scaled_dot_product_attention"],
-    "attention/attention_bwd.cu": ["scaled_dot_product_attention"],
+    "attention/attention_fwd.cu": ["scaled_dot_product_attention", "flash_attn_varlen"],
+    "attention/attention_bwd.cu": ["scaled_dot_product_attention", "flash_attn_varlen"],
+    "attention/attention_paged.cu": ["flash_attn_with_kvcache"],
     "conv/causal_conv1d.cu": ["causal_conv1d", "causal_conv1d_update"],
     "conv/depthwise_conv2d.cu": ["depthwise_conv2d"], "conv/dilated_conv1d.cu": ["dilated_conv1d"],
     "conv/wavenet.cu": ["wavenet_layer"], "flows/act_norm.cu": ["act_norm"],
@@ -162,17 +163,34 @@ def rule_attention(op_name, sample, dt, arch):
     2 up to D 128, so 128 query rows; else 1, 64 rows), key tiles of kFwdBK (16-bit: 64 up to D 128,
     32 above; fp32: 64 / 32 / 16), smem (BQ + 2 BK) x (D + 16 B) (Q, K, V); grid (cdiv(Lq, BQ), Hq,
     B), instance attention_fwd_kernel<T, D, causal, bias, dropout> (this rule: no bias/dropout)."""
-    q, k = sample.args[0], sample.args[1]
-    B, H, Lq, D = q.shape
-    D = next(d for d in (16, 32, 64, 96, 128, 256) if D <= d)  # dispatch_head_dim
-    T = CU_TYPES[dt]
-    es = q.element_size()
+    B, H, Lq, _ = sample.args[0].shape
     causal = len(sample.args) > 5 and bool(sample.args[5])
-    bq = 128 if es == 2 and D <= 128 else 64
-    bk = attention_block_n(sample)
+    return [_attention_fwd_launch(sample, dt, causal, (_cdiv(Lq, attention_block_m(sample)), H, B))]
+
+
+def rule_attention_varlen(op_name, sample, dt, arch):
+    """flash_attn_varlen's forward starts the same attention_fwd_kernel instance as rule_attention
+    (runtime cu_seqlens pointers, no other template) on the grid (cdiv(max_seqlen_q, BQ), Hq,
+    sequences); a block past its sequence's end returns at once."""
+    q, cu_q, max_q = sample.args[0], sample.args[3], sample.args[5]
+    grid = (_cdiv(max_q, attention_block_m(sample)), q.shape[1], cu_q.shape[0] - 1)
+    return [_attention_fwd_launch(sample, dt, bool(sample.kwargs.get("causal", False)), grid)]
+
+
+def _attention_fwd_launch(sample, dt, causal, grid):
+    q = sample.args[0]
+    D = next(d for d in (16, 32, 64, 96, 128, 256) if q.shape[-1] <= d)  # dispatch_head_dim
+    es = q.element_size()
+    bq, bk = attention_block_m(sample), attention_block_n(sample)
     smem = (bq + 2 * bk) * (D + 16 // es) * es
-    name = f"attention_fwd_kernel<{T}, {D}, {str(causal).lower()}, false, false>"
-    return [("fwd", name, lambda f: (_cdiv(Lq, bq), H, B), 128, smem)]
+    name = f"attention_fwd_kernel<{CU_TYPES[dt]}, {D}, {str(causal).lower()}, false, false>"
+    return ("fwd", name, lambda f: grid, 128, smem)
+
+
+def attention_block_m(sample):
+    """kFwdBQ of attention_fwd.cu: the query rows of a block."""
+    D, es = sample.args[0].shape[-1], sample.args[0].element_size()
+    return 128 if es == 2 and D <= 128 else 64
 
 
 def attention_block_n(sample):
@@ -213,6 +231,7 @@ def rule_depthwise(op_name, sample, dt, arch):
 LAUNCH_RULES = {
     "layer_norm": rule_row_norm, "rms_norm": rule_row_norm, "add_layer_norm": rule_row_norm,
     "add_rms_norm": rule_row_norm, "scaled_dot_product_attention": rule_attention,
+    "flash_attn_varlen": rule_attention_varlen,
     "adamw_step": rule_adam, "depthwise_conv2d": rule_depthwise,
 }
 
@@ -222,7 +241,8 @@ def records(op_names, dtypes, quick, arch, errors, progress=True, log=print) -> 
     from tqdm import tqdm
 
     from dlkern.perf.launches import enumerate_launches, perf_ops
-    from dlkern.perf.pipeline import ATTENTION_OPS, _elements, attention_trips, dynamic_counts, tensor_unit
+    from dlkern.perf.pipeline import (ATTENTION_OPS, VARLEN_ATTENTION_OPS, _elements, attention_trips,
+                                      dynamic_counts, tensor_unit, varlen_attention_trips)
 
     files = [f for f, ops in FILE_OPS.items() if any(o in op_names and (not quick or o in LAUNCH_RULES) for o in ops)]
     if quick:  # the launched instances only: the files of the ops with launch rules (not attention_bwd)
@@ -263,8 +283,12 @@ def records(op_names, dtypes, quick, arch, errors, progress=True, log=print) -> 
                     bytes_min = (cost.bwd_bytes if mode == "bwd" else cost.fwd_bytes) if cost else 0.0
                     flops = (cost.bwd_flops if mode == "bwd" else cost.fwd_flops) if cost else 0.0
                     # block_m only counts for dK/dV (not launched here)
-                    trips = attention_trips(prefix, sample, 0, attention_block_n(sample)) \
-                        if name in ATTENTION_OPS else None
+                    trips = None
+                    if name in ATTENTION_OPS:
+                        trips = attention_trips(prefix, sample, 0, attention_block_n(sample))
+                    elif name in VARLEN_ATTENTION_OPS:
+                        trips = varlen_attention_trips(prefix, sample, attention_block_m(sample),
+                                                       attention_block_n(sample))
                     dyn, trips = dynamic_counts(f, threads * blocks, bytes_min, bytes_min, trips)
                     instr, tensor = dyn.get("total", 0.0), tensor_unit(f)
                     b = model.bounds(spec, bytes_min, flops, instr, dyn.get("MUFU", 0.0), tensor, grid, per_sm)

@@ -35,6 +35,7 @@ from pathlib import Path
 from dlkern.perf import model, sass
 
 ATTENTION_OPS = ("scaled_dot_product_attention",)
+VARLEN_ATTENTION_OPS = ("flash_attn_varlen",)
 
 # Best published figure per (op, mode), shared/PERF.md (H100 SXM, bf16): ("TB/s" | "TFLOP/s", value,
 # who). Memory-bound figures scale to the H200 by its copy rate (4.3 / 3.0), compute-bound ones stay.
@@ -55,6 +56,10 @@ def _elements(op_name, sample) -> int:
     if op_name in ATTENTION_OPS:
         q, k = sample.args[0], sample.args[1]
         return q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
+    if op_name in VARLEN_ATTENTION_OPS:
+        from dlkern.ops.attention_varlen import sequence_lengths, visible_pairs
+        lq, lk = sequence_lengths(sample)
+        return sample.args[0].shape[1] * visible_pairs(lq, lk, False)
     if isinstance(first, (list, tuple)):
         return sum(t.numel() for t in first if isinstance(t, torch.Tensor))
     return first.numel() if first is not None else 1
@@ -196,6 +201,40 @@ def attention_trips(kernel, sample, block_m, block_n):
     return (max((length - outer) / (2 * inner), 0.0), masked)
 
 
+def varlen_attention_trips(kernel, sample, block_m, block_n):
+    """attention_trips for packed sequences: (unmasked, masked) tile trips per program of the grid
+    (blocks of the longest sequence x sequences; programs past their sequence's end exit at once and
+    count 0), each program's split computed from its own sequence's lengths as the kernels do."""
+    from dlkern.ops.attention_varlen import sequence_lengths
+    if "delta" in kernel:
+        return None
+    lengths_q, lengths_k = sequence_lengths(sample)
+    causal = bool(sample.kwargs.get("causal", False))
+    group = sample.args[0].shape[1] // sample.args[1].shape[1]
+    dkdv = "dkdv" in kernel
+    outer = block_n if dkdv else block_m
+    cdiv = lambda a, b: -(-a // b)  # noqa: E731
+    unmasked = masked = 0
+    for lq, lk in zip(lengths_q, lengths_k):
+        offset = lk - lq
+        for start in range(0, lk if dkdv else lq, outer):
+            if dkdv:  # query tiles [lo, mid) diagonal, [mid, full) whole, [full, lq) ragged; per group head
+                lo = mid = 0
+                if causal:
+                    lo = max(start - offset, 0) // block_m * block_m
+                    mid = min(max(cdiv(max(start + block_n - 1 - offset, 0), block_m) * block_m, lo), cdiv(lq, block_m) * block_m)
+                full = lq // block_m * block_m
+                unmasked += group * max(full - mid, 0) // block_m
+                masked += group * (cdiv(mid - lo, block_m) + cdiv(lq - max(mid, full), block_m))
+            else:     # key tiles [0, mid) whole, [mid, end) diagonal or ragged
+                end = max(min(lk, start + block_m + offset), 0) if causal else lk
+                mid = (min(lk, max(start + offset + 1, 0)) if causal else lk) // block_n * block_n
+                unmasked += mid // block_n
+                masked += cdiv(max(end - mid, 0), block_n)
+    programs = cdiv(max(lengths_k if dkdv else lengths_q, default=0), outer) * len(lengths_q)
+    return (unmasked / max(programs, 1), masked / max(programs, 1))
+
+
 def _finish(records, arch):
     """Pick configs, fill the pass-level fields (pct of roofline, peer ratio)."""
     spec = model.ARCHS[arch]
@@ -264,8 +303,10 @@ def triton_records(op, dtype, quick, arch, compile_bar, errors, traffic_entries)
             cap = la.footprint()
             if unique and cap and unique > cap:
                 loaded, stored, unique = loaded * cap / unique, stored * cap / unique, float(cap)
-            trips = (attention_trips(la.kernel, sample, la.config["BLOCK_M"], la.config["BLOCK_N"])
-                     if op.name in ATTENTION_OPS and "BLOCK_N" in la.config else None)
+            trips = None
+            if "BLOCK_N" in la.config and op.name in ATTENTION_OPS + VARLEN_ATTENTION_OPS:
+                trips_of = attention_trips if op.name in ATTENTION_OPS else varlen_attention_trips
+                trips = trips_of(la.kernel, sample, la.config["BLOCK_M"], la.config["BLOCK_N"])
             dyn, trips = dynamic_counts(facts, threads * blocks, loaded, stored, trips)
             instr = dyn.get("total", 0.0)
             records.append(dict(
