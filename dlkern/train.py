@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import contextlib
+import inspect
 import math
 import os
 import signal
@@ -28,7 +29,9 @@ import dlkern.optim
 from dlkern import distributed
 from dlkern.threads import ThreadTuner, user_thread_count
 from dlkern.models import create_model, get_entry, get_task, list_models, model_config
+from dlkern.models.packing import pack, packed_loss
 from dlkern.models.registry import task_runs
+from dlkern.models.tasks import TASKS
 
 OPTIMIZERS = {"adamw": dlkern.optim.AdamW, "adam": dlkern.optim.Adam, "sgd": dlkern.optim.SGD}
 
@@ -106,13 +109,22 @@ def save_samples(model, path, seed: int, n: int = 64) -> str:
     return f"samples: {path}"
 
 
+def _step_loss(task, net, seed, step, batch_size, device, shard, packing):
+    """The loss of this step's batch (this rank's slice), packed or padded as ``packing`` says."""
+    if packing is None:
+        return task.loss(net, tuple(t[shard] for t in task.batch_for_step(seed, step, batch_size, device)))
+    batch = tuple(t[shard] for t in task.variable_batch_for_step(seed, step, batch_size, device))
+    return packed_loss(net, pack(*batch)) if packing == "packed" else task.padded_loss(net, batch)
+
+
 def train(name: str, *, steps: int | None = None, backend: str = "auto", device: str | None = None,
           compile: bool = False, seed: int = 0, out: str | os.PathLike | None = None, resume: bool = False,
           stop_at: int | None = None, tiny: bool = False, batch_size: int | None = None,
           eval_every: int | None = None, evaluate: bool = True, progress: bool = True,
           lr: float | None = None, config: dict | None = None, optimizer_backend: str | None = None,
           threads: int | str | None = None, fsdp: bool = False, checkpoint_every: int | None = None,
-          channels_last: bool = False, task: str | None = None, log=print) -> dict:
+          channels_last: bool = False, task: str | None = None, packing: str | None = None,
+          log=print) -> dict:
     """Run ``name``'s task; returns {"losses", "metric", "target", "reached", "steps", "seconds", ...}.
     ``stop_at``: stop (and checkpoint) after that step, as if interrupted; ``--resume`` continues.
     ``optimizer_backend``: the optimizer step's backend when it should differ from ``backend``.
@@ -123,13 +135,21 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
     ``checkpoint_every``: with ``out``, also checkpoint every that many steps (default: the eval
     interval), so a killed run can ``resume``; Ctrl-C checkpoints the last whole step.
     ``channels_last``: the model's 4-D parameters (conv weights) in channels_last memory format.
-    ``task``: train on another task the model has a registered run for (``register_task_run``)."""
+    ``task``: train on another task the model has a registered run for (``register_task_run``).
+    ``packing``: ``"packed"`` trains on variable-length batches packed into one row (varlen
+    attention, conv/scan reset at sequence boundaries); ``"padded"`` on the same batches padded
+    (the packed run's baseline: equal losses). See :mod:`dlkern.models.packing`."""
     for arg, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every),
                        ("checkpoint_every", checkpoint_every)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{arg} must be a positive integer, got {value!r}")
     entry = get_entry(name, task)
     task = get_task(entry.task)
+    if packing not in (None, "packed", "padded"):
+        raise ValueError(f"packing must be None, 'packed' or 'padded', got {packing!r}")
+    if packing and not task.packable:
+        raise ValueError(f"--packed: task {entry.task!r} has no variable-length batches "
+                         f"(packable tasks: {', '.join(n for n, t in TASKS.items() if t.packable)})")
     settings = entry.train if lr is None else dataclasses.replace(entry.train, lr=lr)
     requested_steps, steps = steps, steps or settings.steps
     batch_size = batch_size or settings.batch_size
@@ -154,10 +174,13 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
             if ckpt.get("task", entry.task) != entry.task:
                 raise ValueError(f"--resume: the checkpoint trained on task {ckpt['task']!r}, not {entry.task!r} "
                                  f"(give --task {ckpt['task']})")
+            packing = ckpt.get("packing", packing)    # the data stream depends on it
         if batch_size % world:
             raise ValueError(f"batch_size={batch_size} must be divisible by the world size {world}")
         torch.manual_seed(seed)
         model = create_model(name, task=entry.task, **cfg).to(device)
+        if packing == "packed" and "cu_seqlens" not in inspect.signature(model.forward).parameters:
+            raise ValueError(f"--packed: model {name!r} does not take packed batches (cu_seqlens)")
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         net = distributed.wrap(model, world, device, fsdp)   # FSDP2 shards model's parameters in place
@@ -193,7 +216,7 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
             if out is not None:
                 _save_checkpoint(ckpt_path, fsdp, main, model, optimizer, {
                     "step": done, "total_steps": steps, "losses": losses, "config": cfg, "seed": seed,
-                    "task": entry.task,
+                    "task": entry.task, "packing": packing,
                     "batch_size": batch_size,
                     "rng": {"cpu": torch.get_rng_state(),
                             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}})
@@ -204,10 +227,9 @@ def train(name: str, *, steps: int | None = None, backend: str = "auto", device:
                 if tuner is not None:
                     tuner.before_step()
                     step_start = time.perf_counter()
-                batch = tuple(t[shard] for t in task.batch_for_step(seed, step, batch_size, device))
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, steps, settings)
-                loss = task.loss(net, batch)
+                loss = _step_loss(task, net, seed, step, batch_size, device, shard, packing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -354,6 +376,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "channels_last memory format")
     p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP2 "
                    "(default: DDP) and save distributed checkpoints (OUT/checkpoint/)")
+    packing = p.add_mutually_exclusive_group()
+    packing.add_argument("--packed", dest="packing", action="store_const", const="packed",
+                         help="variable-length batches packed into one row, no padding (copy, palindrome)")
+    packing.add_argument("--varlen-padded", dest="packing", action="store_const", const="padded",
+                         help="the same variable-length batches, padded (the --packed run's baseline)")
     p.add_argument("--threads", type=_threads_arg, help="intra-op threads on CPU: N or auto (default: auto, measured during "
                    "the run, unless OMP_NUM_THREADS is set)")
 
@@ -372,7 +399,7 @@ def run(args) -> int:
                        evaluate=not args.no_eval,
                        threads=args.threads if args.threads is not None else user_thread_count(None),
                        fsdp=args.fsdp, checkpoint_every=args.checkpoint_every,
-                       channels_last=args.channels_last, task=args.task)
+                       channels_last=args.channels_last, task=args.task, packing=args.packing)
     except (ValueError, FileNotFoundError, dlkern.BackendError) as exc:  # the user's to fix: one line
         if getattr(args, "debug", False):
             raise

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import dlkern.nn as dnn
+import dlkern.nn.functional as DF
 from dlkern.models.registry import TrainSettings, register_model
 
 
@@ -31,10 +32,22 @@ class EncoderLayer(nn.Module):
                                  nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim))
         self.norm2 = dnn.LayerNorm(cfg.dim)
 
-    def forward(self, x, key_padding_mask):                          # x (B, L, dim), mask (B, L) True = pad
-        a, _ = self.attn(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)
+    def forward(self, x, key_padding_mask, cu_seqlens=None, max_seqlen=None):   # x (B, L, dim), mask True = pad
+        if cu_seqlens is None:
+            a, _ = self.attn(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)
+        else:
+            a = self._packed_attention(x, cu_seqlens, max_seqlen)
         x = self.norm1(x + a)
         return self.norm2(x + self.ffn(x))
+
+    def _packed_attention(self, x, cu_seqlens, max_seqlen):
+        """The same attention (MultiheadAttention's own projections) on packed sequences (1, T, dim):
+        each token attends to its own sequence only, with no padding computed."""
+        attn, T = self.attn, x.shape[1]
+        qkv = nn.functional.linear(x[0], attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(T, 3, attn.num_heads, attn.head_dim).unbind(1)          # (T, heads, hd)
+        o = DF.flash_attn_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=False)
+        return attn.out_proj(o.reshape(1, T, attn.embed_dim))
 
 
 class Bert(nn.Module):
@@ -50,10 +63,13 @@ class Bert(nn.Module):
         nn.init.normal_(self.tok.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
 
-    def forward(self, tokens, key_padding_mask=None):                # tokens (B, L)
-        x = self.norm(self.tok(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device)))
+    def forward(self, tokens, key_padding_mask=None, cu_seqlens=None, max_seqlen=None, positions=None):
+        """tokens (B, L) -> logits (B, L, vocab). Packed sequences (dlkern.models.packing): tokens
+        (1, T) with boundaries ``cu_seqlens`` and per-token ``positions``, no padding mask."""
+        pos = positions if positions is not None else torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.norm(self.tok(tokens) + self.pos(pos))
         for layer in self.layers:
-            x = layer(x, key_padding_mask)                           # (B, L, dim)
+            x = layer(x, key_padding_mask, cu_seqlens, max_seqlen)   # (B, L, dim)
         return self.decoder(self.mlm(x))                             # (B, L, vocab)
 
 

@@ -31,8 +31,14 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x):
+    def forward(self, x, cu_seqlens=None, max_seqlen=None):
         B, T, C = x.shape
+        if cu_seqlens is not None:           # packed (1, T, C): sequences kept apart by varlen attention
+            if self.dropout and self.training:
+                raise ValueError("packed batches: attention dropout is not supported (set dropout=0)")
+            q, k, v = self.c_attn(x[0]).view(T, 3, self.n_head, C // self.n_head).unbind(1)   # (T, nh, hs)
+            y = DF.flash_attn_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=True)
+            return self.c_proj(y.reshape(1, T, C))
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = DF.scaled_dot_product_attention(q, k, v, is_causal=True,
@@ -59,8 +65,8 @@ class Block(nn.Module):
         self.ln_2 = dnn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, cu_seqlens=None, max_seqlen=None):
+        x = x + self.attn(self.ln_1(x), cu_seqlens, max_seqlen)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -84,12 +90,14 @@ class GPT(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, idx):
+    def forward(self, idx, cu_seqlens=None, max_seqlen=None, positions=None):
+        """idx (B, T) -> logits (B, T, vocab). Packed sequences (dlkern.models.packing): idx (1, T)
+        holds several sequences with boundaries ``cu_seqlens`` and per-token ``positions``."""
         B, T = idx.shape
-        pos = torch.arange(T, device=idx.device)
+        pos = positions if positions is not None else torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))   # (B, T, C)
         for block in self.h:
-            x = block(x)
+            x = block(x, cu_seqlens, max_seqlen)
         return self.lm_head(self.ln_f(x))              # (B, T, vocab)
 
 

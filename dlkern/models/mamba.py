@@ -12,6 +12,7 @@ import torch.nn as nn
 
 import dlkern.nn as dnn
 import dlkern.nn.functional as DF
+from dlkern.models.packing import seq_idx_from_cu_seqlens
 from dlkern.models.registry import TrainSettings, register_model
 
 
@@ -57,14 +58,16 @@ class MambaMixer(nn.Module):
         nn.init.uniform_(self.conv_weight, -bound, bound)
         nn.init.uniform_(self.conv_bias, -bound, bound)
 
-    def forward(self, hidden):                                              # (B, L, d_model)
+    def forward(self, hidden, seq_idx=None):                                # (B, L, d_model)
+        """``seq_idx`` (B, L) int32: packed sequences; the conv and the scan restart at each change."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                        # (B, L, d_inner) each
-        x = DF.causal_conv1d(x.transpose(1, 2), self.conv_weight, self.conv_bias, activation="silu")  # (B, d_inner, L)
+        x = DF.causal_conv1d(x.transpose(1, 2), self.conv_weight, self.conv_bias, seq_idx=seq_idx,
+                             activation="silu")                             # (B, d_inner, L)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = nn.functional.linear(dt, self.dt_proj.weight)               # (B, L, d_inner); bias in the scan
         y = DF.selective_scan(x, delta.transpose(1, 2), -torch.exp(self.A_log),
                               B.transpose(1, 2), C.transpose(1, 2), self.D, z.transpose(1, 2),
-                              delta_bias=self.dt_proj.bias, delta_softplus=True)   # (B, d_inner, L)
+                              delta_bias=self.dt_proj.bias, delta_softplus=True, seq_idx=seq_idx)  # (B, d_inner, L)
         return self.out_proj(y.transpose(1, 2))                             # (B, L, d_model)
 
     def new_state(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,8 +100,8 @@ class Block(nn.Module):
         self.norm = dnn.RMSNorm(cfg.d_model)
         self.mixer = MambaMixer(cfg)
 
-    def forward(self, x):
-        return x + self.mixer(self.norm(x))
+    def forward(self, x, seq_idx=None):
+        return x + self.mixer(self.norm(x), seq_idx)
 
 
 class Mamba(nn.Module):
@@ -115,10 +118,13 @@ class Mamba(nn.Module):
             for layer in self.layers:
                 layer.mixer.out_proj.weight /= math.sqrt(cfg.n_layer)
 
-    def forward(self, idx):                            # idx (B, L) -> logits (B, L, vocab)
+    def forward(self, idx, cu_seqlens=None, max_seqlen=None, positions=None):
+        """idx (B, L) -> logits (B, L, vocab). Packed sequences (dlkern.models.packing): idx (1, T)
+        with boundaries ``cu_seqlens`` (no position embedding: ``positions`` is not needed)."""
+        seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, idx.shape[1]) if cu_seqlens is not None else None
         x = self.embedding(idx)                        # (B, L, d_model)
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, seq_idx)
         return self.lm_head(self.norm_f(x))
 
     def new_state(self, batch: int) -> list:

@@ -49,6 +49,15 @@ class Task:
     def batch_for_step(self, seed: int, step: int, batch_size: int, device) -> tuple:
         return tuple(t.to(device) for t in self.make_batch(step_generator(seed, step), batch_size))
 
+    @property
+    def packable(self) -> bool:
+        """Whether the task draws variable-length batches (``dlkern.models.packing``)."""
+        return hasattr(self, "variable_batch")
+
+    def variable_batch_for_step(self, seed: int, step: int, batch_size: int, device) -> tuple:
+        """(tokens (B, L), valid (B, L), targets (B, L)): variable-length sequences, padded."""
+        return tuple(t.to(device) for t in self.variable_batch(step_generator(seed, step), batch_size))
+
     @torch.no_grad()
     def evaluate(self, model, device, batch_size: int = 500) -> float:
         was_training = model.training
@@ -81,6 +90,26 @@ class CopyTask(Task):
         targets = seq[:, 1:].clone()
         targets[:, :self.length] = -100                           # only the copy is scored
         return seq[:, :-1], targets
+
+    def variable_batch(self, gen, batch_size):
+        """``a1..an SEP a1..an`` with n drawn in [length / 2, length] per sequence, left-aligned and
+        padded to 2 * length: (tokens, valid, targets) for ``--packed`` / ``--varlen-padded``."""
+        n = torch.randint(max(1, self.length // 2), self.length + 1, (batch_size, 1), generator=gen)
+        a = torch.randint(0, self.symbols, (batch_size, self.length), generator=gen)
+        col = torch.arange(2 * self.length + 1)
+        # column j < n: a_j; j == n: SEP; n < j <= 2n: a_{j-n-1}; beyond: padding (token 0)
+        copy = a.gather(1, (col - n - 1).clamp(0, self.length - 1))
+        seq = torch.where(col < n, a.gather(1, col.clamp(max=self.length - 1).expand(batch_size, -1)), copy)
+        seq = torch.where(col == n, self.symbols, seq)
+        valid_full = col <= 2 * n
+        seq = seq.masked_fill(~valid_full, 0)
+        valid = valid_full[:, 1:]                                  # input j is valid when j + 1 <= 2n
+        targets = seq[:, 1:].masked_fill((col[1:] <= n) | ~valid, -100)  # the copy is scored
+        return seq[:, :-1].masked_fill(~valid, 0), valid, targets
+
+    def padded_loss(self, model, batch):
+        tokens, valid, targets = batch            # pads follow each sequence: causal models need no mask
+        return self.loss(model, (tokens, targets))
 
     def test_set(self):
         return self.make_batch(torch.Generator().manual_seed(TEST_SEED), 1000)
@@ -196,6 +225,15 @@ class PalindromeTask(Task):
         tokens = seq.masked_fill(masked, MASK)
         targets = seq.masked_fill(~masked, -100)
         return tokens, pad, targets
+
+    def variable_batch(self, gen, batch_size):
+        """The palindromes as (tokens, valid, targets) for ``--packed`` / ``--varlen-padded``."""
+        tokens, pad, targets = self.make_batch(gen, batch_size)
+        return tokens, ~pad, targets
+
+    def padded_loss(self, model, batch):
+        tokens, valid, targets = batch
+        return self.loss(model, (tokens, ~valid, targets))
 
     def test_set(self):
         return self.make_batch(torch.Generator().manual_seed(TEST_SEED), 1000)
