@@ -89,9 +89,6 @@ BUDGETS = [
 
 # (budget id, op, backend) -> the issue that fixes it. Today's failures, from the quick run.
 KNOWN = {
-    ("streaming-128bit", "batch_norm", "triton"):
-        "issue #18: the BatchNorm backward's finalize kernel (_grad_finalize_kernel, new this session) "
-        "loads its per-channel partials with 32-bit scalars",
     ("streaming-128bit", "causal_conv1d", "triton"):
         "issue #19: causal conv1d loads 16-bit scalars along the sequence",
     ("row-norm-fwd-instructions", "add_layer_norm", "cuda"):
