@@ -133,17 +133,11 @@ def new_image(x, h, w):
     return new_empty(n, c, h, w, dtype=x.dtype, device=x.device)
 
 
-def _tiles(x, pixels):
-    """(BLOCK_P, BLOCK_C) for ``pixels`` output positions per image: channels_last puts channels on
-    the long side of the tile. Small planes (the 7x7 ... 1x1 late stages of EfficientNet/MobileNet)
-    trade pixel lanes for channels: a 128-pixel tile on a 1x1 plane would leave 127 of 128 lanes
-    masked and launch a program per 2 channels."""
-    bp = triton.next_power_of_2(max(pixels, 1))
+def _tiles(x):
+    """(BLOCK_P, BLOCK_C): channels_last puts channels on the long side of the tile."""
     if channels_last(x):
-        bp = min(16, bp)
-        return bp, min(128, 512 // bp)
-    bp = min(128, bp)
-    return bp, 256 // bp
+        return 16, 32
+    return 128, 2
 
 
 def _args(conv):
@@ -159,7 +153,7 @@ def depthwise_conv2d_fwd(x, weight, bias, stride, padding, dilation, out_hw):
     KH, KW = weight.shape[1:]
     OH, OW = out_hw
     y = new_image(x, OH, OW)
-    bp, bc = _tiles(x, OH * OW)
+    bp, bc = _tiles(x)
     grid = (triton.cdiv(OH * OW, bp), N, triton.cdiv(C, bc))  # pixel tiles (may pass 65535) on axis 0
     _dw_fwd_kernel[grid](x, weight, bias if bias is not None else weight, y, C, H, W, OH, OW, KH, KW,
                          *_args((stride, padding, dilation)), *x.stride(), *y.stride(),
@@ -174,7 +168,7 @@ def depthwise_conv2d_bwd(dy, x, weight, has_bias, stride, padding, dilation):
     OH, OW = dy.shape[2:]
     conv = _args((stride, padding, dilation))
     dx = new_image(x, H, W)
-    bp, bc = _tiles(x, H * W)
+    bp, bc = _tiles(x)
     _dw_dx_kernel[(triton.cdiv(H * W, bp), N, triton.cdiv(C, bc))](
         dy, weight, dx, C, H, W, OH, OW, KH, KW, *conv, *dy.stride(), *dx.stride(),
         BLOCK_P=bp, BLOCK_C=bc, num_warps=4)

@@ -366,18 +366,31 @@ def _update_bench_cases(device, dtype, quick):
 def _cost(sample):
     x, w, seq_idx, init = sample.args[0], sample.args[1], sample.args[3], sample.args[4]
     e, s = x.numel(), x.element_size()
-    extra = (seq_idx.numel() * 4 if seq_idx is not None else 0) + (2 * init.numel() * s if init is not None else 0)
-    return Cost(fwd_bytes=2 * e * s + w.numel() * s + extra, bwd_bytes=3 * e * s + 2 * w.numel() * s + extra,
+    # initial states: read by the forward; read and their gradient written by the backward (the final
+    # states are a slice of x taken outside the kernels)
+    idx = seq_idx.numel() * 4 if seq_idx is not None else 0
+    init = init.numel() * s if init is not None else 0
+    return Cost(fwd_bytes=2 * e * s + w.numel() * s + idx + init,
+                bwd_bytes=3 * e * s + 2 * w.numel() * s + idx + 2 * init,
                 fwd_flops=2 * e * w.shape[1], bwd_flops=4 * e * w.shape[1])
 
 
 def _update_cost(sample):
-    """x read, y written; the state row of each batch entry read and written (W - 1 slots when one
-    token shifts a (B, D, W - 1) state; a circular buffer or a longer state: up to S)."""
+    """At least: y written; for each served batch entry (a negative conv_state_indices entry is a
+    padding slot: nothing read, its state untouched) x read, the W - 1 newest state slots read and
+    the L new tokens' slots written (at most S)."""
     x, state, w = sample.args[0], sample.args[1], sample.args[2]
+    indices = sample.args[6] if len(sample.args) > 6 else sample.kwargs.get("conv_state_indices")
     s = x.element_size()
-    rows = x.shape[0] * x.shape[1] * state.shape[-1]
-    return Cost(fwd_bytes=(2 * x.numel() + 2 * rows) * s, bwd_bytes=0, fwd_flops=2 * x.numel() * w.shape[1])
+    tokens = x.shape[2] if x.dim() == 3 else 1
+    served = x.shape[0]
+    if indices is not None:
+        try:
+            served = int((indices >= 0).sum())
+        except RuntimeError:   # dlkern perf's fake tensors hold no values (its bench cases have no pad slots)
+            pass
+    per_row = x.shape[1] * (tokens + (w.shape[1] - 1) + min(tokens, state.shape[-1]))
+    return Cost(fwd_bytes=(x.numel() + served * per_row) * s, bwd_bytes=0, fwd_flops=2 * x.numel() * w.shape[1])
 
 
 CAUSAL_CONV1D = register_op(OpSpec(

@@ -1,9 +1,9 @@
 """``dlkern.patch`` + ``dlkern.patch_functional`` + ``dlkern.patch_sdpa`` on timm's own models
-(convnext_atto, efficientnet_b0, resnet18, vit_tiny), random weights, reduced depth and resolution: the
-patched model (dlkern's Triton kernels) gives the same logits and parameter gradients as the
-unpatched one (torch), and every norm/conv/attention family the architecture uses was served by
-dlkern (timm's ``LayerNorm2d`` and ``BatchNormAct2d`` have their own ``forward``, so they reach dlkern
-through the functionals)."""
+(convnext_atto, efficientnet_b0, resnet18, vit_tiny), random weights, reduced depth and resolution:
+the patched model (dlkern's Triton kernels) gives logits and parameter gradients as close to the
+fp64 model's as the unpatched one (torch) does, and every norm/conv/attention family the
+architecture uses was served by dlkern (timm's ``LayerNorm2d`` and ``BatchNormAct2d`` have their
+own ``forward``, so they reach dlkern through the functionals)."""
 import copy
 
 import pytest
@@ -31,8 +31,18 @@ CASES = {
 
 def _logits_and_grads(model, x):
     out = model(x)
-    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype))
     return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_as_close_as_torch(got, want, exact, what):
+    """dlkern's fp32 result is within 4x torch's own fp32 error of the fp64 result (plus a floor of
+    1e-5 of the values' scale): training-mode BatchNorm on the 2 x 1 x 1 planes of the last stages
+    amplifies rounding, so a fixed tolerance against torch's fp32 would test luck."""
+    exact = exact.float()
+    bound = 4 * (want - exact).abs().max() + 1e-5 * exact.abs().max()
+    err = (got - exact).abs().max()
+    assert err <= bound, f"{what}: dlkern error {err:.3g} > {bound:.3g} (torch fp32 error x 4 + floor)"
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -45,6 +55,7 @@ def test_patched_timm_model_matches_unpatched(name):
     model.train()                          # batch statistics for BatchNorm; timm's drop rates are 0 by default
     patched = dlkern.patch(copy.deepcopy(model))
     x = torch.randn(shape)
+    exact, exact_grads = _logits_and_grads(copy.deepcopy(model).double(), x.double())
     want, want_grads = _logits_and_grads(model, x)
 
     with dlkern.patch_sdpa(), dlkern.patch_functional(), dlkern.use_backend(KERNEL_BACKEND), OpsServed() as seen:
@@ -53,7 +64,7 @@ def test_patched_timm_model_matches_unpatched(name):
     for family in families:      # forward and backward of each family ran as dlkern kernels
         assert seen.counts.get(f"{family}_fwd", 0) > 0 and seen.counts.get(f"{family}_bwd", 0) > 0, \
             f"{name}: dlkern ops run: {seen.counts}"
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert got_grads.keys() == want_grads.keys() and len(want_grads) > 10
+    _assert_as_close_as_torch(got, want, exact, "logits")
+    assert got_grads.keys() == want_grads.keys() == exact_grads.keys() and len(want_grads) > 10
     for pname, grad in want_grads.items():
-        torch.testing.assert_close(got_grads[pname], grad, rtol=1e-3, atol=1e-4, msg=lambda m: f"{pname}: {m}")
+        _assert_as_close_as_torch(got_grads[pname], grad, exact_grads[pname], pname)
