@@ -254,9 +254,14 @@ def sequence_lengths(sample):
 
 def _cost(sample):
     q, k, v = sample.args[:3]
-    pairs = visible_pairs(*sequence_lengths(sample), sample.kwargs.get("causal", False))
+    lengths_q, lengths_k = sequence_lengths(sample)
+    causal = sample.kwargs.get("causal", False)
+    pairs = visible_pairs(lengths_q, lengths_k, causal)
     flops = 4 * q.shape[1] * q.shape[2] * pairs
-    io = (2 * q.numel() + k.numel() + v.numel()) * q.element_size()
+    # q rows that see no key (no keys, or above the bottom-right diagonal) need not be read; o is
+    # written for every row
+    seeing = sum(0 if lk == 0 else (min(lq, lk) if causal else lq) for lq, lk in zip(lengths_q, lengths_k))
+    io = (q.numel() + seeing * q.shape[1] * q.shape[2] + k.numel() + v.numel()) * q.element_size()
     # backward minimum: read q, k, v, o, dO, write dq, dk, dv once each (2 x io)
     return Cost(fwd_bytes=io, bwd_bytes=2 * io, fwd_flops=flops, bwd_flops=2.5 * flops)
 

@@ -244,10 +244,12 @@ def _update_bench_cases(device, dtype, quick):
 
 
 def _update_cost(sample):
-    """The state read and written, A read; x, dt, z, out (batch, dim) and B, C once per batch row."""
+    """The batch rows' states read and written (with state_batch_indices: only the selected rows of
+    the pool), A read; x, dt, z, out (batch, dim) and B, C once per batch row."""
     state, x, A, B, C = (sample.args[i] for i in (0, 1, 3, 4, 5))
     s = x.element_size()
-    return Cost(fwd_bytes=2 * state.numel() * state.element_size() + A.numel() * A.element_size()
+    row_states = x.shape[0] * (state.numel() // max(state.shape[0], 1))
+    return Cost(fwd_bytes=2 * row_states * state.element_size() + A.numel() * A.element_size()
                 + 4 * x.numel() * s + (B.numel() + C.numel()) * s, bwd_bytes=0,
                 fwd_flops=6.0 * state.numel())
 
