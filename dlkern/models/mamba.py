@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import dlkern.nn as dnn
 import dlkern.nn.functional as DF
-from dlkern.models.packing import seq_idx_from_cu_seqlens
+from dlkern.ops.selective_scan import seq_idx_from_cu_seqlens
 from dlkern.models.registry import TrainSettings, register_model
 
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlkern.ops.selective_scan import seq_idx_from_cu_seqlens
+
 
 @dataclass
 class Packed:
@@ -43,14 +45,6 @@ def pack(tokens: Tensor, valid: Tensor, targets: Tensor) -> Packed:
     columns = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     return Packed(tokens[valid][None], targets[valid], cu, int(lengths.max()) if lengths.numel() else 0,
                   columns[valid][None])
-
-
-def seq_idx_from_cu_seqlens(cu_seqlens: Tensor, total: int) -> Tensor:
-    """(1, total) int32: the index of the sequence each packed token belongs to (the ``seq_idx`` of
-    causal-conv1d / mamba_ssm)."""
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    idx = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths, output_size=total)
-    return idx.to(torch.int32)[None]
 
 
 def packed_loss(model, packed: Packed) -> Tensor:

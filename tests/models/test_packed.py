@@ -9,7 +9,8 @@ import torch
 import dlkern
 from dlkern.backend import availability
 from dlkern.models import create_model, get_task, model_config
-from dlkern.models.packing import pack, per_sequence_losses, seq_idx_from_cu_seqlens
+from dlkern.models.packing import pack, per_sequence_losses
+from dlkern.ops.selective_scan import seq_idx_from_cu_seqlens
 from dlkern.models.tasks import step_generator
 from dlkern.train import train
 
