@@ -92,7 +92,10 @@ __device__ __forceinline__ Welford block_welford(Welford w) {
 // Both forward kernels share this signature (so one launch site serves both). weight/bias are
 // nullptr when absent; residual/residual_out are only touched when RESIDUAL.
 
-template <typename T, int CHUNKS, bool RMS, bool RESIDUAL>
+// Per element (bf16, residual LayerNorm): two unpacks, an add, half a pack and an unpack for s,
+// three flops of statistics, two for y, the parameters' unpacks and half a pack; the row and
+// chunk addresses are formed once per row (32-bit chunk offsets from per-row base pointers).
+template <typename T, int CHUNKS, bool RMS, bool RESIDUAL, bool HAS_W, bool HAS_B>
 __global__ void __launch_bounds__(fwd_max_threads(CHUNKS * kVec<T>), 1)
 row_norm_fwd_cached_kernel(
     // pointers
@@ -105,40 +108,30 @@ row_norm_fwd_cached_kernel(
     int64_t ro_stride,
     // meta
     float eps, float inv_cols) {
-  constexpr int V = kVec<T>;
-  using Chunk = Vec<T, V>;
-  const int num_chunks = cols / V;  // cols % V == 0 here
-  const bool has_weight = weight != nullptr;
-  const bool has_bias = bias != nullptr;
+  constexpr int V = kVec<T>;  // cols % V == 0 here
 
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* xr = x + row * x_stride;
+    const T* rr = RESIDUAL ? residual + row * r_stride : nullptr;
+    T* ror = RESIDUAL ? residual_out + row * ro_stride : nullptr;
     float v[CHUNKS][V];  // s in fp32; 0 past the end of the row
 #pragma unroll
     for (int k = 0; k < CHUNKS; ++k) {
-      const int c = threadIdx.x + k * blockDim.x;
-      if (c < num_chunks) {
-        const Chunk xc = load_chunk<Chunk>(x + row * x_stride + c * V);
+      const int c = (threadIdx.x + k * blockDim.x) * V;  // the chunk's first column
+      if (c < cols) {
+        unpack_chunk<T>(load_chunk_bits(xr + c), v[k]);
+        if (RESIDUAL) {  // s = round(x + residual): the value residual_out holds and the norm sees
+          float r[V];
+          unpack_chunk<T>(load_chunk_bits(rr + c), r);
 #pragma unroll
-        for (int i = 0; i < V; ++i) v[k][i] = to_float(xc.v[i]);
+          for (int i = 0; i < V; ++i) v[k][i] += r[i];
+          const uint4 sc = pack_chunk<T>(v[k]);
+          store_chunk_bits(ror + c, sc);
+          unpack_chunk<T>(sc, v[k]);
+        }
       } else {
 #pragma unroll
         for (int i = 0; i < V; ++i) v[k][i] = 0.f;
-      }
-    }
-    if (RESIDUAL) {  // s = round(x + residual): the value residual_out holds and the norm sees
-#pragma unroll
-      for (int k = 0; k < CHUNKS; ++k) {
-        const int c = threadIdx.x + k * blockDim.x;
-        if (c < num_chunks) {
-          const Chunk rc = load_chunk<Chunk>(residual + row * r_stride + c * V);
-          Chunk sc;
-#pragma unroll
-          for (int i = 0; i < V; ++i) {
-            sc.v[i] = from_float<T>(v[k][i] + to_float(rc.v[i]));
-            v[k][i] = to_float(sc.v[i]);
-          }
-          store_chunk(residual_out + row * ro_stride + c * V, sc);
-        }
       }
     }
 
@@ -155,12 +148,12 @@ row_norm_fwd_cached_kernel(
     float sq = 0.f;  // second pass over registers: sum of (s - mean)^2 (RMS: of s^2)
 #pragma unroll
     for (int k = 0; k < CHUNKS; ++k) {
-      const int c = threadIdx.x + k * blockDim.x;
-      if (c < num_chunks) {  // (s - mean) is not 0 past the end of the row
+      const int c = (threadIdx.x + k * blockDim.x) * V;
+      if (RMS || c < cols) {  // LayerNorm: (s - mean) is not 0 past the end of the row
 #pragma unroll
         for (int i = 0; i < V; ++i) {
-          const float d = v[k][i] - mean;
-          sq += d * d;
+          if (!RMS) v[k][i] -= mean;  // v holds s - mean from here on
+          sq += v[k][i] * v[k][i];
         }
       }
     }
@@ -170,21 +163,22 @@ row_norm_fwd_cached_kernel(
       rstd_out[row] = rstd;
     }
 
+    T* yr = y + row * y_stride;
 #pragma unroll
     for (int k = 0; k < CHUNKS; ++k) {
-      const int c = threadIdx.x + k * blockDim.x;
-      if (c < num_chunks) {
-        const Chunk wc = has_weight ? load_chunk<Chunk>(weight + c * V) : Chunk{};
-        const Chunk bc = has_bias ? load_chunk<Chunk>(bias + c * V) : Chunk{};
-        Chunk yc;
+      const int c = (threadIdx.x + k * blockDim.x) * V;
+      if (c < cols) {
+        float w[V], b[V];
+        if (HAS_W) unpack_chunk<T>(load_chunk_bits(weight + c), w);
+        if (HAS_B) unpack_chunk<T>(load_chunk_bits(bias + c), b);
+        float h[V];
 #pragma unroll
         for (int i = 0; i < V; ++i) {
-          float h = (v[k][i] - mean) * rstd;
-          if (has_weight) h *= to_float(wc.v[i]);
-          if (has_bias) h += to_float(bc.v[i]);
-          yc.v[i] = from_float<T>(h);
+          h[i] = v[k][i] * rstd;  // (s - mean) * rstd, as the uncached kernel rounds it
+          if (HAS_W) h[i] *= w[i];
+          if (HAS_B) h[i] += b[i];
         }
-        store_chunk(y + row * y_stride + c * V, yc);
+        store_chunk_bits(yr + c, pack_chunk<T>(h));
       }
     }
   }
@@ -508,15 +502,15 @@ void validate(const RowNormFwdParams& p) {
         "row strides must be >= 0");
 }
 
-template <typename T, bool RMS, bool RESIDUAL>
+template <typename T, bool RMS, bool RESIDUAL, bool HAS_W, bool HAS_B>
 FwdKernel<T> fwd_kernel(int chunks) {
   static_assert(8 * kVec<T> <= kFwdMaxValues, "every chunk count is a valid forward variant");
   switch (chunks) {
-    case 1: return row_norm_fwd_cached_kernel<T, 1, RMS, RESIDUAL>;
-    case 2: return row_norm_fwd_cached_kernel<T, 2, RMS, RESIDUAL>;
-    case 4: return row_norm_fwd_cached_kernel<T, 4, RMS, RESIDUAL>;
-    case 8: return row_norm_fwd_cached_kernel<T, 8, RMS, RESIDUAL>;
-    default: return row_norm_fwd_uncached_kernel<T, RMS, RESIDUAL>;
+    case 1: return row_norm_fwd_cached_kernel<T, 1, RMS, RESIDUAL, HAS_W, HAS_B>;
+    case 2: return row_norm_fwd_cached_kernel<T, 2, RMS, RESIDUAL, HAS_W, HAS_B>;
+    case 4: return row_norm_fwd_cached_kernel<T, 4, RMS, RESIDUAL, HAS_W, HAS_B>;
+    case 8: return row_norm_fwd_cached_kernel<T, 8, RMS, RESIDUAL, HAS_W, HAS_B>;
+    default: return row_norm_fwd_uncached_kernel<T, RMS, RESIDUAL>;  // weight/bias: runtime
   }
 }
 
@@ -532,8 +526,13 @@ void fwd_launch(const RowNormFwdParams& p, cudaStream_t stream) {
   const LaunchShape shape = choose_shape<T>(p.cols, vectorizable, kFwdMaxValues,
                                             kFwdPreferredThreads, fwd_max_threads);
   const FwdKernel<T> kern = DLK_BOOL_SWITCH(p.is_rms, RMS, [&] {
-    return DLK_BOOL_SWITCH(p.has_residual, RESIDUAL,
-                           [&] { return fwd_kernel<T, RMS, RESIDUAL>(shape.chunks); });
+    return DLK_BOOL_SWITCH(p.has_residual, RESIDUAL, [&] {
+      return DLK_BOOL_SWITCH(p.has_weight, HAS_W, [&] {
+        return DLK_BOOL_SWITCH(p.has_bias, HAS_B, [&] {
+          return fwd_kernel<T, RMS, RESIDUAL, HAS_W, HAS_B && !RMS>(shape.chunks);  // RMS: no bias
+        });
+      });
+    });
   });
   const int grid = grid_size(kern, shape.threads, p.rows, p.num_sms);
   DLK_LAUNCH(kern, grid, shape.threads, 0, stream,
