@@ -13,7 +13,7 @@
 // The cached kernels hold rows of up to 32768 (fp16/bf16) or 16384 (fp32) values in the forward
 // and up to 8192 in the backward; longer or misaligned rows take the uncached kernels.
 // The backward's dweight/dbias partials: block b owns rows b, b + gridDim, ... and writes
-// partial[b, :]; the caller sums the partials over blocks.
+// partial[b, :]; row_norm_sum_partials_kernel sums them over blocks and casts dweight.
 #include "norm/row_norm.h"
 
 #include <algorithm>
@@ -435,6 +435,48 @@ row_norm_bwd_uncached_kernel(
   }
 }
 
+// ---- dweight / dbias: the column sums of the partial rows -------------------------------------
+// A block of kSumRowLanes x kSumCols threads owns kSumCols columns: thread (r, c) sums partial
+// rows r, r + kSumRowLanes, ... of column c (a warp reads 32 consecutive floats of one row), then
+// row lane 0 adds the other lanes' sums in lane order. A fixed order whatever the timing
+// (deterministic), and the cast to dweight's dtype in the same pass (the Triton backward's
+// _sum_partials_kernel does the same in one launch).
+constexpr int kSumCols = 32;
+constexpr int kSumRowLanes = 8;
+
+template <typename TW>
+__global__ void __launch_bounds__(kSumCols * kSumRowLanes)
+row_norm_sum_partials_kernel(
+    // pointers
+    const float* __restrict__ dw_partial, const float* __restrict__ db_partial,  // (P, cols)
+    TW* __restrict__ dweight, float* __restrict__ dbias,  // (cols,); each nullptr when absent
+    // sizes
+    int64_t num_partials, int cols) {
+  __shared__ float sums[2][kSumRowLanes][kSumCols];
+  const int lane = threadIdx.x % kSumCols;
+  const int r0 = threadIdx.x / kSumCols;
+  const int col = blockIdx.x * kSumCols + lane;
+  float dw = 0.f, db = 0.f;
+  if (col < cols) {
+#pragma unroll 4
+    for (int64_t r = r0; r < num_partials; r += kSumRowLanes) {
+      if (dweight != nullptr) dw += dw_partial[r * cols + col];
+      if (dbias != nullptr) db += db_partial[r * cols + col];
+    }
+  }
+  sums[0][r0][lane] = dw;
+  sums[1][r0][lane] = db;
+  __syncthreads();
+  if (r0 == 0 && col < cols) {
+    for (int i = 1; i < kSumRowLanes; ++i) {
+      dw += sums[0][i][lane];
+      db += sums[1][i][lane];
+    }
+    if (dweight != nullptr) dweight[col] = from_float<TW>(dw);
+    if (dbias != nullptr) dbias[col] = db;
+  }
+}
+
 // ---- host side --------------------------------------------------------------------------------
 template <typename T>
 using FwdKernel = void (*)(const T*, const T*, const T*, const T*, T*, T*, float*, float*,
@@ -614,6 +656,17 @@ void bwd_launch(const RowNormBwdParams& p, cudaStream_t stream) {
   check_launch(shape.chunks ? "row_norm_bwd_cached_kernel" : "row_norm_bwd_uncached_kernel");
 }
 
+template <typename TW>
+void sum_partials_launch(const RowNormBwdParams& p, cudaStream_t stream) {
+  const auto kern = row_norm_sum_partials_kernel<TW>;
+  const int grid = int((p.cols + kSumCols - 1) / kSumCols);
+  DLK_LAUNCH(kern, grid, kSumCols * kSumRowLanes, 0, stream,
+             p.has_weight ? p.dweight_partial : nullptr, p.has_bias ? p.dbias_partial : nullptr,
+             static_cast<TW*>(p.has_weight ? p.dweight : nullptr),
+             p.has_bias ? p.dbias : nullptr, p.num_partials, int(p.cols));
+  check_launch("row_norm_sum_partials_kernel");
+}
+
 
 }  // namespace
 
@@ -640,9 +693,16 @@ void row_norm_bwd(const RowNormBwdParams& p, void* stream) {
   check(!p.has_weight || p.dweight_partial != nullptr, "has_weight needs dweight_partial");
   check(!p.has_bias || p.dbias_partial != nullptr, "has_bias needs dbias_partial");
   check(p.coef != nullptr, "coef (rows x 2 fp32 scratch) is required");
+  check(!p.has_weight || p.dweight != nullptr, "has_weight needs dweight");
+  check(!p.has_bias || p.dbias != nullptr, "has_bias needs dbias");
   dispatch_dtype<void>(p.dtype, [&](auto tag) {
     bwd_launch<decltype(tag)>(p, static_cast<cudaStream_t>(stream));
   });
+  if (p.has_weight || p.has_bias) {
+    dispatch_dtype<void>(p.dweight_dtype, [&](auto tag) {
+      sum_partials_launch<decltype(tag)>(p, static_cast<cudaStream_t>(stream));
+    });
+  }
 }
 
 }  // namespace dlk
