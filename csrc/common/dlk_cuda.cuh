@@ -144,16 +144,11 @@ template <typename T>
 __device__ __forceinline__ uint4 load_chunk_bits(const T* p) {
   return *reinterpret_cast<const uint4*>(p);
 }
-// __stwb (an ordinary write-back store): nvcc emits one STG.128 for it, where it splits some
-// plain uint4 assignments into four 32-bit stores (no inline asm with a "memory" clobber: that
-// stops nvcc from moving loads across the store and swelled the Adam kernel).
+// A plain store, not __stwb / __stcg: on sm_90 nvcc emits those as STG.E.128.STRONG.SM (strong,
+// ordered like a volatile store), where this is a weak STG.E.128 in the row-norm kernels.
 template <typename T>
 __device__ __forceinline__ void store_chunk_bits(T* p, const uint4& c) {
-#ifdef DLK_EMULATION
   *reinterpret_cast<uint4*>(p) = c;
-#else
-  __stwb(reinterpret_cast<uint4*>(p), c);
-#endif
 }
 
 // The two values of a 32-bit word of 16-bit T (lower half first) as fp32.
@@ -245,6 +240,25 @@ __device__ __forceinline__ void store(T* p, const float (&v)[V]) {
     for (int i = 0; i < V; ++i) c.v[i] = from_float<T>(v[i]);
     *reinterpret_cast<Vec<T, V>*>(p) = c;
   }
+}
+
+// store<T, V> for an output the calling thread never reads back. In some kernels (the
+// channel-norm apply, the affine coupling) nvcc splits a 16-byte store, plain Vec or uint4, into
+// four 32-bit STG.E; __stwb / __stcg keep it whole but strong (STG.E.128.STRONG.SM), and inline
+// PTX with a "memory" clobber keeps it whole but stops nvcc moving any load across it (the Adam
+// kernel swelled). So: st.global.v4.b32 without a clobber, which is only sound where nothing in
+// the thread reads the stored bytes afterwards (outputs written once).
+template <typename T, int V>
+__device__ __forceinline__ void store_output(T* p, const float (&v)[V]) {
+#ifndef DLK_EMULATION
+  if constexpr (V == kVec<T>) {
+    const uint4 c = pack_chunk<T>(v);
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(c.x), "r"(c.y),
+                 "r"(c.z), "r"(c.w));
+    return;
+  }
+#endif
+  store<T, V>(p, v);
 }
 
 // ---- reductions -----------------------------------------------------------------------------
