@@ -130,6 +130,88 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
+// ---- 16-byte chunks as fp32 (4 fp32 or 8 fp16/bf16 values, one 128-bit access) --------------
+// Why not Vec<T, V> and to_float/from_float per value: on a 16-bit type nvcc
+// extracts each upper half with a PRMT before converting it and packs each converted value back
+// with another PRMT, about 2 extra instructions per value in a streaming kernel. Here:
+//  * bf16 -> fp32 is the value's bits in the upper half of a 32-bit word: one shift (lower half)
+//    or one mask (upper half) per value;
+//  * fp32 -> fp16/bf16 converts a pair with one cvt.rn.{f16x2,bf16x2}.f32 (sm_80+), the same
+//    round-to-nearest-even as __float2half_rn / __float2bfloat16_rn;
+//  * the chunk is a uint4, so a load or store stays one LDG.128 / STG.128.
+// The emulation build computes the same bits with the scalar conversions.
+template <typename T>
+__device__ __forceinline__ uint4 load_chunk_bits(const T* p) {
+  return *reinterpret_cast<const uint4*>(p);
+}
+// A plain store, not __stwb / __stcg: on sm_90 nvcc emits those as STG.E.128.STRONG.SM (strong,
+// ordered like a volatile store), where this is a weak STG.E.128 in the row-norm kernels.
+template <typename T>
+__device__ __forceinline__ void store_chunk_bits(T* p, const uint4& c) {
+  *reinterpret_cast<uint4*>(p) = c;
+}
+
+// The two values of a 32-bit word of 16-bit T (lower half first) as fp32.
+template <typename T>
+__device__ __forceinline__ void unpack_pair(unsigned w, float& lo, float& hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    lo = __uint_as_float(w << 16);
+    hi = __uint_as_float(w & 0xffff0000u);
+  } else {
+    lo = __half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu)));
+    hi = __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16)));
+  }
+}
+
+// lo and hi rounded to 16-bit T (nearest even) in one 32-bit word, lo in the lower half.
+template <typename T>
+__device__ __forceinline__ unsigned pack_pair(float lo, float hi) {
+#ifdef DLK_EMULATION
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return unsigned(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+           (unsigned(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+  } else {
+    return unsigned(__half_as_ushort(__float2half_rn(lo))) |
+           (unsigned(__half_as_ushort(__float2half_rn(hi))) << 16);
+  }
+#else
+  unsigned w;  // cvt.rn.*x2.f32 d, a, b: a goes to the upper half, b to the lower
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));
+  }
+  return w;
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack_chunk(const uint4& c, float (&v)[kVec<T>]) {
+  const unsigned w[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if constexpr (std::is_same_v<T, float>) {
+      v[j] = __uint_as_float(w[j]);
+    } else {
+      unpack_pair<T>(w[j], v[2 * j], v[2 * j + 1]);
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint4 pack_chunk(const float (&v)[kVec<T>]) {
+  unsigned w[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if constexpr (std::is_same_v<T, float>) {
+      w[j] = __float_as_uint(v[j]);
+    } else {
+      w[j] = pack_pair<T>(v[2 * j], v[2 * j + 1]);
+    }
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 // V elements of T as one aligned unit: a 16-byte Vec is a single 128-bit load or store.
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Vec {
@@ -158,6 +240,25 @@ __device__ __forceinline__ void store(T* p, const float (&v)[V]) {
     for (int i = 0; i < V; ++i) c.v[i] = from_float<T>(v[i]);
     *reinterpret_cast<Vec<T, V>*>(p) = c;
   }
+}
+
+// store<T, V> for an output the calling thread never reads back. In some kernels (the
+// channel-norm apply, the affine coupling) nvcc splits a 16-byte store, plain Vec or uint4, into
+// four 32-bit STG.E; __stwb / __stcg keep it whole but strong (STG.E.128.STRONG.SM), and inline
+// PTX with a "memory" clobber keeps it whole but stops nvcc moving any load across it (the Adam
+// kernel swelled). So: st.global.v4.b32 without a clobber, which is only sound where nothing in
+// the thread reads the stored bytes afterwards (outputs written once).
+template <typename T, int V>
+__device__ __forceinline__ void store_output(T* p, const float (&v)[V]) {
+#ifndef DLK_EMULATION
+  if constexpr (V == kVec<T>) {
+    const uint4 c = pack_chunk<T>(v);
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(c.x), "r"(c.y),
+                 "r"(c.z), "r"(c.w));
+    return;
+  }
+#endif
+  store<T, V>(p, v);
 }
 
 // ---- reductions -----------------------------------------------------------------------------

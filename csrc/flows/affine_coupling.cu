@@ -74,7 +74,7 @@ coupling_fwd_kernel(
         xv[i] = REVERSE ? (xv[i] - tv[i]) * m.inv_s : xv[i] * m.s + tv[i];
         sum += m.log_s;
       }
-      store<T, V>(y + b * N + k, xv);
+      store_output<T, V>(y + b * N + k, xv);
     }
     sum = block_sum(sum);
     if (threadIdx.x == 0) partial[b * chunks + chunk] = REVERSE ? -sum : sum;
@@ -118,9 +118,9 @@ coupling_bwd_kernel(
         xv[i] = dxi;
         hv[i] = dlog_s * m.dlog;
       }
-      store<T, V>(dx + b * N + k, xv);
-      store<T, V>(dh + b * 2 * N + k, hv);
-      store<T, V>(dh + b * 2 * N + N + k, tv);
+      store_output<T, V>(dx + b * N + k, xv);
+      store_output<T, V>(dh + b * 2 * N + k, hv);
+      store_output<T, V>(dh + b * 2 * N + N + k, tv);
     }
   }
 }

@@ -222,7 +222,7 @@ apply_s_kernel(
         const float h = (v[i] - mu) * scale + shift;
         v[i] = HAS_ACT ? act_fwd(h, act) : h;
       }
-      store<T, V>(yl + s * ys.s, v);
+      store_output<T, V>(yl + s * ys.s, v);
     }
   }
 }
@@ -269,7 +269,7 @@ apply_c_kernel(
         const float h = (v[i] - mu[i]) * scale[i] + b[i];
         v[i] = HAS_ACT ? act_fwd(h, act) : h;
       }
-      store<T, V>(y + n * ys.n + s * ys.s + c0 * ys.c, v);
+      store_output<T, V>(y + n * ys.n + s * ys.s + c0 * ys.c, v);
     }
   }
 }

@@ -138,20 +138,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_norm_backward(
   p.has_dresidual = dresidual.defined();
   p.num_sms = ctx.num_sms();
 
-  // fp32 partial sums of dweight/dbias, one row per block, reduced here in a fixed order.
+  // fp32 partial sums of dweight/dbias, one row per block; the launcher sums them in a fixed
+  // order and writes dweight in the weight's dtype (fp32, cast here, for a dtype the kernels do
+  // not store) and dbias in fp32 (the op casts it to bias's dtype).
   const int64_t num_partials = dlk::row_norm_bwd_num_partials(p);
   const at::TensorOptions f32 = x.options().dtype(at::kFloat);
   at::Tensor dw_partial = p.has_weight ? new_buffer({num_partials, cols}, f32) : at::Tensor();
   at::Tensor db_partial = p.has_bias ? new_buffer({num_partials, cols}, f32) : at::Tensor();
+  const at::ScalarType dw_type = p.has_weight ? weight_in->scalar_type() : at::kFloat;
+  const bool dw_direct =
+      dw_type == at::kFloat || dw_type == at::kHalf || dw_type == at::kBFloat16;
+  at::Tensor dweight = p.has_weight ? new_buffer({cols}, f32.dtype(dw_direct ? dw_type : at::kFloat))
+                                    : at::Tensor();
+  at::Tensor dbias = p.has_bias ? new_buffer({cols}, f32) : at::Tensor();
   p.num_partials = num_partials;
   p.dweight_partial = ptr_or_null<float>(dw_partial);
   p.dbias_partial = ptr_or_null<float>(db_partial);
+  p.dweight = ptr_or_null(dweight);
+  p.dbias = ptr_or_null<float>(dbias);
+  p.dweight_dtype = dweight.defined() ? kernel_dtype(dweight) : dlk::DType::F32;
   at::Tensor coef = new_buffer({rows, 2}, f32);  // scratch of the uncached (long-row) kernel
   p.coef = coef.data_ptr<float>();
   dlk::row_norm_bwd(p, ctx.stream());
-
-  at::Tensor dweight = p.has_weight ? dw_partial.sum(0).to(weight_in->scalar_type()) : at::Tensor();
-  at::Tensor dbias = p.has_bias ? db_partial.sum(0) : at::Tensor();  // fp32: the op casts it to bias's dtype
+  if (p.has_weight && !dw_direct) dweight = dweight.to(dw_type);
   return {dx, dweight, dbias};
 }
 

@@ -13,7 +13,7 @@
 // The cached kernels hold rows of up to 32768 (fp16/bf16) or 16384 (fp32) values in the forward
 // and up to 8192 in the backward; longer or misaligned rows take the uncached kernels.
 // The backward's dweight/dbias partials: block b owns rows b, b + gridDim, ... and writes
-// partial[b, :]; the caller sums the partials over blocks.
+// partial[b, :]; row_norm_sum_partials_kernel sums them over blocks and casts dweight.
 #include "norm/row_norm.h"
 
 #include <algorithm>
@@ -92,7 +92,10 @@ __device__ __forceinline__ Welford block_welford(Welford w) {
 // Both forward kernels share this signature (so one launch site serves both). weight/bias are
 // nullptr when absent; residual/residual_out are only touched when RESIDUAL.
 
-template <typename T, int CHUNKS, bool RMS, bool RESIDUAL>
+// Per element (bf16, residual LayerNorm): two unpacks, an add, half a pack and an unpack for s,
+// three flops of statistics, two for y, the parameters' unpacks and half a pack; the row and
+// chunk addresses are formed once per row (32-bit chunk offsets from per-row base pointers).
+template <typename T, int CHUNKS, bool RMS, bool RESIDUAL, bool HAS_W, bool HAS_B>
 __global__ void __launch_bounds__(fwd_max_threads(CHUNKS * kVec<T>), 1)
 row_norm_fwd_cached_kernel(
     // pointers
@@ -105,40 +108,30 @@ row_norm_fwd_cached_kernel(
     int64_t ro_stride,
     // meta
     float eps, float inv_cols) {
-  constexpr int V = kVec<T>;
-  using Chunk = Vec<T, V>;
-  const int num_chunks = cols / V;  // cols % V == 0 here
-  const bool has_weight = weight != nullptr;
-  const bool has_bias = bias != nullptr;
+  constexpr int V = kVec<T>;  // cols % V == 0 here
 
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* xr = x + row * x_stride;
+    const T* rr = RESIDUAL ? residual + row * r_stride : nullptr;
+    T* ror = RESIDUAL ? residual_out + row * ro_stride : nullptr;
     float v[CHUNKS][V];  // s in fp32; 0 past the end of the row
 #pragma unroll
     for (int k = 0; k < CHUNKS; ++k) {
-      const int c = threadIdx.x + k * blockDim.x;
-      if (c < num_chunks) {
-        const Chunk xc = load_chunk<Chunk>(x + row * x_stride + c * V);
+      const int c = (threadIdx.x + k * blockDim.x) * V;  // the chunk's first column
+      if (c < cols) {
+        unpack_chunk<T>(load_chunk_bits(xr + c), v[k]);
+        if (RESIDUAL) {  // s = round(x + residual): the value residual_out holds and the norm sees
+          float r[V];
+          unpack_chunk<T>(load_chunk_bits(rr + c), r);
 #pragma unroll
-        for (int i = 0; i < V; ++i) v[k][i] = to_float(xc.v[i]);
+          for (int i = 0; i < V; ++i) v[k][i] += r[i];
+          const uint4 sc = pack_chunk<T>(v[k]);
+          store_chunk_bits(ror + c, sc);
+          unpack_chunk<T>(sc, v[k]);
+        }
       } else {
 #pragma unroll
         for (int i = 0; i < V; ++i) v[k][i] = 0.f;
-      }
-    }
-    if (RESIDUAL) {  // s = round(x + residual): the value residual_out holds and the norm sees
-#pragma unroll
-      for (int k = 0; k < CHUNKS; ++k) {
-        const int c = threadIdx.x + k * blockDim.x;
-        if (c < num_chunks) {
-          const Chunk rc = load_chunk<Chunk>(residual + row * r_stride + c * V);
-          Chunk sc;
-#pragma unroll
-          for (int i = 0; i < V; ++i) {
-            sc.v[i] = from_float<T>(v[k][i] + to_float(rc.v[i]));
-            v[k][i] = to_float(sc.v[i]);
-          }
-          store_chunk(residual_out + row * ro_stride + c * V, sc);
-        }
       }
     }
 
@@ -155,12 +148,12 @@ row_norm_fwd_cached_kernel(
     float sq = 0.f;  // second pass over registers: sum of (s - mean)^2 (RMS: of s^2)
 #pragma unroll
     for (int k = 0; k < CHUNKS; ++k) {
-      const int c = threadIdx.x + k * blockDim.x;
-      if (c < num_chunks) {  // (s - mean) is not 0 past the end of the row
+      const int c = (threadIdx.x + k * blockDim.x) * V;
+      if (RMS || c < cols) {  // LayerNorm: (s - mean) is not 0 past the end of the row
 #pragma unroll
         for (int i = 0; i < V; ++i) {
-          const float d = v[k][i] - mean;
-          sq += d * d;
+          if (!RMS) v[k][i] -= mean;  // v holds s - mean from here on
+          sq += v[k][i] * v[k][i];
         }
       }
     }
@@ -170,21 +163,22 @@ row_norm_fwd_cached_kernel(
       rstd_out[row] = rstd;
     }
 
+    T* yr = y + row * y_stride;
 #pragma unroll
     for (int k = 0; k < CHUNKS; ++k) {
-      const int c = threadIdx.x + k * blockDim.x;
-      if (c < num_chunks) {
-        const Chunk wc = has_weight ? load_chunk<Chunk>(weight + c * V) : Chunk{};
-        const Chunk bc = has_bias ? load_chunk<Chunk>(bias + c * V) : Chunk{};
-        Chunk yc;
+      const int c = (threadIdx.x + k * blockDim.x) * V;
+      if (c < cols) {
+        float w[V], b[V];
+        if (HAS_W) unpack_chunk<T>(load_chunk_bits(weight + c), w);
+        if (HAS_B) unpack_chunk<T>(load_chunk_bits(bias + c), b);
+        float h[V];
 #pragma unroll
         for (int i = 0; i < V; ++i) {
-          float h = (v[k][i] - mean) * rstd;
-          if (has_weight) h *= to_float(wc.v[i]);
-          if (has_bias) h += to_float(bc.v[i]);
-          yc.v[i] = from_float<T>(h);
+          h[i] = v[k][i] * rstd;  // (s - mean) * rstd, as the uncached kernel rounds it
+          if (HAS_W) h[i] *= w[i];
+          if (HAS_B) h[i] += b[i];
         }
-        store_chunk(y + row * y_stride + c * V, yc);
+        store_chunk_bits(yr + c, pack_chunk<T>(h));
       }
     }
   }
@@ -441,6 +435,48 @@ row_norm_bwd_uncached_kernel(
   }
 }
 
+// ---- dweight / dbias: the column sums of the partial rows -------------------------------------
+// A block of kSumRowLanes x kSumCols threads owns kSumCols columns: thread (r, c) sums partial
+// rows r, r + kSumRowLanes, ... of column c (a warp reads 32 consecutive floats of one row), then
+// row lane 0 adds the other lanes' sums in lane order. A fixed order whatever the timing
+// (deterministic), and the cast to dweight's dtype in the same pass (the Triton backward's
+// _sum_partials_kernel does the same in one launch).
+constexpr int kSumCols = 32;
+constexpr int kSumRowLanes = 8;
+
+template <typename TW>
+__global__ void __launch_bounds__(kSumCols * kSumRowLanes)
+row_norm_sum_partials_kernel(
+    // pointers
+    const float* __restrict__ dw_partial, const float* __restrict__ db_partial,  // (P, cols)
+    TW* __restrict__ dweight, float* __restrict__ dbias,  // (cols,); each nullptr when absent
+    // sizes
+    int64_t num_partials, int cols) {
+  __shared__ float sums[2][kSumRowLanes][kSumCols];
+  const int lane = threadIdx.x % kSumCols;
+  const int r0 = threadIdx.x / kSumCols;
+  const int col = blockIdx.x * kSumCols + lane;
+  float dw = 0.f, db = 0.f;
+  if (col < cols) {
+#pragma unroll 4
+    for (int64_t r = r0; r < num_partials; r += kSumRowLanes) {
+      if (dweight != nullptr) dw += dw_partial[r * cols + col];
+      if (dbias != nullptr) db += db_partial[r * cols + col];
+    }
+  }
+  sums[0][r0][lane] = dw;
+  sums[1][r0][lane] = db;
+  __syncthreads();
+  if (r0 == 0 && col < cols) {
+    for (int i = 1; i < kSumRowLanes; ++i) {
+      dw += sums[0][i][lane];
+      db += sums[1][i][lane];
+    }
+    if (dweight != nullptr) dweight[col] = from_float<TW>(dw);
+    if (dbias != nullptr) dbias[col] = db;
+  }
+}
+
 // ---- host side --------------------------------------------------------------------------------
 template <typename T>
 using FwdKernel = void (*)(const T*, const T*, const T*, const T*, T*, T*, float*, float*,
@@ -508,15 +544,15 @@ void validate(const RowNormFwdParams& p) {
         "row strides must be >= 0");
 }
 
-template <typename T, bool RMS, bool RESIDUAL>
+template <typename T, bool RMS, bool RESIDUAL, bool HAS_W, bool HAS_B>
 FwdKernel<T> fwd_kernel(int chunks) {
   static_assert(8 * kVec<T> <= kFwdMaxValues, "every chunk count is a valid forward variant");
   switch (chunks) {
-    case 1: return row_norm_fwd_cached_kernel<T, 1, RMS, RESIDUAL>;
-    case 2: return row_norm_fwd_cached_kernel<T, 2, RMS, RESIDUAL>;
-    case 4: return row_norm_fwd_cached_kernel<T, 4, RMS, RESIDUAL>;
-    case 8: return row_norm_fwd_cached_kernel<T, 8, RMS, RESIDUAL>;
-    default: return row_norm_fwd_uncached_kernel<T, RMS, RESIDUAL>;
+    case 1: return row_norm_fwd_cached_kernel<T, 1, RMS, RESIDUAL, HAS_W, HAS_B>;
+    case 2: return row_norm_fwd_cached_kernel<T, 2, RMS, RESIDUAL, HAS_W, HAS_B>;
+    case 4: return row_norm_fwd_cached_kernel<T, 4, RMS, RESIDUAL, HAS_W, HAS_B>;
+    case 8: return row_norm_fwd_cached_kernel<T, 8, RMS, RESIDUAL, HAS_W, HAS_B>;
+    default: return row_norm_fwd_uncached_kernel<T, RMS, RESIDUAL>;  // weight/bias: runtime
   }
 }
 
@@ -532,8 +568,13 @@ void fwd_launch(const RowNormFwdParams& p, cudaStream_t stream) {
   const LaunchShape shape = choose_shape<T>(p.cols, vectorizable, kFwdMaxValues,
                                             kFwdPreferredThreads, fwd_max_threads);
   const FwdKernel<T> kern = DLK_BOOL_SWITCH(p.is_rms, RMS, [&] {
-    return DLK_BOOL_SWITCH(p.has_residual, RESIDUAL,
-                           [&] { return fwd_kernel<T, RMS, RESIDUAL>(shape.chunks); });
+    return DLK_BOOL_SWITCH(p.has_residual, RESIDUAL, [&] {
+      return DLK_BOOL_SWITCH(p.has_weight, HAS_W, [&] {
+        return DLK_BOOL_SWITCH(p.has_bias, HAS_B, [&] {
+          return fwd_kernel<T, RMS, RESIDUAL, HAS_W, HAS_B && !RMS>(shape.chunks);  // RMS: no bias
+        });
+      });
+    });
   });
   const int grid = grid_size(kern, shape.threads, p.rows, p.num_sms);
   DLK_LAUNCH(kern, grid, shape.threads, 0, stream,
@@ -615,6 +656,17 @@ void bwd_launch(const RowNormBwdParams& p, cudaStream_t stream) {
   check_launch(shape.chunks ? "row_norm_bwd_cached_kernel" : "row_norm_bwd_uncached_kernel");
 }
 
+template <typename TW>
+void sum_partials_launch(const RowNormBwdParams& p, cudaStream_t stream) {
+  const auto kern = row_norm_sum_partials_kernel<TW>;
+  const int grid = int((p.cols + kSumCols - 1) / kSumCols);
+  DLK_LAUNCH(kern, grid, kSumCols * kSumRowLanes, 0, stream,
+             p.has_weight ? p.dweight_partial : nullptr, p.has_bias ? p.dbias_partial : nullptr,
+             static_cast<TW*>(p.has_weight ? p.dweight : nullptr),
+             p.has_bias ? p.dbias : nullptr, p.num_partials, int(p.cols));
+  check_launch("row_norm_sum_partials_kernel");
+}
+
 
 }  // namespace
 
@@ -641,9 +693,16 @@ void row_norm_bwd(const RowNormBwdParams& p, void* stream) {
   check(!p.has_weight || p.dweight_partial != nullptr, "has_weight needs dweight_partial");
   check(!p.has_bias || p.dbias_partial != nullptr, "has_bias needs dbias_partial");
   check(p.coef != nullptr, "coef (rows x 2 fp32 scratch) is required");
+  check(!p.has_weight || p.dweight != nullptr, "has_weight needs dweight");
+  check(!p.has_bias || p.dbias != nullptr, "has_bias needs dbias");
   dispatch_dtype<void>(p.dtype, [&](auto tag) {
     bwd_launch<decltype(tag)>(p, static_cast<cudaStream_t>(stream));
   });
+  if (p.has_weight || p.has_bias) {
+    dispatch_dtype<void>(p.dweight_dtype, [&](auto tag) {
+      sum_partials_launch<decltype(tag)>(p, static_cast<cudaStream_t>(stream));
+    });
+  }
 }
 
 }  // namespace dlk

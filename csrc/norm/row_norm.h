@@ -8,8 +8,9 @@
 // Backward (x is the saved s; xhat = (x-mean)*rstd, or x*rstd for RMS; g = dy*w, or dy):
 //   LN:  dx = rstd*(g - xhat*mean(g*xhat) - mean(g)),  RMS: dx = rstd*(g - xhat*mean(g*xhat))
 //   dx += dresidual (when given); dweight = sum_rows dy*xhat; dbias = sum_rows dy.
-//   dweight/dbias come as fp32 partial sums, one row per block: partial[num_partials, cols]; the
-//   caller reduces them over dim 0 (deterministic: fixed rows per block, no atomics).
+//   dweight/dbias are first fp32 partial sums, one row per block: partial[num_partials, cols];
+//   a second kernel sums each column's partials in a fixed order and writes dweight (in
+//   dweight_dtype) and dbias (fp32): deterministic, no atomics.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +52,8 @@ struct RowNormBwdParams {
   void* dx;               // (rows, cols)
   float* dweight_partial;  // (num_partials, cols) contiguous fp32, required when has_weight
   float* dbias_partial;    // (num_partials, cols) contiguous fp32, required when has_bias
+  void* dweight;           // (cols,) in dweight_dtype, required when has_weight
+  float* dbias;            // (cols,) fp32, required when has_bias
   float* coef;             // (rows, 2) fp32 scratch (the uncached kernel's per-row coefficients)
   // sizes and row strides (elements)
   int64_t rows, cols;
@@ -58,6 +61,7 @@ struct RowNormBwdParams {
   int64_t num_partials;  // from row_norm_bwd_num_partials(); the backward grid size
   // meta
   DType dtype;
+  DType dweight_dtype;
   bool is_rms, has_weight, has_bias, has_dresidual;
   int num_sms;
 };

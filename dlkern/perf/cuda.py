@@ -134,7 +134,7 @@ def _row_norm_shape(cols, vec, max_values, preferred, max_threads):
 def rule_row_norm(op_name, sample, dt, arch):
     """row_norm.cu fwd_launch / bwd_choose: cached kernel with 1-8 chunks of V = 16 B per thread
     (fwd: <= 64 values, preferring <= 256 threads; bwd: <= 16 values, <= 512 threads), else the
-    uncached kernel; grid = min(rows, SMs x resident blocks)."""
+    uncached kernel; grid = min(rows, SMs x resident blocks); weight (and bias) as template flags."""
     x = sample.args[0]
     cols = x.shape[-1]
     rows = x.numel() // cols
@@ -146,12 +146,12 @@ def rule_row_norm(op_name, sample, dt, arch):
     out = []
     chunks, threads = _row_norm_shape(cols, vec, 64, 256, lambda v: 1024 if v <= 32 else 512)
     fill = _fill(arch, threads)
-    name = (f"row_norm_fwd_cached_kernel<{T}, {chunks}, {b}, {str(residual).lower()}>" if chunks
+    has_b = "false" if rms else "true"  # the bench cases: weight, and a bias for LayerNorm
+    name = (f"row_norm_fwd_cached_kernel<{T}, {chunks}, {b}, {str(residual).lower()}, true, {has_b}>" if chunks
             else f"row_norm_fwd_uncached_kernel<{T}, {b}, {str(residual).lower()}>")
     out.append(("fwd", name, lambda f, fill=fill: (min(rows, fill(f)), 1, 1), threads, 0))
     chunks, threads = _row_norm_shape(cols, vec, 16, 512, lambda v: 1024 if v <= 8 else 512)
     fill = _fill(arch, threads)
-    has_b = "false" if rms else "true"
     name = (f"row_norm_bwd_cached_kernel<{T}, {chunks}, {b}, true, {has_b}>" if chunks
             else f"row_norm_bwd_uncached_kernel<{T}, {b}, true, {has_b}>")
     out.append(("bwd", name, lambda f, fill=fill: (min(rows, fill(f)), 1, 1), threads, 0))
