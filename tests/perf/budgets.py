@@ -89,8 +89,6 @@ BUDGETS = [
 
 # (budget id, op, backend) -> the issue that fixes it. Today's failures, from the quick run.
 KNOWN = {
-    ("streaming-128bit", "causal_conv1d", "triton"):
-        "issue #19: causal conv1d loads 16-bit scalars along the sequence",
     ("row-norm-fwd-instructions", "add_layer_norm", "cuda"):
         "issue #18: the CUDA residual LayerNorm forward issues ~50 instructions per element",
     ("row-norm-fwd-instructions", "add_rms_norm", "cuda"):
