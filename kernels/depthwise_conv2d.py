@@ -4,8 +4,9 @@ x (N, C, H, W) with any strides (NCHW, channels_last, strided views); the output
 layout. Padding is (top, left): the bottom/right padding only shows in the output size (OH, OW), so
 "same" with an even kernel (asymmetric) costs nothing.
 
-* forward / dx: one program per (image, pixel tile, channel tile), the tile's long side along the
-  unit-stride dimension (pixels for NCHW, channels for channels_last); taps are runtime loops, so
+* forward / dx: one program per (pixel tile, channel tile), the pixels of all images flattened (a
+  tile holds the next image's pixels where a plane ends: small planes waste no lanes), the tile's
+  long side along the unit-stride dimension (pixels for NCHW, channels for channels_last); taps are runtime loops, so
   any kernel size compiles once. dx gathers dy at the output pixels whose window covers the input
   pixel (oh = (ih + pad - kh * dil) / stride when that divides).
 * dweight/dbias: one program per (pixel chunk, tap block, channel tile) accumulates a
@@ -25,17 +26,20 @@ MAX_CHUNKS = 128    # pixel chunks of the dweight reduction (partials: chunks x 
 @triton.jit
 def _dw_fwd_kernel(
     X, Wt, Bias, Y,                       # x (N, C, H, W), weight (C, KH*KW), bias (C,), y (N, C, OH, OW)
-    C, H, W, OH, OW, KH, KW,              # sizes
+    C, H, W, OH, OW, KH, KW, NP,          # sizes; NP = N * OH * OW output pixels
     sh, sw, ph, pw, dh, dw,               # stride, top/left padding, dilation
     sxn, sxc, sxh, sxw, syn, syc, syh, syw,
     HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    n = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]    # (image, pixel) flattened
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
-    oh, ow = p // OW, p % OW
+    n = p // (OH * OW)
+    q = p - n * (OH * OW)
+    oh = q // OW
+    ow = q - oh * OW
+    n = n.to(tl.int64)
     cmask = c < C
-    pmask = (p < OH * OW) & cmask
+    pmask = (p < NP) & cmask
     xbase = X + n * sxn + c.to(tl.int64) * sxc
     acc = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
     for kh in range(KH):
@@ -56,17 +60,20 @@ def _dw_fwd_kernel(
 @triton.jit
 def _dw_dx_kernel(
     DY, Wt, DX,                           # dy (N, C, OH, OW), weight (C, KH*KW), dx (N, C, H, W)
-    C, H, W, OH, OW, KH, KW,
+    C, H, W, OH, OW, KH, KW, NP,          # NP = N * H * W input pixels
     sh, sw, ph, pw, dh, dw,
     sdyn, sdyc, sdyh, sdyw, sdxn, sdxc, sdxh, sdxw,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    n = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]    # (image, input pixel) flattened
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
-    ih, iw = p // W, p % W
+    n = p // (H * W)
+    q = p - n * (H * W)
+    ih = q // W
+    iw = q - ih * W
+    n = n.to(tl.int64)
     cmask = c < C
-    pmask = (p < H * W) & cmask
+    pmask = (p < NP) & cmask
     dybase = DY + n * sdyn + c.to(tl.int64) * sdyc
     acc = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
     for kh in range(KH):
@@ -134,10 +141,21 @@ def new_image(x, h, w):
 
 
 def _tiles(x):
-    """(BLOCK_P, BLOCK_C): channels_last puts channels on the long side of the tile."""
+    """(BLOCK_P, BLOCK_C): channels_last puts channels on the long side of the tile. The pixel side
+    runs over (image, pixel) flattened, so a small plane (the 7x7 ... 1x1 late stages of ConvNeXt,
+    EfficientNet, MobileNet) fills the tile with the next images' pixels instead of masked lanes
+    (per image, a 1x1 plane left 127 of 128 lanes idle NCHW and 15 of 16 channels_last; 7x7, 49
+    pixels, ran 64: 77 % of the lanes). The tile itself stays the one the large planes use."""
     if channels_last(x):
         return 16, 32
     return 128, 2
+
+
+def _pixel_grid(pixels, bp, C, bc):
+    """(pixel tiles over all images, 1, channel tiles); the flattened pixel index is int32."""
+    if pixels >= 2**31:
+        raise ValueError(f"depthwise conv2d: {pixels} pixels (images x plane) pass the kernels' int32 index")
+    return (triton.cdiv(pixels, bp), 1, triton.cdiv(C, bc))
 
 
 def _args(conv):
@@ -154,8 +172,8 @@ def depthwise_conv2d_fwd(x, weight, bias, stride, padding, dilation, out_hw):
     OH, OW = out_hw
     y = new_image(x, OH, OW)
     bp, bc = _tiles(x)
-    grid = (triton.cdiv(OH * OW, bp), N, triton.cdiv(C, bc))  # pixel tiles (may pass 65535) on axis 0
-    _dw_fwd_kernel[grid](x, weight, bias if bias is not None else weight, y, C, H, W, OH, OW, KH, KW,
+    _dw_fwd_kernel[_pixel_grid(N * OH * OW, bp, C, bc)](
+                         x, weight, bias if bias is not None else weight, y, C, H, W, OH, OW, KH, KW, N * OH * OW,
                          *_args((stride, padding, dilation)), *x.stride(), *y.stride(),
                          HAS_BIAS=bias is not None, BLOCK_P=bp, BLOCK_C=bc, num_warps=4)
     return y
@@ -169,8 +187,8 @@ def depthwise_conv2d_bwd(dy, x, weight, has_bias, stride, padding, dilation):
     conv = _args((stride, padding, dilation))
     dx = new_image(x, H, W)
     bp, bc = _tiles(x)
-    _dw_dx_kernel[(triton.cdiv(H * W, bp), N, triton.cdiv(C, bc))](
-        dy, weight, dx, C, H, W, OH, OW, KH, KW, *conv, *dy.stride(), *dx.stride(),
+    _dw_dx_kernel[_pixel_grid(N * H * W, bp, C, bc)](
+        dy, weight, dx, C, H, W, OH, OW, KH, KW, N * H * W, *conv, *dy.stride(), *dx.stride(),
         BLOCK_P=bp, BLOCK_C=bc, num_warps=4)
     pixels = N * OH * OW
     chunks = max(1, min(MAX_CHUNKS, triton.cdiv(pixels, 32)))

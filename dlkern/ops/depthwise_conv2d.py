@@ -167,10 +167,12 @@ def _samples(device, dtype):
 
 def _bench_cases(device, dtype, quick):
     """ConvNeXt-T stage 1 (96 channels, 56x56, 7x7) and MobileNetV2 (144 channels, 3x3 stride 2),
-    channels_last as those models run."""
+    channels_last as those models run; and ConvNeXt-T's last stage (768 channels, 7x7 planes), where
+    a per-image pixel tile would leave lanes idle."""
     gen = torch.Generator().manual_seed(0)
     n = 32 if device.type == "cuda" else 1
-    cases = [("convnext_t_s1_7x7", (n, 96, 56, 56), 7, 1, 3), ("mobilenet_3x3_s2", (n, 144, 56, 56), 3, 2, 1)]
+    cases = [("convnext_t_s1_7x7", (n, 96, 56, 56), 7, 1, 3), ("mobilenet_3x3_s2", (n, 144, 56, 56), 3, 2, 1),
+             ("convnext_t_s4_7x7", (n, 768, 7, 7), 7, 1, 3)]
     for name, shape, k, stride, pad in cases[:1] if quick else cases:
         x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
         w = (torch.randn(shape[1], 1, k, k, generator=gen) * 0.1).to(device=device, dtype=dtype)

@@ -248,6 +248,30 @@ def test_depthwise_keeps_channels_last(backend):
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("plane", [1, 7])
+def test_depthwise_small_planes_of_many_images(backend, layout, plane):
+    """Late-stage planes (7x7, 1x1) in batches: a pixel tile spans several images (Triton), so each
+    image must read and write only its own plane; forward and every gradient against torch (fp64)."""
+    _need(backend)
+    k = 3   # the tile spans images whatever the filter; 3x3 keeps the interpreter quick
+    x = _randn(3, 10, plane, plane, seed=1)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    w, b = _randn(10, 1, k, k, seed=2) * 0.3, _randn(10, seed=3)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    refs = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    y = dlkern.nn.functional.depthwise_conv2d(*leaves, 1, k // 2, backend=backend)
+    ref = F.conv2d(*refs, 1, k // 2, groups=10)
+    g = _randn(*ref.shape, seed=4)
+    y.backward(g)
+    ref.backward(g.double())
+    torch.testing.assert_close(y.double(), ref.detach(), rtol=1e-4, atol=1e-4)
+    for got, want in zip(leaves, refs):
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_conv2d_routes_depthwise_to_the_kernel_and_the_rest_to_torch(backend):
     _need(backend)
     x = _randn(2, 4, 7, 7, seed=1)

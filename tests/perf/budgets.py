@@ -89,6 +89,4 @@ BUDGETS = [
 
 # (budget id, op, backend) -> the issue that fixes it. Today's failures, from the quick run.
 KNOWN = {
-    ("streaming-128bit", "causal_conv1d", "triton"):
-        "issue #19: causal conv1d loads 16-bit scalars along the sequence",
 }
