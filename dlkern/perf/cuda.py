@@ -276,6 +276,40 @@ def rule_attention_varlen(op_name, sample, dt, arch):
                                q.shape[1] * q.shape[0])
 
 
+def paged_splits(num_splits, batch, hkv, table_keys, sms):
+    """attention_binding.cpp attention_paged_fwd: (splits, tiles per split) of 32-key tiles."""
+    capacity = max(_cdiv(table_keys, 32), 1)
+    splits = num_splits or min(_cdiv(2 * sms, batch * hkv), capacity, 64)
+    splits = max(1, min(splits, capacity))
+    per_split = _cdiv(capacity, splits)
+    return _cdiv(capacity, per_split), per_split
+
+
+def rule_paged(op_name, sample, dt, arch):
+    """attention_paged.cu attention_paged_fwd (splits: paged_splits): attention_paged_kernel<T, D> on
+    grid (Hkv, B, splits), 128 threads, static shared memory only, each warp one (query, head) row
+    of the group per pass; with several splits attention_paged_combine_kernel<T>, one warp per
+    output row. Trips: the hot loop is the per-key P·V loop, run by each warp for every key of its
+    block's range, in each of cdiv(Lq x group, 4) passes (averaged over the blocks)."""
+    q, k_cache, _, _, table = sample.args
+    B, Lq, Hq, D = q.shape
+    hkv, page = k_cache.shape[2], k_cache.shape[1]
+    lengths = getattr(sample, "lengths", None) or [table.shape[1] * page] * B
+    splits, per_split = paged_splits(int(sample.kwargs.get("num_splits", 0)), B, hkv, table.shape[1] * page,
+                                     model.ARCHS[arch].sms)
+    span = per_split * 32
+    keys = sum(max(0, min(n, (s + 1) * span) - s * span) for n in lengths for s in range(splits))
+    passes = _cdiv(Lq * (Hq // hkv), 4)
+    T = CU_TYPES[dt]
+    out = [("fwd", f"attention_paged_kernel<{T}, {_head_dim(D)}>", lambda f: (hkv, B, splits), 128, 0,
+            {"trips": passes * keys / (B * splits)})]
+    if splits > 1:
+        rows = B * Lq * Hq
+        out.append(("fwd", f"attention_paged_combine_kernel<{T}>", lambda f: (_cdiv(rows, 4), 1, 1), 128, 0,
+                    {"loaded": splits * rows * D * 8}))
+    return out
+
+
 def rule_adam(op_name, sample, dt, arch):
     """multi_tensor.cu launch: one block per 16384-element chunk, block_threads(max_size, V):
     about 4 groups of V per thread, 32-256 threads; instance multi_tensor_adam_kernel<P, S>."""
@@ -307,7 +341,7 @@ def rule_depthwise(op_name, sample, dt, arch):
 LAUNCH_RULES = {
     "layer_norm": rule_row_norm, "rms_norm": rule_row_norm, "add_layer_norm": rule_row_norm,
     "add_rms_norm": rule_row_norm, "scaled_dot_product_attention": rule_attention,
-    "flash_attn_varlen": rule_attention_varlen,
+    "flash_attn_varlen": rule_attention_varlen, "flash_attn_with_kvcache": rule_paged,
     "adamw_step": rule_adam, "depthwise_conv2d": rule_depthwise,
 }
 
