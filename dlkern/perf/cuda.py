@@ -242,7 +242,7 @@ def _attention_launches(sample, dt, seqs, causal, batch, heads, delta_rows):
             lambda f: (_cdiv(lq, bq), hq, batch), 128, (bq + 2 * bk) * ld,
             {"trips": _cuda_attention_trips(seqs, causal, bq, bk, False, True)}),
            ("bwd", f"attention_bwd_delta_kernel<{T}>", lambda f: (min(_cdiv(delta_rows, 4), 1 << 20), 1, 1),
-            128, 0, {"loaded": 2 * delta_rows * q.shape[-1] * es})]
+            128, 0, {"loaded": 2 * delta_rows * q.shape[-1] * es, "flops": 0.0})]  # none of the op's FLOPs
     dkdv = {"trips": (hq // hkv) * _cuda_attention_trips(seqs, causal, main, streamed, True, False)}
     for kind in ([1, 2] if D > 128 else [3]):
         out.append(("bwd", f"attention_bwd_dkdv_kernel<{T}, {D}, {kind}>", lambda f: (_cdiv(lk, main), hkv, batch),
@@ -395,6 +395,7 @@ def records(op_names, dtypes, quick, arch, errors, progress=True, log=print) -> 
                     per_sm, limit = model.blocks_per_sm(spec, threads, f["registers"], smem + f["static_shared"])
                     bytes_min = (cost.bwd_bytes if mode == "bwd" else cost.fwd_bytes) if cost else 0.0
                     flops = (cost.bwd_flops if mode == "bwd" else cost.fwd_flops) if cost else 0.0
+                    flops = extra.get("flops", flops)
                     loaded = extra.get("loaded", bytes_min)
                     dyn, trips = dynamic_counts(f, threads * blocks, loaded, loaded, extra.get("trips"))
                     instr, tensor = dyn.get("total", 0.0), tensor_unit(f)
