@@ -94,6 +94,10 @@ struct AttentionBwdParams {
 // slot n % page_size of page block_table[b, n / page_size]; seqlens[b] = L cached tokens, the Lq
 // queries being the last Lq positions (causal: query i sees keys j <= i + L - Lq). o (B, Lq, Hq, D)
 // contiguous; a query that sees no key gets 0.
+// Split-K: the keys are cut into num_splits ranges of tiles_per_split tiles of 32 keys (split s:
+// keys [32 s tiles_per_split, 32 (s + 1) tiles_per_split)); with num_splits > 1 each range writes
+// its normalized partial output o_part (num_splits, B, Lq, Hq, D) and base-2 logsumexp lse_part
+// (num_splits, B, Lq, Hq) (-inf: no key seen), fp32 contiguous, and a combine pass writes o.
 struct AttentionPagedParams {
   const void* q;
   int64_t q_sb, q_sm, q_sh;
@@ -108,6 +112,9 @@ struct AttentionPagedParams {
   int B, Lq, Hq, Hkv, D, page_size;
   bool causal;
   DType dtype;
+  int num_splits = 1, tiles_per_split = 1 << 30;
+  float* o_part = nullptr;
+  float* lse_part = nullptr;
 };
 
 // Launch on `stream` (a cudaStream_t). Requires B, Hq, Hkv, Lq, Lk >= 1, 1 <= D <= 256,
@@ -115,5 +122,7 @@ struct AttentionPagedParams {
 void attention_fwd(const AttentionFwdParams& params, void* stream);
 void attention_bwd(const AttentionBwdParams& params, void* stream);
 void attention_paged_fwd(const AttentionPagedParams& params, void* stream);
+// Keys per tile of the paged kernel (the unit of tiles_per_split).
+constexpr int kPagedTileKeys = 32;
 
 }  // namespace dlk

@@ -4,6 +4,7 @@
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS  // no <ATen/Functions.h>: per-op headers only
 #include "attention/attention_binding.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <tuple>
 
@@ -299,14 +300,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_varlen_bwd(
 
 // ---- decode over a paged KV cache ------------------------------------------------------------
 
-// o (B, Lq, Hq, D) in q's dtype, contiguous. num_splits is accepted for the Triton launcher's
-// signature and ignored: this kernel runs a sequence's keys in one block. The caller guarantees
-// that cache_seqlens fit the block table and that the pages it names exist (checking would
-// synchronize).
+// o (B, Lq, Hq, D) in q's dtype, contiguous. num_splits: key-range splits per (sequence, kv
+// head), 0 = enough blocks to fill the GPU twice; chosen and clamped as the Triton launcher does
+// (at most one split per 32-key tile the block table can hold, at most 64 when chosen, none left
+// without tiles). The caller guarantees that cache_seqlens fit the block table and that the pages
+// it names exist (checking would synchronize).
 at::Tensor attention_paged_fwd(const at::Tensor& q_in, const at::Tensor& k_cache_in, const at::Tensor& v_cache_in,
                                const at::Tensor& block_table_in, const at::Tensor& cache_seqlens_in,
                                const at::Tensor& scale_in, bool is_causal, int64_t num_splits) {
-  (void)num_splits;
+  TORCH_CHECK(num_splits >= 0, "num_splits must be >= 0, got ", num_splits);
   TORCH_CHECK(q_in.defined() && q_in.dim() == 4, "q must be 4-D (B, Lq, Hq, D)");
   TORCH_CHECK(on_kernel_device(q_in), "q must be ", kDeviceKind, ", got a tensor on ", q_in.device());
   TORCH_CHECK(q_in.scalar_type() == at::kFloat || q_in.scalar_type() == at::kHalf ||
@@ -363,6 +365,22 @@ at::Tensor attention_paged_fwd(const at::Tensor& q_in, const at::Tensor& k_cache
   p.page_size = int(kc.size(1));
   p.causal = is_causal;
   p.dtype = kernel_dtype(q);
+  const int64_t tile = dlk::kPagedTileKeys;
+  const int64_t capacity = std::max<int64_t>((block_table_in.size(1) * kc.size(1) + tile - 1) / tile, 1);
+  int64_t splits = num_splits;
+  if (splits == 0) splits = std::min<int64_t>({(2 * ctx.num_sms() + B * Hkv - 1) / (B * Hkv), capacity, 64});
+  splits = std::max<int64_t>(1, std::min(splits, capacity));
+  const int64_t per_split = (capacity + splits - 1) / splits;
+  splits = (capacity + per_split - 1) / per_split;
+  at::Tensor o_part, lse_part;  // alive until the launches are queued (the allocator's stream order)
+  if (splits > 1) {
+    o_part = new_buffer({splits, B, Lq, Hq, D}, q.options().dtype(at::kFloat));
+    lse_part = new_buffer({splits, B, Lq, Hq}, q.options().dtype(at::kFloat));
+    p.o_part = o_part.data_ptr<float>();
+    p.lse_part = lse_part.data_ptr<float>();
+  }
+  p.num_splits = int(splits);
+  p.tiles_per_split = int(std::min<int64_t>(per_split, 1 << 30));
   dlk::attention_paged_fwd(p, ctx.stream());
   return o;
 }

@@ -154,7 +154,9 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
   }
   cp_async_wait<0>();  // nothing may be in flight when the block's shared memory is reused
   const float one[2] = {1.f, 1.f};
-  const int64_t out = seq.out_offset(b, hk, sh.Hkv, sh.Lk, sh.D, true), ld = seq.out_ld(sh.Hkv, sh.D);
+  // the outputs' place from the parameters again, not kept live through the loop (as the forward)
+  const Seq out_seq = Seq::make(p.seqs, p.shape, b);
+  const int64_t out = out_seq.out_offset(b, hk, sh.Hkv, out_seq.Lk, sh.D, true), ld = out_seq.out_ld(sh.Hkv, sh.D);
   if constexpr (kOut & kDK) store_rows<T>(static_cast<T*>(p.dk) + out, dk, key0, sh.Lk, sh.D, one, ld);
   if constexpr (kOut & kDV) store_rows<T>(static_cast<T*>(p.dv) + out, dv, key0, sh.Lk, sh.D, one, ld);
 }
@@ -252,8 +254,9 @@ attention_bwd_dq_kernel(const AttentionBwdParams p, const Dropout drop, const bo
     }
   }
   const float one[2] = {1.f, 1.f};
-  store_rows<T>(static_cast<T*>(p.dq) + seq.out_offset(b, h, sh.Hq, sh.Lq, sh.D, false), dq, row0, sh.Lq, sh.D, one,
-                seq.out_ld(sh.Hq, sh.D));
+  const Seq out = Seq::make(p.seqs, p.shape, b);  // not kept live through the loop (as the forward)
+  store_rows<T>(static_cast<T*>(p.dq) + out.out_offset(b, h, sh.Hq, out.Lq, sh.D, false), dq, row0, out.Lq, sh.D, one,
+                out.out_ld(sh.Hq, sh.D));
 }
 
 template <typename T, int kD>

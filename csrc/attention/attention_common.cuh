@@ -112,7 +112,7 @@ __device__ __forceinline__ const T* head_ptr(const void* base, const AttentionSt
 // queries and keys (0 in the padded layout, whose lengths are the shape's).
 struct Seq {
   int Lq, Lk;
-  int64_t q_start, k_start;
+  int q_start, k_start;  // int32 as cu_seqlens
   bool packed;
   int64_t total_q;
 
@@ -125,12 +125,12 @@ struct Seq {
   template <typename T>
   __device__ __forceinline__ const T* in(const void* base, const AttentionStrides& st, int b, int h,
                                          bool keys) const {
-    return head_ptr<T>(base, st, b, h) + (keys ? k_start : q_start) * st.l;
+    return head_ptr<T>(base, st, b, h) + int64_t(keys ? k_start : q_start) * st.l;
   }
   // A contiguous output's (L, D) matrix of head h among H heads and its row stride: (B, H, L, D)
   // padded, (total, H, D) packed. L is the sequence's length of that side.
   __device__ __forceinline__ int64_t out_offset(int b, int h, int H, int L, int D, bool keys) const {
-    return packed ? ((keys ? k_start : q_start) * H + h) * D : (int64_t(b) * H + h) * L * D;
+    return packed ? (int64_t(keys ? k_start : q_start) * H + h) * D : (int64_t(b) * H + h) * L * D;
   }
   __device__ __forceinline__ int64_t out_ld(int H, int D) const { return packed ? int64_t(H) * D : D; }
   // The per-query-row fp32 vectors (lse, delta) of head h: (B, Hq, Lq) padded, (Hq, total_q) packed.
@@ -184,26 +184,39 @@ __device__ __forceinline__ void mma_abt(Acc<N>& acc, const T* a_tile, const T* b
 // acc[mt][n] += P_mt · B[:, 8n : 8n + 8] with P_mt the (16, kK) matrix held as C fragments
 // p[mt].c[kK / 8] (rounded to T) and B = b_tile[0:kK, 0:N*8] row-major in shared memory (P·V,
 // Pᵀ·dO, dS·K, dSᵀ·Q): B pairs through the transposing ldmatrix for 16-bit T.
+// P converted to the A fragments of the next product (a[mt][kk]: columns 16 kk + [0, 16)).
+template <typename T, int kK, int kMT>
+__device__ __forceinline__ void a_frags(FragA<T> (&a)[kMT][kK / 16], const Acc<kK / 8> (&p)[kMT]) {
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int kk = 0; kk < kK / 16; ++kk) a[mt][kk] = a_from_c<T>(p[mt].c[2 * kk], p[mt].c[2 * kk + 1]);
+}
+// mma_pb with P already in A fragments: the forward rounds P as soon as it is final, so that half
+// the registers (16-bit T) carry it through its barrier and the K prefetch.
 template <typename T, int kK, int N, int kMT>
-__device__ __forceinline__ void mma_pb(Acc<N> (&acc)[kMT], const Acc<kK / 8> (&p)[kMT], const T* b_tile,
-                                       int ld) {
+__device__ __forceinline__ void mma_ab_rows(Acc<N> (&acc)[kMT], const FragA<T> (&a)[kMT][kK / 16],
+                                            const T* b_tile, int ld) {
   static_assert(N % 2 == 0 && kK % 16 == 0, "n-tiles in pairs, k in steps of 16");
 #pragma unroll
-  for (int kk = 0; kk < kK / 16; ++kk) {
-    FragA<T> a[kMT];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) a[mt] = a_from_c<T>(p[mt].c[2 * kk], p[mt].c[2 * kk + 1]);
+  for (int kk = 0; kk < kK / 16; ++kk)
 #pragma unroll
     for (int n = 0; n < N; n += 2) {
       FragB<T> b[2];
       load_b_rows_x4(b, b_tile + kk * 16 * ld + n * 8, ld);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
-        mma_m16n8k16(acc[mt].c[n], a[mt], b[0]);
-        mma_m16n8k16(acc[mt].c[n + 1], a[mt], b[1]);
+        mma_m16n8k16(acc[mt].c[n], a[mt][kk], b[0]);
+        mma_m16n8k16(acc[mt].c[n + 1], a[mt][kk], b[1]);
       }
     }
-  }
+}
+template <typename T, int kK, int N, int kMT>
+__device__ __forceinline__ void mma_pb(Acc<N> (&acc)[kMT], const Acc<kK / 8> (&p)[kMT], const T* b_tile,
+                                       int ld) {
+  FragA<T> a[kMT][kK / 16];
+  a_frags<T, kK, kMT>(a, p);
+  mma_ab_rows<T, kK, N, kMT>(acc, a, b_tile, ld);
 }
 template <typename T, int kK, int N>
 __device__ __forceinline__ void mma_pb(Acc<N>& acc, const Acc<kK / 8>& p, const T* b_tile, int ld) {
@@ -330,14 +343,16 @@ struct Dropout {
   // Z of query i with keys j and j + 1 (j even).
   __device__ __forceinline__ void key_pair(int64_t bh, int i, int j, float& z0, float& z1) const {
     const Philox4 r = draw(bh, i, j);
-    z0 = z(r.x[2 * (i & 1)]);
-    z1 = z(r.x[2 * (i & 1) + 1]);
+    const bool odd = i & 1;  // selects, not r.x[2 * (i & 1)]: a runtime index puts r in local memory
+    z0 = z(odd ? r.x[2] : r.x[0]);
+    z1 = z(odd ? r.x[3] : r.x[1]);
   }
   // Z of key j with queries i and i + 1 (i even).
   __device__ __forceinline__ void query_pair(int64_t bh, int i, int j, float& z0, float& z1) const {
     const Philox4 r = draw(bh, i, j);
-    z0 = z(r.x[j & 1]);
-    z1 = z(r.x[2 + (j & 1)]);
+    const bool odd = j & 1;
+    z0 = z(odd ? r.x[1] : r.x[0]);
+    z1 = z(odd ? r.x[3] : r.x[2]);
   }
 };
 

@@ -59,7 +59,6 @@ attention_fwd_kernel(const AttentionFwdParams p, const Dropout drop, const bool 
 
   const int q0 = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
   const Seq seq = Seq::make(p.seqs, p.shape, b);
-  if (q0 >= seq.Lq) return;  // a packed sequence shorter than the grid's longest
   AttentionShape sh = p.shape;
   sh.Lq = seq.Lq;
   sh.Lk = seq.Lk;
@@ -75,7 +74,10 @@ attention_fwd_kernel(const AttentionFwdParams p, const Dropout drop, const bool 
 
   // Key tiles [0, n_full) are full and below the diagonal for every query of the block.
   const int key_end = score.key_end(q0, BQ);
-  const int n_tiles = (key_end + BK - 1) / BK;
+  // A block past its packed sequence's end runs no key tile and stores nothing. (Not an early
+  // return: with one, the padded d128 instance spilled its running max and sum, 40 B of stack on
+  // sm_90a instead of 8.)
+  const int n_tiles = q0 < sh.Lq ? (key_end + BK - 1) / BK : 0;
   int n_full = sh.Lk / BK;
   if (kCausal && score.causal) n_full = min(n_full, max(0, q0 + score.causal_offset + 1) / BK);
 
@@ -160,17 +162,26 @@ attention_fwd_kernel(const AttentionFwdParams p, const Dropout drop, const bool 
       }
     }
 
+    FragA<T> pa[kMT][BK / 16];  // P, final: rounded to T now (fewer registers through the barrier)
+    a_frags<T, BK, kMT>(pa, s);
+
     cp_async_wait<0>();
     __syncthreads();  // V_j visible; every warp is done with K_j
     if (j + 1 < n_tiles) load_tile_async<T, kD, BK, kFwdWarps * 32>(k_s, k, p.k_strides.l, k0 + BK, sh.Lk, sh.D, k_vec);
     cp_async_commit();
-    mma_pb<T, BK, kD / 8, kMT>(o, s, v_s, LD);
+    mma_ab_rows<T, BK, kD / 8, kMT>(o, pa, v_s, LD);
   };
   int j = 0;
   for (; j < min(n_full, n_tiles); ++j) tile(j, std::false_type{});
   for (; j < n_tiles; ++j) tile(j, std::true_type{});
   cp_async_wait<0>();  // nothing may be in flight when the block's shared memory is reused
 
+  // Where the outputs go, worked out again from the parameters (and, packed, two cached loads)
+  // rather than kept live through the key loop, which needs every register.
+  const Seq out = Seq::make(p.seqs, p.shape, b);
+  float* const lse = p.lse + out.row_offset(b, h, p.shape.Hq);
+  T* const o_out = static_cast<T*>(p.o) + out.out_offset(b, h, p.shape.Hq, out.Lq, p.shape.D, false);
+  const int64_t o_ld = out.out_ld(p.shape.Hq, p.shape.D);
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
     float inv[2];
@@ -179,12 +190,9 @@ attention_fwd_kernel(const AttentionFwdParams p, const Dropout drop, const bool 
       const float sum = quad_sum(l[mt][r]);
       inv[r] = sum > 0.f ? 1.f / sum : 0.f;
       const int row = row0 + 16 * mt + g + 8 * r;
-      if (t == 0 && row < sh.Lq) {
-        p.lse[seq.row_offset(b, h, sh.Hq) + row] = sum > 0.f ? (m[mt][r] + log2f(sum)) * kLn2 : -INFINITY;
-      }
+      if (t == 0 && row < out.Lq) lse[row] = sum > 0.f ? (m[mt][r] + log2f(sum)) * kLn2 : -INFINITY;
     }
-    store_rows<T>(static_cast<T*>(p.o) + seq.out_offset(b, h, sh.Hq, sh.Lq, sh.D, false), o[mt], row0 + 16 * mt,
-                  sh.Lq, sh.D, inv, seq.out_ld(sh.Hq, sh.D));
+    store_rows<T>(o_out, o[mt], row0 + 16 * mt, out.Lq, p.shape.D, inv, o_ld);
   }
 }
 

@@ -8,7 +8,12 @@
 // page looked up once; lane j of a warp scores key j against the warp's row, the online softmax
 // runs over the warp with shuffles, and each lane accumulates its columns d = lane + 32c of
 // P·V reading V straight from the pages (coalesced along d). Only keys < cache_seqlens are read.
-// No split over the keys (the Triton kernel has one): a sequence's keys are one block's loop.
+// Split-K (AttentionPagedParams): blockIdx.z takes one range of the sequence's key tiles; with
+// several splits each block writes its rows' normalized fp32 partial output and base-2 logsumexp,
+// and attention_paged_combine_kernel merges them per row, o = sum_s 2^(lse_s - lse) o_s with
+// lse = log2 sum_s 2^lse_s (0 when no split saw a key), as the Triton kernel's combine does.
+#include <algorithm>
+
 #include "attention/attention_common.cuh"
 
 namespace dlk {
@@ -16,7 +21,7 @@ namespace {
 
 using namespace attn;
 
-constexpr int kPagedWarps = 4, kPagedTile = 32;
+constexpr int kPagedWarps = 4, kPagedTile = kPagedTileKeys;
 
 template <typename T, int kD>
 __global__ void __launch_bounds__(kPagedWarps * 32)
@@ -27,10 +32,14 @@ attention_paged_kernel(const AttentionPagedParams p) {
   __shared__ float q_s[kPagedWarps][kD];
   __shared__ int64_t key_off_s[kPagedTile];  // element offset of each key's row in its page, -1: none
 
-  const int hk = blockIdx.x, b = blockIdx.y;
+  const int hk = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = p.Hq / p.Hkv, rows = p.Lq * group;
   const int L = p.seqlens[b];
+  // this split's keys [lo, hi) (int64: tiles_per_split may be a "whole sequence" sentinel)
+  const int64_t lo64 = int64_t(split) * p.tiles_per_split * kPagedTile;
+  const int lo = int(std::min<int64_t>(lo64, L));
+  const int hi = int(std::min<int64_t>(lo64 + int64_t(p.tiles_per_split) * kPagedTile, L));
   const T* kc = static_cast<const T*>(p.k_cache);
   const T* vc = static_cast<const T*>(p.v_cache);
 
@@ -49,12 +58,12 @@ attention_paged_kernel(const AttentionPagedParams p) {
 #pragma unroll
     for (int c = 0; c < kCols; ++c) o[c] = 0.f;
 
-    for (int k0 = 0; k0 < L; k0 += kPagedTile) {
+    for (int k0 = lo; k0 < hi; k0 += kPagedTile) {
       __syncthreads();  // every warp is done with the previous tile
       if (threadIdx.x < kPagedTile) {
         const int n = k0 + threadIdx.x;
         int64_t off = -1;
-        if (n < L) {
+        if (n < hi) {
           const int64_t page = p.block_table[b * p.bt_sb + n / p.page_size];
           off = page * p.k_sp + int64_t(n % p.page_size) * p.k_ss + int64_t(hk) * p.k_sh;
         }
@@ -72,7 +81,7 @@ attention_paged_kernel(const AttentionPagedParams p) {
       float s = 0.f;
 #pragma unroll kUnroll
       for (int d = 0; d < kD; ++d) s += q_s[warp][d] * k_s[lane][d];
-      s = j < L && j <= last ? s * scale2 : -INFINITY;
+      s = j < hi && j <= last ? s * scale2 : -INFINITY;
       float mx = s;
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
@@ -83,7 +92,7 @@ attention_paged_kernel(const AttentionPagedParams p) {
       m = m_new;
 #pragma unroll
       for (int c = 0; c < kCols; ++c) o[c] *= alpha;
-      const int valid = active ? min(kPagedTile, L - k0) : 0;  // warp-uniform
+      const int valid = active ? min(kPagedTile, hi - k0) : 0;  // warp-uniform
       for (int jj = 0; jj < valid; ++jj) {
         const float pjj = __shfl_sync(0xffffffffu, pj, jj);
         if (pjj == 0.f) continue;  // masked (causal) or underflowed: nothing to add
@@ -100,13 +109,50 @@ attention_paged_kernel(const AttentionPagedParams p) {
     }
     if (active) {
       const float inv = l > 0.f ? 1.f / l : 0.f;
-      T* out = static_cast<T*>(p.o) + ((int64_t(b) * p.Lq + i) * p.Hq + h) * p.D;
+      const int64_t row = (int64_t(b) * p.Lq + i) * p.Hq + h;  // (b, i, h)
+      if (p.num_splits > 1) {  // partial (split, b, i, h) for the combine pass
+        const int64_t part = int64_t(split) * p.B * p.Lq * p.Hq + row;
+        if (lane == 0) p.lse_part[part] = l > 0.f ? m + log2f(l) : -INFINITY;
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) {
-        const int d = lane + 32 * c;
-        if (d < p.D) out[d] = from_float<T>(o[c] * inv);
+        for (int c = 0; c < kCols; ++c) {
+          const int d = lane + 32 * c;
+          if (d < p.D) p.o_part[part * p.D + d] = o[c] * inv;
+        }
+      } else {
+        T* out = static_cast<T*>(p.o) + row * p.D;
+#pragma unroll
+        for (int c = 0; c < kCols; ++c) {
+          const int d = lane + 32 * c;
+          if (d < p.D) out[d] = from_float<T>(o[c] * inv);
+        }
       }
     }
+  }
+}
+
+constexpr int kCombineThreads = 128;
+
+// One warp per output row (b, i, h): the splits' weights from their lse, then each lane its
+// columns d = lane + 32 c of sum_s w_s o_s.
+template <typename T>
+__global__ void __launch_bounds__(kCombineThreads)
+attention_paged_combine_kernel(const AttentionPagedParams p) {
+  const int64_t rows = int64_t(p.B) * p.Lq * p.Hq;
+  const int64_t row = int64_t(blockIdx.x) * (kCombineThreads / 32) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  float mx = -INFINITY;
+  for (int s = 0; s < p.num_splits; ++s) mx = fmaxf(mx, p.lse_part[s * rows + row]);
+  const float base = mx == -INFINITY ? 0.f : mx;  // no split saw a key: every weight 0
+  float total = 0.f;
+  for (int s = 0; s < p.num_splits; ++s) total += exp2f(p.lse_part[s * rows + row] - base);
+  const float inv = total > 0.f ? 1.f / total : 0.f;
+  for (int d = lane; d < p.D; d += 32) {
+    float acc = 0.f;
+    for (int s = 0; s < p.num_splits; ++s) {
+      acc += exp2f(p.lse_part[s * rows + row] - base) * p.o_part[(s * rows + row) * p.D + d];
+    }
+    static_cast<T*>(p.o)[row * p.D + d] = from_float<T>(acc * inv);
   }
 }
 
@@ -122,14 +168,26 @@ void attention_paged_fwd(const AttentionPagedParams& p, void* stream) {
       p.seqlens == nullptr || p.scale == nullptr || p.o == nullptr) {
     throw std::invalid_argument("dlkern attention_paged_fwd: every pointer is required");
   }
+  if (p.num_splits < 1 || p.num_splits > 65535 || p.tiles_per_split < 1 ||
+      (p.num_splits > 1 && (p.o_part == nullptr || p.lse_part == nullptr))) {
+    throw std::invalid_argument("dlkern attention_paged_fwd: need 1 <= num_splits <= 65535, tiles_per_split >= 1, "
+                                "and o_part, lse_part when num_splits > 1");
+  }
   dispatch_dtype<void>(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     dispatch_head_dim(p.D, [&](auto d) {
       auto kern = attention_paged_kernel<T, decltype(d)::value>;
-      DLK_LAUNCH(kern, dim3(unsigned(p.Hkv), unsigned(p.B)), kPagedWarps * 32, 0,
+      DLK_LAUNCH(kern, dim3(unsigned(p.Hkv), unsigned(p.B), unsigned(p.num_splits)), kPagedWarps * 32, 0,
                  static_cast<cudaStream_t>(stream), p);
       check_launch("attention_paged_kernel");
     });
+    if (p.num_splits > 1) {
+      const int64_t rows = int64_t(p.B) * p.Lq * p.Hq;
+      auto combine = attention_paged_combine_kernel<T>;
+      DLK_LAUNCH(combine, unsigned((rows + kCombineThreads / 32 - 1) / (kCombineThreads / 32)), kCombineThreads, 0,
+                 static_cast<cudaStream_t>(stream), p);
+      check_launch("attention_paged_combine_kernel");
+    }
   });
 }
 

@@ -8,8 +8,12 @@ records of the instance the launcher would start, with its grid and block, found
 re-derived from the launcher code (named in each rule's docstring). This table is data written
 from the C++ source, not read from it: a changed launcher needs its rule updated.
 
-CUDA launches have no interpreter count: the memory bound uses the op's minimum bytes, and the
-loop trip estimate uses the bytes the Triton twin was counted to load and store for that pass.
+CUDA launches have no interpreter count: the memory bound uses the op's minimum bytes (a pass of
+several kernels shares them, and its FLOPs, by instructions, as the Triton passes do). A rule may
+give a launch's hot-loop trips (the attention kernels: the tile arithmetic of their launchers;
+their hot loop is then the innermost loop with tensor-core ops, which holds the rolled tile-load
+loops, counted once per trip) or the bytes its hot loop loads; else the trips are the op's minimum
+bytes over what one trip loads.
 """
 from __future__ import annotations
 
@@ -158,33 +162,13 @@ def rule_row_norm(op_name, sample, dt, arch):
     return out
 
 
-def rule_attention(op_name, sample, dt, arch):
-    """attention_fwd.cu fwd_launch: 4 warps (128 threads) of kFwdMT m16 query tiles each (16-bit:
-    2 up to D 128, so 128 query rows; else 1, 64 rows), key tiles of kFwdBK (16-bit: 64 up to D 128,
-    32 above; fp32: 64 / 32 / 16), smem (BQ + 2 BK) x (D + 16 B) (Q, K, V); grid (cdiv(Lq, BQ), Hq,
-    B), instance attention_fwd_kernel<T, D, causal, bias, dropout> (this rule: no bias/dropout)."""
-    B, H, Lq, _ = sample.args[0].shape
-    causal = len(sample.args) > 5 and bool(sample.args[5])
-    return [_attention_fwd_launch(sample, dt, causal, (_cdiv(Lq, attention_block_m(sample)), H, B))]
+# Attention (csrc/attention): the tile shapes and launches of attention_fwd.cu / attention_bwd.cu.
+_HEAD_DIMS = (16, 32, 64, 96, 128, 256)
 
 
-def rule_attention_varlen(op_name, sample, dt, arch):
-    """flash_attn_varlen's forward starts the same attention_fwd_kernel instance as rule_attention
-    (runtime cu_seqlens pointers, no other template) on the grid (cdiv(max_seqlen_q, BQ), Hq,
-    sequences); a block past its sequence's end returns at once."""
-    q, cu_q, max_q = sample.args[0], sample.args[3], sample.args[5]
-    grid = (_cdiv(max_q, attention_block_m(sample)), q.shape[1], cu_q.shape[0] - 1)
-    return [_attention_fwd_launch(sample, dt, bool(sample.kwargs.get("causal", False)), grid)]
-
-
-def _attention_fwd_launch(sample, dt, causal, grid):
-    q = sample.args[0]
-    D = next(d for d in (16, 32, 64, 96, 128, 256) if q.shape[-1] <= d)  # dispatch_head_dim
-    es = q.element_size()
-    bq, bk = attention_block_m(sample), attention_block_n(sample)
-    smem = (bq + 2 * bk) * (D + 16 // es) * es
-    name = f"attention_fwd_kernel<{CU_TYPES[dt]}, {D}, {str(causal).lower()}, false, false>"
-    return ("fwd", name, lambda f: grid, 128, smem)
+def _head_dim(D):
+    """dispatch_head_dim: the template head dim serving D."""
+    return next(d for d in _HEAD_DIMS if D <= d)
 
 
 def attention_block_m(sample):
@@ -195,9 +179,135 @@ def attention_block_m(sample):
 
 def attention_block_n(sample):
     """kFwdBK of attention_fwd.cu: the keys per hot-loop trip."""
-    D, es = sample.args[0].shape[-1], sample.args[0].element_size()
-    D = next(d for d in (16, 32, 64, 96, 128, 256) if D <= d)
+    D, es = _head_dim(sample.args[0].shape[-1]), sample.args[0].element_size()
     return (64 if D <= 128 else 32) if es == 2 else (64 if D <= 64 else 32 if D <= 128 else 16)
+
+
+def attention_bwd_tiles(D, es):
+    """bwd_tiles of attention_common.cuh for template head dim D: (main rows of a block, rows of
+    each streamed tile); dK/dV: keys x query tiles, dQ: queries x key tiles."""
+    if es == 2:
+        return (64 if D <= 128 else 32), (64 if D <= 64 else 32 if D <= 128 else 16)
+    if D <= 32:
+        return 64, 64
+    if D <= 96:
+        return (64, 32) if D == 64 else (32, 32)
+    return (32 if D <= 128 else 16), 16
+
+
+def _cuda_attention_trips(seqs, causal, outer, inner, keys_outer, split):
+    """Hot-loop trips per program of a CUDA attention kernel, from the launcher's own arithmetic:
+    programs tile the outer sequence (queries; keys for dK/dV) of every (lq, lk, causal offset) in
+    ``seqs`` by ``outer`` and stream the other by ``inner``; programs past a sequence's end count 0.
+    split: the forward's (unmasked, masked) pair (full tiles below the block's diagonal run the loop
+    copy without masks); else the one loop's trips."""
+    cdiv = lambda a, b: -(-a // b)  # noqa: E731
+    unmasked = masked = 0
+    longest = max((lk if keys_outer else lq) for lq, lk, _ in seqs)
+    for lq, lk, off in seqs:
+        for start in range(0, lk if keys_outer else lq, outer):
+            if keys_outer:  # dkdv: query tiles from the first that sees the block's keys
+                q_start = (max(0, start - off) if causal else 0) // inner * inner
+                masked += cdiv(lq - q_start, inner) if q_start < lq else 0
+                continue
+            end = max(0, min(lk, start + outer + off)) if causal else lk  # Scorer::key_end
+            n = cdiv(end, inner)
+            full = min(lk // inner, max(0, start + off + 1) // inner) if causal else lk // inner
+            unmasked += min(full, n) if split else 0
+            masked += n - min(full, n) if split else n
+    programs = cdiv(longest, outer) * len(seqs)
+    return (unmasked / programs, masked / programs) if split else masked / programs
+
+
+def _attention_launches(sample, dt, seqs, causal, batch, heads, delta_rows):
+    """The launches of attention_fwd / attention_bwd for one call: seqs = [(lq, lk, causal offset)]
+    per sequence (the padded layout: one entry, the batch in ``batch``); grids use the longest.
+    Forward (attention_fwd.cu fwd_launch): 128 threads, kFwdBQ queries per block, smem Q + K + V
+    tiles (BQ + 2 BK) x (D + 16 B), grid (cdiv(Lq, BQ), Hq, B), attention_fwd_kernel<T, D, causal,
+    false, false> (no bias/dropout in the bench cases).
+    Backward (attention_bwd.cu delta_launch, bwd_launch): delta, 128 threads, grid min(cdiv(rows,
+    4), 2^20); dK/dV, grid (cdiv(Lk, main), Hkv, B), 2 main threads, one launch (D > 128: two, dV
+    then dK), loop over the group's query heads x query tiles; dQ, grid (cdiv(Lq, main), Hq, B).
+    smem (2 main + 4 streamed) x (D + 16 B) (+ 4 streamed floats for dK/dV)."""
+    q = sample.args[0]
+    hq, hkv = heads
+    D, es = _head_dim(q.shape[-1]), q.element_size()
+    T, c = CU_TYPES[dt], str(causal).lower()
+    lq, lk = max(s[0] for s in seqs), max(s[1] for s in seqs)
+    ld = (D + 16 // es) * es
+    bq, bk = attention_block_m(sample), attention_block_n(sample)
+    main, streamed = attention_bwd_tiles(D, es)
+    tiles = (2 * main + 4 * streamed) * ld
+    out = [("fwd", f"attention_fwd_kernel<{T}, {D}, {c}, false, false>",
+            lambda f: (_cdiv(lq, bq), hq, batch), 128, (bq + 2 * bk) * ld,
+            {"trips": _cuda_attention_trips(seqs, causal, bq, bk, False, True)}),
+           ("bwd", f"attention_bwd_delta_kernel<{T}>", lambda f: (min(_cdiv(delta_rows, 4), 1 << 20), 1, 1),
+            128, 0, {"loaded": 2 * delta_rows * q.shape[-1] * es, "flops": 0.0})]  # none of the op's FLOPs
+    dkdv = {"trips": (hq // hkv) * _cuda_attention_trips(seqs, causal, main, streamed, True, False)}
+    for kind in ([1, 2] if D > 128 else [3]):
+        out.append(("bwd", f"attention_bwd_dkdv_kernel<{T}, {D}, {kind}>", lambda f: (_cdiv(lk, main), hkv, batch),
+                    2 * main, tiles + 4 * streamed * 4, dkdv))
+    out.append(("bwd", f"attention_bwd_dq_kernel<{T}, {D}>", lambda f: (_cdiv(lq, main), hq, batch), 2 * main, tiles,
+                {"trips": _cuda_attention_trips(seqs, causal, main, streamed, False, False)}))
+    return out
+
+
+def rule_attention(op_name, sample, dt, arch):
+    """scaled_dot_product_attention (B, H, L, D) on the CUDA backend: _attention_launches (causal
+    top-left unless causal_alignment="bottom_right")."""
+    q, k = sample.args[0], sample.args[1]
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    causal = len(sample.args) > 5 and bool(sample.args[5])
+    off = Lk - Lq if sample.kwargs.get("causal_alignment") == "bottom_right" else 0
+    return _attention_launches(sample, dt, [(Lq, Lk, off)], causal, B, (H, k.shape[1]), B * H * Lq)
+
+
+def rule_attention_varlen(op_name, sample, dt, arch):
+    """flash_attn_varlen starts the same instances as rule_attention (runtime cu_seqlens pointers,
+    no other template) on the grid (cdiv(max_seqlen, tile), heads, sequences); a block past its
+    sequence's end returns at once; causal is bottom-right per sequence; delta has Hq x total_q rows."""
+    from dlkern.ops.attention_varlen import sequence_lengths
+    q, k = sample.args[0], sample.args[1]
+    lengths_q, lengths_k = sequence_lengths(sample)
+    seqs = [(a, b, b - a) for a, b in zip(lengths_q, lengths_k)]
+    causal = bool(sample.kwargs.get("causal", False))
+    return _attention_launches(sample, dt, seqs, causal, len(seqs), (q.shape[1], k.shape[1]),
+                               q.shape[1] * q.shape[0])
+
+
+def paged_splits(num_splits, batch, hkv, table_keys, sms):
+    """attention_binding.cpp attention_paged_fwd: (splits, tiles per split) of 32-key tiles."""
+    capacity = max(_cdiv(table_keys, 32), 1)
+    splits = num_splits or min(_cdiv(2 * sms, batch * hkv), capacity, 64)
+    splits = max(1, min(splits, capacity))
+    per_split = _cdiv(capacity, splits)
+    return _cdiv(capacity, per_split), per_split
+
+
+def rule_paged(op_name, sample, dt, arch):
+    """attention_paged.cu attention_paged_fwd (splits: paged_splits): attention_paged_kernel<T, D> on
+    grid (Hkv, B, splits), 128 threads, static shared memory only, each warp one (query, head) row
+    of the group per pass; with several splits attention_paged_combine_kernel<T>, one warp per
+    output row. Trips: the hot loop is the per-key P·V loop, run by each warp for every key of its
+    block's range, in each of cdiv(Lq x group, 4) passes (averaged over the blocks)."""
+    q, k_cache, _, _, table = sample.args
+    B, Lq, Hq, D = q.shape
+    hkv, page = k_cache.shape[2], k_cache.shape[1]
+    lengths = getattr(sample, "lengths", None) or [table.shape[1] * page] * B
+    splits, per_split = paged_splits(int(sample.kwargs.get("num_splits", 0)), B, hkv, table.shape[1] * page,
+                                     model.ARCHS[arch].sms)
+    span = per_split * 32
+    keys = sum(max(0, min(n, (s + 1) * span) - s * span) for n in lengths for s in range(splits))
+    passes = _cdiv(Lq * (Hq // hkv), 4)
+    T = CU_TYPES[dt]
+    out = [("fwd", f"attention_paged_kernel<{T}, {_head_dim(D)}>", lambda f: (hkv, B, splits), 128, 0,
+            {"trips": passes * keys / (B * splits)})]
+    if splits > 1:
+        rows = B * Lq * Hq
+        out.append(("fwd", f"attention_paged_combine_kernel<{T}>", lambda f: (_cdiv(rows, 4), 1, 1), 128, 0,
+                    {"loaded": splits * rows * D * 8}))
+    return out
 
 
 def rule_adam(op_name, sample, dt, arch):
@@ -231,7 +341,7 @@ def rule_depthwise(op_name, sample, dt, arch):
 LAUNCH_RULES = {
     "layer_norm": rule_row_norm, "rms_norm": rule_row_norm, "add_layer_norm": rule_row_norm,
     "add_rms_norm": rule_row_norm, "scaled_dot_product_attention": rule_attention,
-    "flash_attn_varlen": rule_attention_varlen,
+    "flash_attn_varlen": rule_attention_varlen, "flash_attn_with_kvcache": rule_paged,
     "adamw_step": rule_adam, "depthwise_conv2d": rule_depthwise,
 }
 
@@ -241,12 +351,9 @@ def records(op_names, dtypes, quick, arch, errors, progress=True, log=print) -> 
     from tqdm import tqdm
 
     from dlkern.perf.launches import enumerate_launches, perf_ops
-    from dlkern.perf.pipeline import (ATTENTION_OPS, VARLEN_ATTENTION_OPS, _elements, attention_trips,
-                                      dynamic_counts, tensor_unit, varlen_attention_trips)
+    from dlkern.perf.pipeline import _bounds, _elements, dynamic_counts, tensor_unit
 
     files = [f for f, ops in FILE_OPS.items() if any(o in op_names and (not quick or o in LAUNCH_RULES) for o in ops)]
-    if quick:  # the launched instances only: the files of the ops with launch rules (not attention_bwd)
-        files = [f for f in files if f != "attention/attention_bwd.cu"]
     found = []
     for rel in tqdm(files, desc=f"CUDA kernels {arch}", unit="file", disable=not progress):
         try:
@@ -271,31 +378,32 @@ def records(op_names, dtypes, quick, arch, errors, progress=True, log=print) -> 
         for dt in dtypes:
             for case, sample, cost, tlaunches in enumerate_launches(ops[name], getattr(torch, dt), quick, arch):
                 elements = _elements(name, sample)
-                for mode, prefix, grid_of, threads, smem in rule(name, sample, dt, arch):
+                case_records = []
+                for group, (mode, prefix, grid_of, threads, smem, *extra) in enumerate(rule(name, sample, dt, arch), 1):
+                    extra = extra[0] if extra else {}
                     inst = next((i for i in found if prefix in i["demangled"]), None)
                     if inst is None:
                         errors.append((name, case, f"cuda {arch}: no instance {prefix}"))
                         continue
                     f = inst["facts"]
+                    if extra.get("trips") is not None and f.get("tensor_loops"):
+                        # a tiled kernel's trips are those of its tensor-core loop, not of the tile-load
+                        # loops nested in it (innermost, hence the default hot loop)
+                        f = dict(f, inner_loops=f["tensor_loops"], loop_counts=f["tensor_loops"][0])
                     grid = grid_of(f)
                     blocks = grid[0] * grid[1] * grid[2]
                     per_sm, limit = model.blocks_per_sm(spec, threads, f["registers"], smem + f["static_shared"])
                     bytes_min = (cost.bwd_bytes if mode == "bwd" else cost.fwd_bytes) if cost else 0.0
                     flops = (cost.bwd_flops if mode == "bwd" else cost.fwd_flops) if cost else 0.0
-                    # block_m only counts for dK/dV (not launched here)
-                    trips = None
-                    if name in ATTENTION_OPS:
-                        trips = attention_trips(prefix, sample, 0, attention_block_n(sample))
-                    elif name in VARLEN_ATTENTION_OPS:
-                        trips = varlen_attention_trips(prefix, sample, attention_block_m(sample),
-                                                       attention_block_n(sample))
-                    dyn, trips = dynamic_counts(f, threads * blocks, bytes_min, bytes_min, trips)
+                    flops = extra.get("flops", flops)
+                    loaded = extra.get("loaded", bytes_min)
+                    dyn, trips = dynamic_counts(f, threads * blocks, loaded, loaded, extra.get("trips"))
                     instr, tensor = dyn.get("total", 0.0), tensor_unit(f)
                     b = model.bounds(spec, bytes_min, flops, instr, dyn.get("MUFU", 0.0), tensor, grid, per_sm)
-                    out.append(dict(
+                    case_records.append(dict(
                         op=name, case=case, dtype=dt, arch=arch, backend="cuda", mode=mode,
                         kernel=short_name(inst["demangled"]), symbol=inst["symbol"],
-                        config={"threads": threads, "dynamic_shared": smem}, group=1, configs_kept=1,
+                        config={"threads": threads, "dynamic_shared": smem}, group=group, configs_kept=1,
                         grid=list(grid), threads=threads, registers=f["registers"], spill_bytes=f["spill_bytes"],
                         shared_bytes=smem + f["static_shared"], blocks_per_sm=per_sm, occupancy_limit=limit,
                         waves=round(model.waves(spec, blocks, per_sm), 3), loops=f["loops"], hot_loop=f["hot_loop"],
@@ -306,4 +414,7 @@ def records(op_names, dtypes, quick, arch, errors, progress=True, log=print) -> 
                         math_bound_us=round(b.math_us, 3), issue_bound_us=round(b.issue_us, 3),
                         launch_us=b.launch_us, predicted_us=round(b.predicted_us, 3), bound=b.bound,
                         cubin=inst["cubin"], launched=True))
+                # a pass of several kernels shares its bytes and FLOPs by instructions, as Triton's
+                _bounds(out, spec, case_records)
+                out += case_records
     return out

@@ -138,8 +138,14 @@ def kernel_facts(cubin: str, function: str | None = None) -> dict:
 
 def function_facts(fn) -> dict:
     hot = fn.hot_loop()
-    inner = [lp for lp in fn.loops() if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in fn.loops())]
+    loops = fn.loops()
+    inner = [lp for lp in loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in loops)]
+    mma = [lp for lp in loops if tensor_unit({"total_counts": fn.counts(lp)})]
+    mma_inner = [lp for lp in mma if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in mma)]
     return {
+        # innermost loops with tensor-core ops, largest first: the tile loops of a CUDA kernel, whose
+        # rolled tile-load loops (nested in them) are the innermost loops
+        "tensor_loops": sorted((fn.counts(lp) for lp in mma_inner), key=lambda c: -c.get("total", 0)),
         # innermost loops, largest first (attention splits its key loop into masked and unmasked copies)
         "inner_loops": sorted((fn.counts(lp) for lp in inner), key=lambda c: -c.get("total", 0)),
         "function": fn.name, "registers": fn.registers, "spill_bytes": fn.stack, "local_bytes": fn.local,

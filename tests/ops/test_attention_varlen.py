@@ -147,9 +147,21 @@ def test_paged_decode_matches_contiguous_attention(backend, lq, causal, splits):
     """Against plain softmax attention over each sequence's keys as they were before paging (the
     cache's spare pages are NaN and its unused block-table slots -1: never read)."""
     _need(backend)
-    lengths = [0, 2, 23, 40]
+    _check_paged(backend, [0, 2, 23, 40], lq, causal, splits, seed=12)
+
+
+@pytest.mark.parametrize("backend", PAGED_BACKENDS)
+@pytest.mark.parametrize("causal,splits", [(False, 1), (True, 3), (False, 0)])
+def test_paged_decode_split_over_many_key_tiles(backend, causal, splits):
+    """Caches of several key tiles (32 keys on CUDA, 16 under the interpreter) cut into key ranges:
+    ranges that see no key (past a sequence's end, an empty sequence) weigh nothing in the merge."""
+    _need(backend)
+    _check_paged(backend, [0, 5, 97, 150], 2, causal, splits, seed=14)
+
+
+def _check_paged(backend, lengths, lq, causal, splits, seed):
     args, keys, values = paged_cache(lengths, lq, 4, 2, 16, 8, DEVICE, torch.float32,
-                                     torch.Generator().manual_seed(12))
+                                     torch.Generator().manual_seed(seed))
     got = flash_attn_with_kvcache(*args, causal=causal, num_splits=splits, backend=backend)
     q = args[0].double()
     for b, n in enumerate(lengths):
