@@ -29,9 +29,11 @@ class IResNetConfig:
     dim: int = 2
     n_blocks: int = 6
     hidden: int = 48
-    coeff: float = 0.9        # bound on each layer's spectral norm
-    n_terms: int = 5          # power-series terms of the log-determinant in training (biased low-order)
-    eval_terms: int = 40      # in evaluation: truncation below Lip^41 / (1 - Lip) < 1e-5 for Lip <= coeff³
+    coeff: float = 0.97       # bound on each layer's spectral norm (Lip(g) <= 0.913)
+    # power-series terms of the log-determinant in training, a truncated (biased) series: at coeff
+    # 0.97, 5 terms trained to 1.51 test nats on moons, 10 to 1.15 (the bias shrinks as Lip^(n+1))
+    n_terms: int = 10
+    eval_terms: int = 200     # in evaluation: truncation below Lip^201 / (1 - Lip) < 1e-6 for Lip <= coeff³
     power_iters: int = 1      # power iterations per training forward (the estimate persists)
 
 

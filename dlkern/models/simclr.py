@@ -59,7 +59,7 @@ class SimCLR(nn.Module):
 
 
 @register_model("simclr", task="digits_contrastive", tiny={"widths": (8, 16), "depths": (1, 1), "proj_dim": 16},
-                train=TrainSettings(steps=400, batch_size=128, lr=3e-3, weight_decay=1e-4, warmup=20, eval_every=200))
+                train=TrainSettings(steps=200, batch_size=128, lr=3e-3, weight_decay=1e-4, warmup=20, eval_every=100))
 def simclr(**config) -> SimCLR:
     """SimCLR: ResNet + BatchNorm encoder, LayerNorm projection head, NT-Xent; digits linear probe."""
     return SimCLR(SimCLRConfig(**config))

@@ -203,7 +203,7 @@ class T5(nn.Module):
 
 
 @register_model("t5", task="text2text", tiny={"n_layer": 1, "n_head": 2, "d_model": 16, "d_ff": 32},
-                train=TrainSettings(steps=1000, batch_size=64, lr=3e-3, warmup=30, eval_every=250))
+                train=TrainSettings(steps=800, batch_size=64, lr=3e-3, warmup=30, eval_every=200))
 def t5(**config) -> T5:
     """T5: encoder-decoder, RMSNorm (fused add), shared relative-position bias, cross-attention; prefixed copy/reverse/sort."""
     return T5(T5Config(**config))

@@ -6,7 +6,7 @@ from dlkern.models.registry import TrainSettings, register_task_run
 register_task_run("gpt", "stdlib_chars", config={"n_layer": 2, "n_head": 4, "n_embd": 64},
                   train=TrainSettings(steps=600, batch_size=32, lr=3e-3, weight_decay=0.1, warmup=30, eval_every=100))
 register_task_run("mamba", "stdlib_chars", config={"n_layer": 2, "d_model": 96, "d_state": 16},
-                  train=TrainSettings(steps=500, batch_size=32, lr=3e-3, warmup=30, eval_every=250))
+                  train=TrainSettings(steps=180, batch_size=32, lr=3e-3, warmup=30, eval_every=90))
 # sklearn_digits (8x8): 2x2 patches
 register_task_run("vit", "sklearn_digits", config={"patch_size": 2}, tiny={"patch_size": 2, "dim": 16, "depth": 1, "heads": 1},
                   train=TrainSettings(steps=400, batch_size=64, lr=2e-3, weight_decay=0.05, warmup=20, eval_every=200))

@@ -162,7 +162,7 @@ class TransformerXL(nn.Module):
 
 @register_model("transformer_xl", task="stdlib_chars",
                 tiny={"n_layer": 1, "n_head": 1, "n_embd": 16, "seg_len": 32, "mem_len": 32, "eval_mem_len": 64},
-                train=TrainSettings(steps=600, batch_size=32, lr=3e-3, weight_decay=0.1, warmup=30, eval_every=100))
+                train=TrainSettings(steps=350, batch_size=32, lr=3e-3, weight_decay=0.1, warmup=30, eval_every=175))
 def transformer_xl(**config) -> TransformerXL:
     """Transformer-XL: segment recurrence, relative-position bias, bottom-right causal attention; stdlib chars."""
     return TransformerXL(TransformerXLConfig(**config))

@@ -145,7 +145,7 @@ def vae(**config) -> VAE:
 
 
 @register_model("iwae", task="digits_density", config={"k": 8}, tiny={**_TINY, "k": 3},
-                train=TrainSettings(steps=600, batch_size=64, lr=3e-3, warmup=30, eval_every=200))
+                train=TrainSettings(steps=300, batch_size=64, lr=3e-3, warmup=30, eval_every=150))
 def iwae(**config) -> VAE:
     """IWAE: the VAE trained on the 8-sample importance-weighted bound; digits density."""
     return VAE(VAEConfig(**config))
