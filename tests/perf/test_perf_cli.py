@@ -47,3 +47,14 @@ def test_merge_keeps_only_the_other_ops_records(tmp_path):
     records, errors = _kept(tmp_path, {"layer_norm"})
     assert [r["op"] for r in records] == ["rms_norm", "adamw_step"]
     assert errors == [["rms_norm", "c2", "y"]]
+
+
+def test_every_cuda_kernel_file_named_by_the_model_exists():
+    """A full run compiles each FILE_OPS file; a stale name (the channel-norm file was split in two)
+    became a compile error in the run's errors and no CUDA instance records for those ops."""
+    from dlkern.perf.cuda import FILE_OPS, REPO_CSRC
+
+    missing = [rel for rel in FILE_OPS if not (REPO_CSRC / rel).is_file()]
+    assert not missing, f"FILE_OPS names kernel files that do not exist: {missing}"
+    on_disk = {str(p.relative_to(REPO_CSRC)) for p in REPO_CSRC.rglob("*.cu") if "emu" not in p.parts}
+    assert on_disk <= set(FILE_OPS), f"kernel files the model never reads: {sorted(on_disk - set(FILE_OPS))}"
