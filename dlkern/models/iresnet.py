@@ -30,9 +30,10 @@ class IResNetConfig:
     n_blocks: int = 6
     hidden: int = 48
     coeff: float = 0.97       # bound on each layer's spectral norm (Lip(g) <= 0.913)
-    # power-series terms of the log-determinant in training, a truncated (biased) series: at coeff
-    # 0.97, 5 terms trained to 1.51 test nats on moons, 10 to 1.15 (the bias shrinks as Lip^(n+1))
-    n_terms: int = 10
+    # power-series terms of the log-determinant in training, a truncated (biased) series that the
+    # optimizer learns to exploit: at coeff 0.97, 5 terms trained to 1.51 test nats on moons, 10 to
+    # 1.15. Powers are built by doubling (power_series_logdet), so 16 terms cost what 10 did.
+    n_terms: int = 16
     eval_terms: int = 200     # in evaluation: truncation below Lip^201 / (1 - Lip) < 1e-6 for Lip <= coeff³
     power_iters: int = 1      # power iterations per training forward (the estimate persists)
 
@@ -68,6 +69,18 @@ def elu_grad(a):
     return torch.where(a > 0, torch.ones_like(a), torch.exp(a.clamp(max=0)))
 
 
+def power_series_logdet(j: torch.Tensor, n_terms: int) -> torch.Tensor:
+    """Σ_{k=1..n} (-1)^{k+1} tr(J^k) / k for a batch of Jacobians (B, D, D) -> (B,). The powers
+    J^1..J^n are built by doubling: given J^1..J^m, J^{m+1}..J^{2m} = (J^1..J^m) @ J^m, so n terms
+    take ceil(log2 n) batched matmuls rather than n - 1 (a 2x2 matmul is all launch overhead)."""
+    powers = j[:, None]                                                         # (B, m, D, D)
+    while powers.shape[1] < n_terms:
+        powers = torch.cat([powers, powers @ powers[:, -1:]], dim=1)
+    traces = torch.diagonal(powers[:, :n_terms], dim1=2, dim2=3).sum(2)         # (B, n)
+    k = torch.arange(1, n_terms + 1, device=j.device, dtype=j.dtype)
+    return (traces * (1 - 2 * (k % 2 == 0).to(j.dtype)) / k).sum(1)
+
+
 class InvertibleResidual(nn.Module):
     """y = x + g(x), g = L3 ∘ elu ∘ L2 ∘ elu ∘ L1 with Lip(g) <= coeff³."""
 
@@ -94,12 +107,7 @@ class InvertibleResidual(nn.Module):
 
     def forward(self, x):                            # x (B, D) -> (y (B, D), logdet (B,))
         g, j = self.g_and_jacobian(x)
-        logdet, power = 0.0, j
-        for k in range(1, (self.n_terms if self.training else self.eval_terms) + 1):   # Σ (-1)^{k+1} tr(J^k) / k
-            if k > 1:
-                power = power @ j
-            logdet = logdet + (-1) ** (k + 1) * torch.diagonal(power, dim1=1, dim2=2).sum(1) / k
-        return x + g, logdet
+        return x + g, power_series_logdet(j, self.n_terms if self.training else self.eval_terms)
 
     @torch.no_grad()
     def inverse(self, y, iters: int = 100):          # y (B, D) -> (x (B, D), -logdet (B,))
@@ -120,7 +128,7 @@ class IResNet(VectorFlow):
 
 
 @register_model("iresnet", task="moons", tiny={"n_blocks": 2, "hidden": 8, "n_terms": 4},
-                train=TrainSettings(steps=1500, batch_size=256, lr=5e-3, warmup=50, eval_every=500))
+                train=TrainSettings(steps=800, batch_size=1024, lr=1e-2, warmup=50, eval_every=400))
 def iresnet(**config) -> IResNet:
     """i-ResNet: spectrally normalized residual blocks, power-series log-det, fixed-point inverse; two moons."""
     return IResNet(IResNetConfig(**config))

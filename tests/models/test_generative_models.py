@@ -91,6 +91,22 @@ def test_iresnet_inverse_power_series_and_lipschitz():
     assert 0 < gap < 0.2                             # truncation: a small bias, not an error
 
 
+@pytest.mark.parametrize("n_terms", [1, 2, 3, 10, 33])
+def test_iresnet_power_series_by_doubling(n_terms):
+    """The doubled powers sum the same series as one matmul per term, and converge to log det."""
+    from dlkern.models.iresnet import power_series_logdet
+    torch.manual_seed(0)
+    j = torch.randn(7, 3, 3, dtype=torch.float64)
+    j = 0.8 * j / torch.linalg.matrix_norm(j, ord=2)[:, None, None]     # ‖J‖₂ = 0.8: the series converges
+    expected, power = torch.zeros(7, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+    for k in range(1, n_terms + 1):
+        power = power @ j
+        expected += (-1) ** (k + 1) * torch.diagonal(power, dim1=-2, dim2=-1).sum(-1) / k
+    torch.testing.assert_close(power_series_logdet(j, n_terms), expected, rtol=1e-12, atol=1e-12)
+    exact = torch.linalg.slogdet(torch.eye(3, dtype=torch.float64) + j)[1]
+    torch.testing.assert_close(power_series_logdet(j, 200), exact, rtol=0, atol=1e-12)
+
+
 def test_iwae_bound_is_at_least_the_elbo():
     torch.manual_seed(0)
     x = get_task("digits_density").batch_for_step(0, 0, 8, "cpu")[0]
