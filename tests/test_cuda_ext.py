@@ -33,3 +33,22 @@ def test_exposes_every_registered_launcher(module_name):
 def test_cuda_launcher_rejects_cpu_tensors_clearly():
     with pytest.raises(RuntimeError, match="x must be a CUDA tensor"):
         _ext._C.layer_norm_fwd(torch.randn(2, 8), None, None, None, 1e-5)
+
+
+def test_gpu_build_has_no_fast_math_and_names_its_approximations():
+    """What the emulation tests is what the GPU runs: no --use_fast_math (which would make every
+    expf, tanhf, sqrtf and division approximate on the GPU only); a kernel that wants an
+    approximation names it, and the emulation defines each name it uses."""
+    import re
+    from pathlib import Path
+    from dlkern.toolchain import NVCC_FLAGS
+    assert not any("fast_math" in f or "fast-math" in f for f in NVCC_FLAGS), NVCC_FLAGS
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    emu = (csrc / "emu" / "cuda_emu.h").read_text()
+    used = set()
+    for src in [*csrc.rglob("*.cu"), *csrc.rglob("*.cuh")]:
+        if "emu" not in src.parts:
+            used |= set(re.findall(r"\b(__(?:expf|logf|log2f|powf|fdividef|sinf|cosf|tanf))\(", src.read_text()))
+    assert used >= {"__expf", "__fdividef"}
+    for name in used:
+        assert re.search(rf"\b{name}\(", emu), f"{name} is used by a kernel but not defined by the emulation"

@@ -144,7 +144,7 @@ attention_bwd_dkdv_kernel(const AttentionBwdParams p, const Dropout drop, const 
         for (int e = 0; e < 2; ++e) {
           float& pe = pt.c[n][2 * r + e];
           float& dpe = dpt.c[n][2 * r + e];
-          const float prob = exp2f(score.at<T>(pe, q0 + c + e, j) - lse_s[c + e]);
+          const float prob = exp2_approx(score.at<T>(pe, q0 + c + e, j) - lse_s[c + e]);
           pe = prob * z[e];                                            // (P∘Z)ᵀ for dV
           dpe = prob * (dpe * z[e] - delta_s[c + e]) * score.scale;  // scale·dSᵀ for dK
         }
@@ -237,7 +237,7 @@ attention_bwd_dq_kernel(const AttentionBwdParams p, const Dropout drop, const bo
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& se = s.c[n][2 * r + e];
-          const float prob = exp2f(score.at<T>(se, i, jj + e) - lse2[r]);
+          const float prob = exp2_approx(score.at<T>(se, i, jj + e) - lse2[r]);
           const float ds = prob * (dp.c[n][2 * r + e] * z[e] - delta[r]);
           if (dscores != nullptr && i < sh.Lq && jj + e < sh.Lk) dscores[int64_t(i) * sh.Lk + jj + e] = ds;
           se = ds * score.scale;

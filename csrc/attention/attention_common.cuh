@@ -249,7 +249,7 @@ __device__ __forceinline__ void store_rows(T* out, const Acc<N>& acc, int row0, 
     }
 }
 
-// Scale, bias and causal mask of one (batch, head); scores in base 2 (s * log2 e) for exp2f.
+// Scale, bias and causal mask of one (batch, head); scores in base 2 (s * log2 e) for exp2_approx.
 struct Scorer {
   const void* bias;  // at (b, h); null: none
   int64_t bias_si, bias_sj;

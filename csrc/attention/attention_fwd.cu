@@ -19,8 +19,8 @@
 // the launch; fp32 has one general variant). The
 // key tiles that are full and lie entirely below the causal diagonal of the block's first query
 // run without any mask arithmetic; only the last partial tile and the diagonal tiles check
-// bounds and the causal limit. Softmax in base 2 (exp2f), dropout applied to P (not to l). Fully
-// masked rows keep m = -inf, l = 0 and give o = 0, lse = -inf.
+// bounds and the causal limit. Softmax in base 2 (exp2_approx: one MUFU.EX2, as in FA2), dropout
+// applied to P (not to l). Fully masked rows keep m = -inf, l = 0 and give o = 0, lse = -inf.
 #include "attention/attention_common.cuh"
 
 namespace dlk {
@@ -133,7 +133,7 @@ attention_fwd_kernel(const AttentionFwdParams p, const Dropout drop, const bool 
       for (int r = 0; r < 2; ++r) {
         mx[r] = quad_max(mx[r]);
         base[r] = mx[r] == -INFINITY ? 0.f : mx[r];  // a fully masked row so far: P = 0, not NaN
-        const float alpha = exp2f(m[mt][r] - base[r]);
+        const float alpha = exp2_approx(m[mt][r] - base[r]);
         m[mt][r] = mx[r];
         l[mt][r] *= alpha;
 #pragma unroll
@@ -146,7 +146,7 @@ attention_fwd_kernel(const AttentionFwdParams p, const Dropout drop, const bool 
       for (int n = 0; n < BK / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          s[mt].c[n][e] = exp2f(s[mt].c[n][e] - base[e / 2]);
+          s[mt].c[n][e] = exp2_approx(s[mt].c[n][e] - base[e / 2]);
           l[mt][e / 2] += s[mt].c[n][e];
         }
       if (kDropout && drop.on) {

@@ -87,7 +87,7 @@ attention_paged_kernel(const AttentionPagedParams p) {
       for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
       const float m_new = fmaxf(m, mx);
       const float base = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: p = 0, not NaN
-      const float pj = exp2f(s - base), alpha = exp2f(m - base);
+      const float pj = exp2_approx(s - base), alpha = exp2_approx(m - base);
       l = l * alpha + warp_sum(pj);
       m = m_new;
 #pragma unroll

@@ -9,12 +9,18 @@
 // Kernels themselves use only threadIdx/blockIdx/blockDim/gridDim, static __shared__ arrays,
 // __syncthreads, full-mask __shfl_xor_sync, __half/__nv_bfloat16 conversions,
 // expf/sqrtf/rsqrtf/fmaf and templates. No torch here.
+//
+// Math precision: the build has no --use_fast_math (dlkern/toolchain.py), so expf, sqrtf, `/`
+// are the C library's accurate functions on the GPU as in the emulation. A kernel that wants an
+// approximate function names it (dlk::exp2_approx below, __expf, __fdividef), with a comment
+// saying why; the emulation provides each name (computed accurately: csrc/emu/README.md).
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -97,6 +103,20 @@ inline int max_blocks_per_sm(Kernel kernel, int threads) {
     blocks = 1;              // and assume one block per SM
   }
   return blocks > 0 ? blocks : 1;
+}
+
+// ---- approximate math, named where a kernel uses it ---------------------------------------------
+// 2^x by one MUFU.EX2 (ex2.approx.ftz: max error 2 ulp, subnormal results flushed to 0, 2^-inf = 0):
+// what exp2f compiled to under --use_fast_math. The accurate exp2f adds a range check and two
+// scalings for subnormal results, ~3 instructions per value in a softmax loop.
+__device__ __forceinline__ float exp2_approx(float x) {
+#ifdef DLK_EMULATION
+  return std::exp2(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
 }
 
 // ---- Welford statistics ------------------------------------------------------------------------

@@ -15,7 +15,8 @@ namespace conv {
 
 constexpr int kThreads = 256;  // element-wise kernels: one output element per thread and step
 
-__device__ __forceinline__ float sigmoid(float z) { return 1.f / (1.f + expf(-z)); }
+// Per output element (gates, SiLU): __expf / __fdividef, the named approximations (a few ulp).
+__device__ __forceinline__ float sigmoid(float z) { return __fdividef(1.f, 1.f + __expf(-z)); }
 __device__ __forceinline__ float silu(float z) { return z * sigmoid(z); }
 // d silu(z) / dz
 __device__ __forceinline__ float silu_grad(float z) {

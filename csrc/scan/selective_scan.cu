@@ -49,8 +49,11 @@ constexpr unsigned kFullMask = 0xffffffffu;
 static_assert((32 * kFwdItems) % kScanChunk == 0 && (32 * kBwdItems) % kScanChunk == 0,
               "every block chunk starts right after a stored state");
 
-__device__ __forceinline__ float softplus_f(float x) { return x <= 20.f ? log1pf(expf(x)) : x; }
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
+// exp(Δ·A) per step and state is the scan's one transcendental: __expf (FMUL + MUFU.EX2, 2 ulp
+// plus the argument's rounding; what --use_fast_math made of expf, and what mamba-ssm runs). The
+// per-channel softplus and gate use it too; log1pf stays accurate.
+__device__ __forceinline__ float softplus_f(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
+__device__ __forceinline__ float sigmoid_f(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
 
 // Shared-memory index of element e of a per-step buffer: one pad word per 32, so that a warp
 // writing K consecutive steps per thread (stride K) and reading consecutive steps is conflict-free.
@@ -196,7 +199,7 @@ struct ScanRow {
     Affine mine{1.f, 0.f};
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      step[k] = {(resets >> k) & 1u ? 0.f : expf(dt[k] * A), dt[k] * Bv[k] * u[k]};
+      step[k] = {(resets >> k) & 1u ? 0.f : __expf(dt[k] * A), dt[k] * Bv[k] * u[k]};
       mine = then(mine, step[k]);
     }
     return mine;

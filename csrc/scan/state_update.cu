@@ -23,8 +23,11 @@ constexpr int kPer = 4;                 // consecutive states per thread per acc
 constexpr int kMaxGridY = 65535;
 constexpr unsigned kFullMask = 0xffffffffu;
 
-__device__ __forceinline__ float softplus_f(float x) { return x <= 20.f ? log1pf(expf(x)) : x; }
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
+// exp(Δ·A) per step and state is the scan's one transcendental: __expf (FMUL + MUFU.EX2, 2 ulp
+// plus the argument's rounding; what --use_fast_math made of expf, and what mamba-ssm runs). The
+// per-channel softplus and gate use it too; log1pf stays accurate.
+__device__ __forceinline__ float softplus_f(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
+__device__ __forceinline__ float sigmoid_f(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
 
 // kPer values from `p` (stride `stride`) as fp32; zeros from index `limit` on (vec: one access).
 template <typename T>
@@ -99,7 +102,7 @@ selective_state_update_kernel(const SelectiveStateUpdateParams p, int log2_lanes
         load4(C_row + n0, 1, limit, vec, Cv);
 #pragma unroll
         for (int j = 0; j < kPer; ++j) {
-          h[j] = expf(dt * a[j]) * h[j] + dtx * Bv[j];
+          h[j] = __expf(dt * a[j]) * h[j] + dtx * Bv[j];
           partial += Cv[j] * h[j];
         }
         if constexpr (kVec) {
