@@ -145,12 +145,12 @@ attention_paged_combine_kernel(const AttentionPagedParams p) {
   for (int s = 0; s < p.num_splits; ++s) mx = fmaxf(mx, p.lse_part[s * rows + row]);
   const float base = mx == -INFINITY ? 0.f : mx;  // no split saw a key: every weight 0
   float total = 0.f;
-  for (int s = 0; s < p.num_splits; ++s) total += exp2f(p.lse_part[s * rows + row] - base);
+  for (int s = 0; s < p.num_splits; ++s) total += exp2_approx(p.lse_part[s * rows + row] - base);
   const float inv = total > 0.f ? 1.f / total : 0.f;
   for (int d = lane; d < p.D; d += 32) {
     float acc = 0.f;
     for (int s = 0; s < p.num_splits; ++s) {
-      acc += exp2f(p.lse_part[s * rows + row] - base) * p.o_part[(s * rows + row) * p.D + d];
+      acc += exp2_approx(p.lse_part[s * rows + row] - base) * p.o_part[(s * rows + row) * p.D + d];
     }
     static_cast<T*>(p.o)[row * p.D + d] = from_float<T>(acc * inv);
   }

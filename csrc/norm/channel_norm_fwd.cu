@@ -14,12 +14,14 @@ namespace {
 using namespace cnorm;
 
 // Adds V values: one element (Welford's update) or a chunk's own mean and M2, merged with Chan's.
+// The count divisions are __fdividef (MUFU.RCP + FMUL, 2 ulp; counts are far below 2^126): an IEEE
+// division per push would add ~7 instructions per element on the scalar path.
 template <int V>
 __device__ __forceinline__ void welford_push(Welford& w, const float (&v)[V]) {
   if constexpr (V == 1) {
     w.n += 1.f;
     const float d = v[0] - w.mean;
-    w.mean += d / w.n;
+    w.mean += __fdividef(d, w.n);
     w.m2 += d * (v[0] - w.mean);
   } else {
     float sum = 0.f;
@@ -31,7 +33,7 @@ __device__ __forceinline__ void welford_push(Welford& w, const float (&v)[V]) {
     for (int i = 0; i < V; ++i) cm2 += (v[i] - cmean) * (v[i] - cmean);
     const float n = w.n + float(V);
     const float d = cmean - w.mean;
-    const float fb = float(V) / n;
+    const float fb = __fdividef(float(V), n);
     w.mean += d * fb;
     w.m2 += cm2 + d * d * w.n * fb;
     w.n = n;
