@@ -106,7 +106,7 @@ inline int max_blocks_per_sm(Kernel kernel, int threads) {
 }
 
 // ---- approximate math, named where a kernel uses it ---------------------------------------------
-// 2^x by one MUFU.EX2 (ex2.approx.ftz: max error 2 ulp, subnormal results flushed to 0, 2^-inf = 0):
+// 2^x by one MUFU.EX2 (ex2.approx.ftz: max error 2 ulp, subnormals flushed to 0, 2^-inf = 0):
 // what exp2f compiled to under --use_fast_math. The accurate exp2f adds a range check and two
 // scalings for subnormal results, ~3 instructions per value in a softmax loop.
 __device__ __forceinline__ float exp2_approx(float x) {
@@ -117,6 +117,15 @@ __device__ __forceinline__ float exp2_approx(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 #endif
+}
+
+// The per-element gates (SiLU, the scan's z gate, WaveNet's sigmoid) and the scan's softplus:
+// __expf / __fdividef, a few ulp (what --use_fast_math made of them); log1pf stays accurate.
+__device__ __forceinline__ float sigmoid_approx(float x) {
+  return __fdividef(1.f, 1.f + __expf(-x));
+}
+__device__ __forceinline__ float softplus_approx(float x) {
+  return x <= 20.f ? log1pf(__expf(x)) : x;
 }
 
 // ---- Welford statistics ------------------------------------------------------------------------

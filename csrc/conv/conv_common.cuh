@@ -15,12 +15,10 @@ namespace conv {
 
 constexpr int kThreads = 256;  // element-wise kernels: one output element per thread and step
 
-// Per output element (gates, SiLU): __expf / __fdividef, the named approximations (a few ulp).
-__device__ __forceinline__ float sigmoid(float z) { return __fdividef(1.f, 1.f + __expf(-z)); }
-__device__ __forceinline__ float silu(float z) { return z * sigmoid(z); }
+__device__ __forceinline__ float silu(float z) { return z * sigmoid_approx(z); }
 // d silu(z) / dz
 __device__ __forceinline__ float silu_grad(float z) {
-  const float s = sigmoid(z);
+  const float s = sigmoid_approx(z);
   return s * (1.f + z * (1.f - s));
 }
 

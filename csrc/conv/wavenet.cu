@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) wavenet_fwd_kernel(
         }
         h[(b * 2 * C + c) * L + l] = from_float<T>(a);
         h[(b * 2 * C + C + c) * L + l] = from_float<T>(g);
-        z = to_float(from_float<T>(tanh_f(a) * conv::sigmoid(g)));
+        z = to_float(from_float<T>(tanh_f(a) * sigmoid_approx(g)));
       }
       zs[i] = z;
     }
@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) wavenet_gate_bwd_kernel(
     for (int64_t s = 0; s < S; ++s) dz += to_float(w_skip[s * C + c]) * to_float(dskip[b * ssb + s * ssc + l * ssl]);
     const float a = to_float(h[(b * 2 * C + c) * L + l]);
     const float g = to_float(h[(b * 2 * C + C + c) * L + l]);
-    const float ta = tanh_f(a), sg = conv::sigmoid(g);
+    const float ta = tanh_f(a), sg = sigmoid_approx(g);
     dh[(b * 2 * C + c) * L + l] = from_float<T>(dz * sg * (1.f - ta * ta));
     dh[(b * 2 * C + C + c) * L + l] = from_float<T>(dz * ta * sg * (1.f - sg));
     z[i] = from_float<T>(ta * sg);

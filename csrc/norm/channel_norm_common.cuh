@@ -110,7 +110,7 @@ __device__ __forceinline__ float act_fwd(float p, int act) {
 __device__ __forceinline__ float act_grad(float p, float dy, int act) {
   switch (act) {
     case 1: {
-      const float sig = __fdividef(1.f, 1.f + __expf(-p));
+      const float sig = sigmoid_approx(p);
       return dy * sig * (1.f + p * (1.f - sig));
     }
     case 2: {

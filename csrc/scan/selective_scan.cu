@@ -49,11 +49,6 @@ constexpr unsigned kFullMask = 0xffffffffu;
 static_assert((32 * kFwdItems) % kScanChunk == 0 && (32 * kBwdItems) % kScanChunk == 0,
               "every block chunk starts right after a stored state");
 
-// exp(Δ·A) per step and state is the scan's one transcendental: __expf (FMUL + MUFU.EX2, 2 ulp
-// plus the argument's rounding; what --use_fast_math made of expf, and what mamba-ssm runs). The
-// per-channel softplus and gate use it too; log1pf stays accurate.
-__device__ __forceinline__ float softplus_f(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
-__device__ __forceinline__ float sigmoid_f(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
 
 // Shared-memory index of element e of a per-step buffer: one pad word per 32, so that a warp
 // writing K consecutive steps per thread (stride K) and reading consecutive steps is conflict-free.
@@ -176,7 +171,7 @@ struct ScanRow {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       raw[k] += bias;
-      dt[k] = t + k >= p.L ? 0.f : p.delta_softplus ? softplus_f(raw[k]) : raw[k];
+      dt[k] = t + k >= p.L ? 0.f : p.delta_softplus ? softplus_approx(raw[k]) : raw[k];
     }
   }
 
@@ -199,6 +194,7 @@ struct ScanRow {
     Affine mine{1.f, 0.f};
 #pragma unroll
     for (int k = 0; k < K; ++k) {
+      // exp(Δ·A) per step and state, the scan's one transcendental: __expf (FMUL + MUFU.EX2, as mamba-ssm)
       step[k] = {(resets >> k) & 1u ? 0.f : __expf(dt[k] * A), dt[k] * Bv[k] * u[k]};
       mine = then(mine, step[k]);
     }
@@ -251,7 +247,7 @@ selective_scan_fwd_kernel(const SelectiveScanFwdParams p, bool vec) {
       float z[K];
       load_items(static_cast<const T*>(p.z) + r.off, 1, t, p.L, vec, z);
 #pragma unroll
-      for (int k = 0; k < K; ++k) y[k] *= z[k] * sigmoid_f(z[k]);
+      for (int k = 0; k < K; ++k) y[k] *= z[k] * sigmoid_approx(z[k]);
     }
     store_items(static_cast<T*>(p.out) + r.off, t, p.L, vec, y);
   }
@@ -303,7 +299,7 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams q, bool vec) {
       load_items(static_cast<const T*>(p.z) + r.off, 1, t, p.L, vec, z);
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        const float s = sigmoid_f(z[k]);
+        const float s = sigmoid_approx(z[k]);
         dz[k] = dy[k] * y[k] * s * (1.f + z[k] * (1.f - s));
         dy[k] *= z[k] * s;
       }
@@ -383,7 +379,7 @@ selective_scan_bwd_kernel(const SelectiveScanBwdParams q, bool vec) {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       du[k] = dt[k] * gB[k] + r.D * dy[k];
-      dd[k] = t + k >= p.L ? 0.f : p.delta_softplus ? ddt[k] * sigmoid_f(raw[k]) : ddt[k];
+      dd[k] = t + k >= p.L ? 0.f : p.delta_softplus ? ddt[k] * sigmoid_approx(raw[k]) : ddt[k];
       dD += dy[k] * u[k];
       dbias += dd[k];
     }

@@ -23,11 +23,6 @@ constexpr int kPer = 4;                 // consecutive states per thread per acc
 constexpr int kMaxGridY = 65535;
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// exp(Δ·A) per step and state is the scan's one transcendental: __expf (FMUL + MUFU.EX2, 2 ulp
-// plus the argument's rounding; what --use_fast_math made of expf, and what mamba-ssm runs). The
-// per-channel softplus and gate use it too; log1pf stays accurate.
-__device__ __forceinline__ float softplus_f(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
-__device__ __forceinline__ float sigmoid_f(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
 
 // kPer values from `p` (stride `stride`) as fp32; zeros from index `limit` on (vec: one access).
 template <typename T>
@@ -85,7 +80,7 @@ selective_state_update_kernel(const SelectiveStateUpdateParams p, int log2_lanes
     if (live) {
       x = to_float(X[b * p.x_stride[0] + d * p.x_stride[1]]);
       dt = to_float(DT[b * p.dt_stride[0] + d * p.dt_stride[1]]) + (p.dt_bias ? p.dt_bias[d] : 0.f);
-      if (p.dt_softplus) dt = softplus_f(dt);
+      if (p.dt_softplus) dt = softplus_approx(dt);
       const float dtx = dt * x;
       const int64_t sb = p.state_index ? int64_t(p.state_index[b]) : b;
       S* h_row = state + sb * p.state_stride[0] + d * p.state_stride[1];
@@ -102,7 +97,7 @@ selective_state_update_kernel(const SelectiveStateUpdateParams p, int log2_lanes
         load4(C_row + n0, 1, limit, vec, Cv);
 #pragma unroll
         for (int j = 0; j < kPer; ++j) {
-          h[j] = __expf(dt * a[j]) * h[j] + dtx * Bv[j];
+          h[j] = __expf(dt * a[j]) * h[j] + dtx * Bv[j];  // __expf: as the scan's exp(Δ·A)
           partial += Cv[j] * h[j];
         }
         if constexpr (kVec) {
@@ -120,7 +115,7 @@ selective_state_update_kernel(const SelectiveStateUpdateParams p, int log2_lanes
       float y = partial + (p.D ? p.D[d] * x : 0.f);
       if (p.z) {
         const float z = to_float(static_cast<const T*>(p.z)[b * p.z_stride[0] + d * p.z_stride[1]]);
-        y *= z * sigmoid_f(z);
+        y *= z * sigmoid_approx(z);
       }
       static_cast<T*>(p.out)[b * p.dim + d] = from_float<T>(y);
     }
