@@ -1,12 +1,24 @@
 // Depthwise conv2d kernels and launchers (math: depthwise_conv2d.h).
 //
-// Forward and dx: one output element per thread (grid-stride), the linear index walking the
-// unit-stride dimension fastest (ow for NCHW, c for channels_last) so a warp's loads and stores are
-// coalesced; neighbouring windows overlap in L1. Square 3x3, 5x5 and 7x7 filters are compile-time
-// sizes (unrolled taps); every other size up to 31x31 takes the runtime-loop instance. dweight and
-// dbias: one block per (channel, tap) (tap KH*KW = the bias), a fixed-order block reduction over
-// the output pixels (deterministic).
+// Register-blocked forward, channels_last with a square 3x3/5x5/7x7 filter (ConvNeXt, MobileNet,
+// EfficientNet); dx at unit stride and dilation is the same kernel over dy with the filter turned
+// by 180 degrees. A thread owns kVecC channels (one 64/128-bit access) x kRun consecutive output
+// columns x kRows output rows. At unit stride and dilation (ConvNeXt) it loads each input row's
+// strip of kRun + K - 1 pixels once, converts it once, and uses each value for up to K x kRows
+// taps of its outputs; otherwise (MobileNet's stride 2) it loads per tap, still vectorized over
+// channels. The block's filter taps sit in shared memory as fp32 [tap][channel vector], one
+// LDS.128 per tap.
+//
+// Element-wise forward and dx (every other layout and filter): one output element per thread
+// (grid-stride), the linear index walking the unit-stride dimension fastest (ow for NCHW, c for
+// channels_last) so a warp's loads and stores are coalesced; neighbouring windows overlap in L1.
+// Square 3x3, 5x5 and 7x7 filters are compile-time sizes (unrolled taps); every other size up to
+// 31x31 takes the runtime-loop instance. dweight and dbias: one block per (channel, tap) (tap
+// KH*KW = the bias), a fixed-order block reduction over the output pixels (deterministic).
 #include "conv/depthwise_conv2d.h"
+
+#include <cstdlib>
+#include <limits>
 
 #include "conv/conv_common.cuh"
 
@@ -71,6 +83,160 @@ __global__ void __launch_bounds__(kThreads) depthwise_conv2d_fwd_kernel(
       }
     }
     y[n * sy.n + c * sy.c + oh * sy.h + ow * sy.w] = from_float<T>(acc);
+  }
+}
+
+// ---- register-blocked channels_last forward ---------------------------------------------------
+constexpr int kVecC = 4;         // channels per thread: one 8-byte (16-bit T) or 16-byte (fp32) access
+constexpr int kRun = 4;          // consecutive output pixels per thread along ow
+constexpr int kTileVecs = 32;    // channel vectors per block at most (128 channels)
+constexpr int kBlockedThreads = 256;
+template <bool UNIT>
+constexpr int kRows = UNIT ? 2 : 1;  // output rows per thread (input rows shared at unit stride)
+
+template <typename T>
+__device__ __forceinline__ void load4(const T* p, float (&v)[kVecC]) {
+  if constexpr (std::is_same_v<T, float>) {
+    const float4 c = *reinterpret_cast<const float4*>(p);
+    v[0] = c.x, v[1] = c.y, v[2] = c.z, v[3] = c.w;
+  } else {
+    const uint2 c = *reinterpret_cast<const uint2*>(p);
+    unpack_pair<T>(c.x, v[0], v[1]);
+    unpack_pair<T>(c.y, v[2], v[3]);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store4(T* p, const float (&v)[kVecC]) {
+  if constexpr (std::is_same_v<T, float>) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  } else {
+    *reinterpret_cast<uint2*>(p) = make_uint2(pack_pair<T>(v[0], v[1]), pack_pair<T>(v[2], v[3]));
+  }
+}
+
+// Block (tile_vecs, rows): threadIdx.x picks the channel vector of the block's channel tile
+// (blockIdx.y), threadIdx.y walks items (n, kRows output rows, kRun output columns), grid-stride
+// over x. UNIT: stride 1 and dilation 1 in both dimensions, so neighbouring outputs share input
+// rows and columns (each input value loaded once per item).
+// FLIP: the filter turned by 180 degrees (dx at unit stride is this forward over dy; see dx_launch_blocked).
+template <typename T, int K, bool UNIT, bool FLIP>
+__global__ void __launch_bounds__(kBlockedThreads) depthwise_conv2d_fwd_cl_kernel(
+    // pointers
+    const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
+    T* __restrict__ y,
+    // geometry, strides (x.c = y.c = 1)
+    DepthwiseConv2dGeometry g, Strides4 sx, Strides4 sy) {
+  __shared__ float4 taps[K * K][kTileVecs];  // fp32 filter taps of the block's channels
+  const int tile_vecs = blockDim.x;
+  const int64_t c = (int64_t(blockIdx.y) * tile_vecs + threadIdx.x) * kVecC;
+  const int tid = threadIdx.y * tile_vecs + threadIdx.x;
+  for (int i = tid; i < K * K * tile_vecs; i += tile_vecs * blockDim.y) {
+    const int tap = i / tile_vecs, v = i % tile_vecs;
+    const int src = FLIP ? K * K - 1 - tap : tap;
+    const int64_t cv = (int64_t(blockIdx.y) * tile_vecs + v) * kVecC;
+    float w[kVecC];
+#pragma unroll
+    for (int j = 0; j < kVecC; ++j) w[j] = cv + j < g.C ? to_float(weight[(cv + j) * (K * K) + src]) : 0.f;
+    taps[tap][v] = make_float4(w[0], w[1], w[2], w[3]);
+  }
+  __syncthreads();
+  if (c >= g.C) return;  // no barrier below
+  float b[kVecC] = {0.f, 0.f, 0.f, 0.f};
+  if (bias != nullptr) {
+#pragma unroll
+    for (int j = 0; j < kVecC; ++j) b[j] = to_float(bias[c + j]);
+  }
+  // 32-bit item and image coordinates: the host launches this kernel only when the item count and
+  // every coordinate fit in int (64-bit division per item would cost more than the item's taps).
+  const int OH = int(g.OH), OW = int(g.OW), H = int(g.H), W = int(g.W);
+  const int runs = (OW + kRun - 1) / kRun, row_groups = (OH + kRows<UNIT> - 1) / kRows<UNIT>;
+  const int items = int(g.N) * row_groups * runs;
+  for (int item = blockIdx.x * blockDim.y + threadIdx.y; item < items; item += gridDim.x * blockDim.y) {
+    const int run = item % runs, rest = item / runs;
+    const int oh0 = (rest % row_groups) * kRows<UNIT>, n = rest / row_groups;
+    const int ow0 = run * kRun;
+    float acc[kRows<UNIT>][kRun][kVecC];
+#pragma unroll
+    for (int o = 0; o < kRows<UNIT>; ++o)
+#pragma unroll
+      for (int r = 0; r < kRun; ++r)
+#pragma unroll
+        for (int j = 0; j < kVecC; ++j) acc[o][r][j] = b[j];
+    const T* xn = x + n * sx.n + c;
+    if constexpr (UNIT) {
+      // Input row oh0 - pad + i feeds output row o through filter row i - o. Its strip
+      // iw = ow0 - pad + [0, kRun + K - 1) feeds output column r through filter column j - r;
+      // zeros outside the image, the columns' validity the same for every row.
+      constexpr int kStrip = kRun + K - 1;
+      const int iw0 = ow0 - g.pad[1];
+      bool in_w[kStrip];
+#pragma unroll
+      for (int j = 0; j < kStrip; ++j) in_w[j] = unsigned(iw0 + j) < unsigned(W);
+#pragma unroll
+      for (int i = 0; i < K + kRows<UNIT> - 1; ++i) {
+        const int ih = oh0 - g.pad[0] + i;
+        if (unsigned(ih) >= unsigned(H)) continue;
+        const T* px = xn + ih * sx.h + int64_t(iw0) * sx.w;
+        float strip[kStrip][kVecC];
+#pragma unroll
+        for (int j = 0; j < kStrip; ++j, px += sx.w) {
+          if (in_w[j]) {
+            load4(px, strip[j]);
+          } else {
+#pragma unroll
+            for (int v = 0; v < kVecC; ++v) strip[j][v] = 0.f;
+          }
+        }
+#pragma unroll
+        for (int o = 0; o < kRows<UNIT>; ++o) {
+          const int kh = i - o;  // compile-time after unrolling
+          if (kh < 0 || kh >= K) continue;
+#pragma unroll
+          for (int kw = 0; kw < K; ++kw) {
+            const float4 w = taps[kh * K + kw][threadIdx.x];
+#pragma unroll
+            for (int r = 0; r < kRun; ++r) {
+              acc[o][r][0] = fmaf(w.x, strip[r + kw][0], acc[o][r][0]);
+              acc[o][r][1] = fmaf(w.y, strip[r + kw][1], acc[o][r][1]);
+              acc[o][r][2] = fmaf(w.z, strip[r + kw][2], acc[o][r][2]);
+              acc[o][r][3] = fmaf(w.w, strip[r + kw][3], acc[o][r][3]);
+            }
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const int ih = oh0 * g.stride[0] - g.pad[0] + kh * g.dilation[0];
+        if (unsigned(ih) >= unsigned(H)) continue;
+        const T* xrow = xn + ih * sx.h;
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) {
+          const float4 w = taps[kh * K + kw][threadIdx.x];
+#pragma unroll
+          for (int r = 0; r < kRun; ++r) {
+            const int iw = (ow0 + r) * g.stride[1] - g.pad[1] + kw * g.dilation[1];
+            if (unsigned(iw) >= unsigned(W)) continue;
+            float v[kVecC];
+            load4(xrow + iw * sx.w, v);
+            acc[0][r][0] = fmaf(w.x, v[0], acc[0][r][0]);
+            acc[0][r][1] = fmaf(w.y, v[1], acc[0][r][1]);
+            acc[0][r][2] = fmaf(w.z, v[2], acc[0][r][2]);
+            acc[0][r][3] = fmaf(w.w, v[3], acc[0][r][3]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 0; o < kRows<UNIT>; ++o) {
+      if (oh0 + o >= OH) break;
+      T* yrow = y + n * sy.n + (oh0 + o) * sy.h + c;
+#pragma unroll
+      for (int r = 0; r < kRun; ++r) {
+        if (ow0 + r < OW) store4(yrow + (ow0 + r) * sy.w, acc[o][r]);
+      }
+    }
   }
 }
 
@@ -165,8 +331,85 @@ void dispatch_filter(const DepthwiseConv2dGeometry& g, bool cl, F&& f) {
   });
 }
 
+// The register-blocked kernel's conditions: channels_last input and output, a square 3/5/7
+// filter, whole channel vectors, every vector access aligned (pointers and pixel strides), and
+// items and image coordinates within int.
+template <typename T>
+bool blocked_fits(const DepthwiseConv2dGeometry& g, const void* in, const int64_t (&s_in)[4],
+                  const void* out, const int64_t (&s_out)[4]) {
+  const int64_t align = int64_t(sizeof(T)) * kVecC;
+  auto aligned = [&](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % align == 0; };
+  auto whole = [&](const int64_t(&s)[4]) {
+    return s[1] == 1 && s[0] % kVecC == 0 && s[2] % kVecC == 0 && s[3] % kVecC == 0;
+  };
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  const bool fits_int = g.N * g.OH * conv::cdiv(g.OW, kRun) <= kIntMax / 2 &&
+                        g.H + std::abs(g.pad[0]) <= kIntMax / 2 && g.W + std::abs(g.pad[1]) <= kIntMax / 2 &&
+                        g.OH * g.stride[0] <= kIntMax / 2 && g.OW * g.stride[1] <= kIntMax / 2;
+  return g.KH == g.KW && (g.KH == 3 || g.KH == 5 || g.KH == 7) && g.C % kVecC == 0 && fits_int &&
+         whole(s_in) && whole(s_out) && aligned(in) && aligned(out);
+}
+
+bool unit_geometry(const DepthwiseConv2dGeometry& g) {
+  return g.stride[0] == 1 && g.stride[1] == 1 && g.dilation[0] == 1 && g.dilation[1] == 1;
+}
+
+// out = the depthwise conv of `in` over geometry g (FLIP: with the filter turned by 180 degrees).
+template <typename T, bool FLIP>
+void launch_blocked(const DepthwiseConv2dGeometry& g, const T* in, const T* weight, const T* bias, T* out,
+                    const int64_t (&s_in)[4], const int64_t (&s_out)[4], int num_sms, cudaStream_t stream) {
+  const bool unit = unit_geometry(g);
+  const int vecs = int(g.C / kVecC);
+  const int tile_vecs = std::min(vecs, kTileVecs);
+  const dim3 block(tile_vecs, kBlockedThreads / tile_vecs);
+  const unsigned tiles = unsigned(conv::cdiv(vecs, tile_vecs));
+  const int64_t items = g.N * conv::cdiv(g.OH, unit ? kRows<true> : kRows<false>) * conv::cdiv(g.OW, kRun);
+  dispatch_filter(g, true, [&](auto ktag, auto) {
+    constexpr int K = decltype(ktag)::value;
+    if constexpr (K > 0) {
+      DLK_BOOL_SWITCH(unit, UNIT, [&] {
+        if constexpr (UNIT || !FLIP) {
+          auto kern = depthwise_conv2d_fwd_cl_kernel<T, K, UNIT, FLIP>;
+          const int64_t fill = int64_t(num_sms) * max_blocks_per_sm(kern, int(block.x * block.y));
+          const int64_t blocks = std::max<int64_t>(1, std::min(conv::cdiv(items, block.y),
+                                                               conv::cdiv(fill, tiles)));
+          DLK_LAUNCH(kern, dim3(unsigned(blocks), tiles), block, 0, stream, in, weight, bias, out, g,
+                     strides4(s_in), strides4(s_out));
+          check_launch("depthwise_conv2d_fwd_cl_kernel");
+        }
+      });
+    }
+  });
+}
+
+template <typename T>
+bool fwd_launch_blocked(const DepthwiseConv2dFwdParams& p, cudaStream_t stream) {
+  if (!blocked_fits<T>(p.g, p.x, p.x_stride, p.y, p.y_stride)) return false;
+  launch_blocked<T, false>(p.g, static_cast<const T*>(p.x), static_cast<const T*>(p.weight),
+                           static_cast<const T*>(p.bias), static_cast<T*>(p.y), p.x_stride, p.y_stride,
+                           p.num_sms, stream);
+  return true;
+}
+
+// dx at unit stride and dilation is a forward conv of dy with the filter turned by 180 degrees:
+// dx[ih, iw] = sum w[kh, kw] dy[ih + ph - kh, iw + pw - kw] = sum w[K-1-a, K-1-b] dy[ih - (K-1-ph) + a, ...],
+// so the (H, W) output over the (OH, OW) input with padding K - 1 - pad (negative when pad > K - 1:
+// the window then starts inside dy).
+template <typename T>
+bool dx_launch_blocked(const DepthwiseConv2dBwdParams& p, cudaStream_t stream) {
+  if (!unit_geometry(p.g)) return false;
+  DepthwiseConv2dGeometry g = p.g;
+  g.H = p.g.OH, g.W = p.g.OW, g.OH = p.g.H, g.OW = p.g.W;
+  g.pad[0] = p.g.KH - 1 - p.g.pad[0], g.pad[1] = p.g.KW - 1 - p.g.pad[1];
+  if (!blocked_fits<T>(g, p.dy, p.dy_stride, p.dx, p.dx_stride)) return false;
+  launch_blocked<T, true>(g, static_cast<const T*>(p.dy), static_cast<const T*>(p.weight), nullptr,
+                          static_cast<T*>(p.dx), p.dy_stride, p.dx_stride, p.num_sms, stream);
+  return true;
+}
+
 template <typename T>
 void fwd_launch(const DepthwiseConv2dFwdParams& p, cudaStream_t stream) {
+  if (fwd_launch_blocked<T>(p, stream)) return;
   dispatch_filter(p.g, channels_last(p.x_stride, p.g.C), [&](auto ktag, auto ltag) {
     auto kern = depthwise_conv2d_fwd_kernel<T, decltype(ktag)::value, decltype(ltag)::value>;
     const int64_t total = p.g.N * p.g.C * p.g.OH * p.g.OW;
@@ -181,14 +424,16 @@ void fwd_launch(const DepthwiseConv2dFwdParams& p, cudaStream_t stream) {
 template <typename T>
 void bwd_launch(const DepthwiseConv2dBwdParams& p, cudaStream_t stream) {
   const T* dy = static_cast<const T*>(p.dy);
-  dispatch_filter(p.g, channels_last(p.x_stride, p.g.C), [&](auto ktag, auto ltag) {
-    auto kern = depthwise_conv2d_dx_kernel<T, decltype(ktag)::value, decltype(ltag)::value>;
-    const int64_t total = p.g.N * p.g.C * p.g.H * p.g.W;
-    DLK_LAUNCH(kern, conv::elementwise_grid(kern, total, p.num_sms), kThreads, 0, stream, dy,
-               static_cast<const T*>(p.weight), static_cast<T*>(p.dx), p.g,
-               strides4(p.dy_stride), strides4(p.dx_stride));
-    check_launch("depthwise_conv2d_dx_kernel");
-  });
+  if (!dx_launch_blocked<T>(p, stream)) {
+    dispatch_filter(p.g, channels_last(p.x_stride, p.g.C), [&](auto ktag, auto ltag) {
+      auto kern = depthwise_conv2d_dx_kernel<T, decltype(ktag)::value, decltype(ltag)::value>;
+      const int64_t total = p.g.N * p.g.C * p.g.H * p.g.W;
+      DLK_LAUNCH(kern, conv::elementwise_grid(kern, total, p.num_sms), kThreads, 0, stream, dy,
+                 static_cast<const T*>(p.weight), static_cast<T*>(p.dx), p.g,
+                 strides4(p.dy_stride), strides4(p.dx_stride));
+      check_launch("depthwise_conv2d_dx_kernel");
+    });
+  }
   auto kern = depthwise_conv2d_dweight_kernel<T>;
   // Fewer threads for few pixels: block_sum needs whole warps.
   const int64_t pixels = p.g.N * p.g.OH * p.g.OW;

@@ -163,6 +163,16 @@ def _samples(device, dtype):
     yield Sample("width123_stride2", (r(1, 2, 3, 123), r(2, 1, 3, 3), r(2), 2, 1), {}, (0, 1, 2))
     yield Sample("strided_view_dil3", (r(2, 6, 9, 12)[:, ::2, :, 1:10], r(3, 1, 3, 3), None, 1, (0, 2), 3), {}, (0, 1))
     yield Sample("k31x5", (r(1, 1, 5, 5), r(1, 1, 31, 5, scale=0.2), r(1), 1, (15, 2)), {}, (0, 1, 2))
+    # channels_last, 3/5/7 and C % 4 == 0: the CUDA register-blocked forward (a partial run of 4
+    # output columns; stride 2 down, dilation 2 across, each input pixel still read; a second,
+    # partial tile of 32 channel vectors; a column-strided view)
+    yield Sample("k5_channels_last_stride2x1_dil1x2", (r(2, 12, 9, 11).to(memory_format=cl),
+                                                       r(12, 1, 5, 5, scale=0.3), r(12), (2, 1), 2, (1, 2)),
+                 {}, (0, 1, 2))
+    yield Sample("k3_channels_last_136ch", (r(1, 136, 4, 6).to(memory_format=cl), r(136, 1, 3, 3), None, 1, 1),
+                 {}, (0, 1))
+    yield Sample("k7_channels_last_column_view", (r(1, 8, 6, 20).to(memory_format=cl)[:, :, :, ::2],
+                                                  r(8, 1, 7, 7, scale=0.3), r(8), 1, 3), {}, (0, 1, 2))
 
 
 def _bench_cases(device, dtype, quick):

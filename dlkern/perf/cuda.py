@@ -12,8 +12,9 @@ CUDA launches have no interpreter count: the memory bound uses the op's minimum 
 several kernels shares them, and its FLOPs, by instructions, as the Triton passes do). A rule may
 give a launch's hot-loop trips (the attention kernels: the tile arithmetic of their launchers;
 their hot loop is then the innermost loop with tensor-core ops, which holds the rolled tile-load
-loops, counted once per trip) or the bytes its hot loop loads; else the trips are the op's minimum
-bytes over what one trip loads.
+loops, counted once per trip; a function of the kernel's facts where the grid depends on them, as
+the register-blocked depthwise forward's) or the bytes its hot loop loads; else the trips are the
+op's minimum bytes over what one trip loads.
 """
 from __future__ import annotations
 
@@ -325,18 +326,76 @@ def rule_adam(op_name, sample, dt, arch):
 
 
 def rule_depthwise(op_name, sample, dt, arch):
-    """depthwise_conv2d.cu fwd_launch: depthwise_conv2d_fwd_kernel<T, K (3/5/7 or 0), channels_last>,
-    256 threads, grid-stride over N x C x OH x OW outputs, grid = min(cdiv(total, 256), fill)."""
+    """depthwise_conv2d.cu fwd_launch / bwd_launch. blocked_fits (channels_last input and output, a
+    square 3/5/7 filter, C % 4 == 0; the bench cases are aligned and small enough for int
+    coordinates): depthwise_conv2d_fwd_cl_kernel<T, K, UNIT, FLIP> (UNIT: stride and dilation 1 in
+    both dimensions), block (tile_vecs = min(C / 4, 32), 256 / tile_vecs), grid (min(cdiv(items,
+    block.y), cdiv(fill, tiles)), tiles = cdiv(C / 4, tile_vecs)) over items = N x cdiv(OH, kRows) x
+    cdiv(OW, 4) (kRows 2 when UNIT, else 1); dx at UNIT is that kernel with FLIP over dy. Else
+    depthwise_conv2d_fwd_kernel / _dx_kernel<T, K (3/5/7 or 0), channels_last>, 256 threads,
+    grid-stride over the outputs, grid = min(cdiv(total, 256), fill). dweight:
+    depthwise_conv2d_dweight_kernel<T>, min(items, fill) blocks of clamp(pixels rounded up to 32, 32,
+    256) threads over C x (KH x KW + 1) items. Every loop's trips per thread are given: the taps'
+    loads are reused from L1, so the bytes do not count them."""
+    from dlkern.ops.depthwise_conv2d import conv_geometry
+
     x, w = sample.args[0], sample.args[1]
+    stride, padding, dilation = (list(sample.args[3:]) + [1, 0, 1][len(sample.args) - 3:])[:3]
+    (sh, sw), _, (dh, dw), (oh, ow) = conv_geometry(x, w, stride, padding, dilation)
     kh, kw = w.shape[-2], w.shape[-1]
     K = kh if kh == kw and kh in (3, 5, 7) else 0
-    cl = x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1
-    stride = sample.args[3] if len(sample.args) > 3 and isinstance(sample.args[3], int) else 1
-    n, c, h, wd = x.shape
-    total = n * c * _cdiv(h, stride) * _cdiv(wd, stride)
+    n, c = x.shape[0], x.shape[1]
+    cl = x.dim() == 4 and x.stride(1) == 1 and c > 1
+    T = CU_TYPES[dt]
+    unit = sh == sw == dh == dw == 1
+    blocked, flat = "depthwise_conv2d_fwd_cl_kernel", f"<{T}, {K}, {str(cl).lower()}>"
+    out = []
+    if cl and K and c % 4 == 0:
+        name = f"{blocked}<{T}, {K}, {str(unit).lower()}, false>"
+        out.append(("fwd",) + _depthwise_blocked(name, arch, n, c, oh, ow, unit))
+    else:
+        out.append(("fwd",) + _depthwise_flat(f"depthwise_conv2d_fwd_kernel{flat}", arch, n * c * oh * ow))
+    # backward, dy laid out as y (a channels_last model's gradients are channels_last)
+    h, wd = x.shape[2], x.shape[3]
+    if cl and K and c % 4 == 0 and unit:
+        out.append(("bwd",) + _depthwise_blocked(f"{blocked}<{T}, {K}, true, true>", arch, n, c, h, wd, True))
+    else:
+        out.append(("bwd",) + _depthwise_flat(f"depthwise_conv2d_dx_kernel{flat}", arch, n * c * h * wd))
+    # dweight/dbias: one block per (channel, tap or bias) item, grid-stride over items; its threads
+    # stride over the N x OH x OW output pixels (the inner, hot loop)
+    pixels, items = n * oh * ow, c * (kh * kw + 1)
+    threads = min(max(_cdiv(pixels, 32) * 32, 32), 256)
+    fill = _fill(arch, threads)
+
+    def dw_grid(f):
+        return (min(items, fill(f)), 1, 1)
+    out.append(("bwd", f"depthwise_conv2d_dweight_kernel<{T}>", dw_grid, threads, 0,
+                {"trips": lambda f: items / dw_grid(f)[0] * pixels / threads}))
+    return out
+
+
+def _depthwise_blocked(name, arch, n, c, oh, ow, unit):
+    """(name, grid, threads, smem, extra) of depthwise_conv2d_fwd_cl_kernel over an (oh, ow) output."""
+    vecs = c // 4
+    tile = min(vecs, 32)
+    rows = 256 // tile
+    tiles = _cdiv(vecs, tile)
+    items = n * _cdiv(oh, 2 if unit else 1) * _cdiv(ow, 4)   # kRows<UNIT> output rows, kRun columns
+    fill = _fill(arch, tile * rows)
+
+    def grid(f):
+        return (max(1, min(_cdiv(items, rows), _cdiv(fill(f), tiles))), tiles, 1)
+    return name, grid, tile * rows, 0, {"trips": lambda f: items / (grid(f)[0] * rows)}
+
+
+def _depthwise_flat(name, arch, total):
+    """(name, grid, threads, smem, extra) of an element-wise kernel, grid-stride over `total`; its taps
+    hit L1, so the byte-based trip estimate would count ~1 trip: they are given."""
     fill = _fill(arch, 256)
-    return [("fwd", f"depthwise_conv2d_fwd_kernel<{CU_TYPES[dt]}, {K}, {str(cl).lower()}>",
-             lambda f: (max(1, min(_cdiv(total, 256), fill(f))), 1, 1), 256, 0)]
+
+    def grid(f):
+        return (max(1, min(_cdiv(total, 256), fill(f))), 1, 1)
+    return name, grid, 256, 0, {"trips": lambda f: total / (grid(f)[0] * 256)}
 
 
 LAUNCH_RULES = {
@@ -398,7 +457,9 @@ def records(op_names, dtypes, quick, arch, errors, progress=True, log=print) -> 
                     flops = (cost.bwd_flops if mode == "bwd" else cost.fwd_flops) if cost else 0.0
                     flops = extra.get("flops", flops)
                     loaded = extra.get("loaded", bytes_min)
-                    dyn, trips = dynamic_counts(f, threads * blocks, loaded, loaded, extra.get("trips"))
+                    trips = extra.get("trips")
+                    trips = trips(f) if callable(trips) else trips
+                    dyn, trips = dynamic_counts(f, threads * blocks, loaded, loaded, trips)
                     instr, tensor = dyn.get("total", 0.0), tensor_unit(f)
                     b = model.bounds(spec, bytes_min, flops, instr, dyn.get("MUFU", 0.0), tensor, grid, per_sm)
                     case_records.append(dict(

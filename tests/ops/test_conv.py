@@ -248,6 +248,31 @@ def test_depthwise_keeps_channels_last(backend):
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k,pad,channels", [(7, 3, 8), (3, 1, 136), (5, 4, 12), (3, 0, 4)])
+def test_depthwise_channels_last_gradient_from_a_channels_last_model(backend, dtype, k, pad, channels):
+    """In a channels_last network the output's gradient arrives channels_last too, which sends the
+    CUDA dx down the register-blocked path (dy convolved with the filter turned by 180 degrees;
+    the registry samples' contiguous cotangents take the element-wise one). Padding above K - 1
+    (5, 4) starts the turned window inside dy; 136 channels fill a second, partial channel tile.
+    Forward and every gradient against torch in fp64, to the rounding of the output dtype."""
+    _need(backend)
+    x = _randn(2, channels, 7, 9, seed=1, dtype=dtype).to(memory_format=torch.channels_last)
+    w, b = _randn(channels, 1, k, k, seed=2, dtype=dtype) * 0.3, _randn(channels, seed=3, dtype=dtype)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    refs = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    y = dlkern.nn.functional.depthwise_conv2d(*leaves, 1, pad, backend=backend)
+    ref = F.conv2d(*refs, 1, pad, groups=channels)
+    g = _randn(*ref.shape, seed=4, dtype=dtype).to(memory_format=torch.channels_last)
+    y.backward(g)
+    ref.backward(g.double())
+    tol = 1e-4 if dtype == torch.float32 else 3e-2   # bf16 outputs and gradients: 8 significant bits
+    torch.testing.assert_close(y.double(), ref.detach(), rtol=tol, atol=tol)
+    for name, got, want in zip(("x", "weight", "bias"), leaves, refs):
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=tol, atol=tol, msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("plane", [1, 7])
 def test_depthwise_small_planes_of_many_images(backend, layout, plane):
