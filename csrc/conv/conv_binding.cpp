@@ -319,6 +319,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_bwd(
   copy_strides(dx, p.dx_stride);
   p.dtype = kernel_dtype(x);
   p.num_sms = ctx.num_sms();
+  const int64_t scratch_floats = dlk::depthwise_conv2d_dweight_scratch(p);
+  at::Tensor scratch = scratch_floats > 0 ? new_buffer({scratch_floats}, f32) : at::Tensor();
+  p.dweight_scratch = ptr_or_null<float>(scratch);
   dlk::depthwise_conv2d_bwd(p, ctx.stream());
   return {dx, dweight.to(weight.scalar_type()), has_bias ? dbias.to(x.scalar_type()) : at::Tensor()};
 }

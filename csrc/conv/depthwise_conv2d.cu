@@ -7,31 +7,29 @@
 // strip of kRun + K - 1 pixels once, converts it once, and uses each value for up to K x kRows
 // taps of its outputs; otherwise (MobileNet's stride 2) it loads per tap, still vectorized over
 // channels. The block's filter taps sit in shared memory as fp32 [tap][channel vector], one
-// LDS.128 per tap.
+// LDS.128 per tap. dweight/dbias under the same conditions (x and dy): each thread keeps one
+// filter row's taps for its 4 channels in registers over a chunk of output rows, the chunks' fp32
+// partial sums go to scratch, and a second kernel adds them in a fixed order (deterministic).
 //
 // Element-wise forward and dx (every other layout and filter): one output element per thread
 // (grid-stride), the linear index walking the unit-stride dimension fastest (ow for NCHW, c for
 // channels_last) so a warp's loads and stores are coalesced; neighbouring windows overlap in L1.
 // Square 3x3, 5x5 and 7x7 filters are compile-time sizes (unrolled taps); every other size up to
-// 31x31 takes the runtime-loop instance. dweight and dbias: one block per (channel, tap) (tap
-// KH*KW = the bias), a fixed-order block reduction over the output pixels (deterministic).
+// 31x31 takes the runtime-loop instance. Their dweight and dbias: one block per (channel, tap)
+// (tap KH*KW = the bias), a fixed-order block reduction over the output pixels (deterministic).
 #include "conv/depthwise_conv2d.h"
 
 #include <cstdlib>
 #include <limits>
 
 #include "conv/conv_common.cuh"
+#include "conv/depthwise_blocked.cuh"
 
 namespace dlk {
 namespace {
 
 using conv::kThreads;
-
-struct Strides4 {
-  int64_t n, c, h, w;
-};
-
-Strides4 strides4(const int64_t (&s)[4]) { return {s[0], s[1], s[2], s[3]}; }
+using namespace depthwise;  // the blocked kernels, Strides4 and the tile constants (depthwise_blocked.cuh)
 
 // Linear index -> (n, c, h, w) of an (N, C, H, W) grid; CL walks c fastest.
 template <bool CL>
@@ -83,160 +81,6 @@ __global__ void __launch_bounds__(kThreads) depthwise_conv2d_fwd_kernel(
       }
     }
     y[n * sy.n + c * sy.c + oh * sy.h + ow * sy.w] = from_float<T>(acc);
-  }
-}
-
-// ---- register-blocked channels_last forward ---------------------------------------------------
-constexpr int kVecC = 4;         // channels per thread: one 8-byte (16-bit T) or 16-byte (fp32) access
-constexpr int kRun = 4;          // consecutive output pixels per thread along ow
-constexpr int kTileVecs = 32;    // channel vectors per block at most (128 channels)
-constexpr int kBlockedThreads = 256;
-template <bool UNIT>
-constexpr int kRows = UNIT ? 2 : 1;  // output rows per thread (input rows shared at unit stride)
-
-template <typename T>
-__device__ __forceinline__ void load4(const T* p, float (&v)[kVecC]) {
-  if constexpr (std::is_same_v<T, float>) {
-    const float4 c = *reinterpret_cast<const float4*>(p);
-    v[0] = c.x, v[1] = c.y, v[2] = c.z, v[3] = c.w;
-  } else {
-    const uint2 c = *reinterpret_cast<const uint2*>(p);
-    unpack_pair<T>(c.x, v[0], v[1]);
-    unpack_pair<T>(c.y, v[2], v[3]);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void store4(T* p, const float (&v)[kVecC]) {
-  if constexpr (std::is_same_v<T, float>) {
-    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-  } else {
-    *reinterpret_cast<uint2*>(p) = make_uint2(pack_pair<T>(v[0], v[1]), pack_pair<T>(v[2], v[3]));
-  }
-}
-
-// Block (tile_vecs, rows): threadIdx.x picks the channel vector of the block's channel tile
-// (blockIdx.y), threadIdx.y walks items (n, kRows output rows, kRun output columns), grid-stride
-// over x. UNIT: stride 1 and dilation 1 in both dimensions, so neighbouring outputs share input
-// rows and columns (each input value loaded once per item).
-// FLIP: the filter turned by 180 degrees (dx at unit stride is this forward over dy; see dx_launch_blocked).
-template <typename T, int K, bool UNIT, bool FLIP>
-__global__ void __launch_bounds__(kBlockedThreads) depthwise_conv2d_fwd_cl_kernel(
-    // pointers
-    const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
-    T* __restrict__ y,
-    // geometry, strides (x.c = y.c = 1)
-    DepthwiseConv2dGeometry g, Strides4 sx, Strides4 sy) {
-  __shared__ float4 taps[K * K][kTileVecs];  // fp32 filter taps of the block's channels
-  const int tile_vecs = blockDim.x;
-  const int64_t c = (int64_t(blockIdx.y) * tile_vecs + threadIdx.x) * kVecC;
-  const int tid = threadIdx.y * tile_vecs + threadIdx.x;
-  for (int i = tid; i < K * K * tile_vecs; i += tile_vecs * blockDim.y) {
-    const int tap = i / tile_vecs, v = i % tile_vecs;
-    const int src = FLIP ? K * K - 1 - tap : tap;
-    const int64_t cv = (int64_t(blockIdx.y) * tile_vecs + v) * kVecC;
-    float w[kVecC];
-#pragma unroll
-    for (int j = 0; j < kVecC; ++j) w[j] = cv + j < g.C ? to_float(weight[(cv + j) * (K * K) + src]) : 0.f;
-    taps[tap][v] = make_float4(w[0], w[1], w[2], w[3]);
-  }
-  __syncthreads();
-  if (c >= g.C) return;  // no barrier below
-  float b[kVecC] = {0.f, 0.f, 0.f, 0.f};
-  if (bias != nullptr) {
-#pragma unroll
-    for (int j = 0; j < kVecC; ++j) b[j] = to_float(bias[c + j]);
-  }
-  // 32-bit item and image coordinates: the host launches this kernel only when the item count and
-  // every coordinate fit in int (64-bit division per item would cost more than the item's taps).
-  const int OH = int(g.OH), OW = int(g.OW), H = int(g.H), W = int(g.W);
-  const int runs = (OW + kRun - 1) / kRun, row_groups = (OH + kRows<UNIT> - 1) / kRows<UNIT>;
-  const int items = int(g.N) * row_groups * runs;
-  for (int item = blockIdx.x * blockDim.y + threadIdx.y; item < items; item += gridDim.x * blockDim.y) {
-    const int run = item % runs, rest = item / runs;
-    const int oh0 = (rest % row_groups) * kRows<UNIT>, n = rest / row_groups;
-    const int ow0 = run * kRun;
-    float acc[kRows<UNIT>][kRun][kVecC];
-#pragma unroll
-    for (int o = 0; o < kRows<UNIT>; ++o)
-#pragma unroll
-      for (int r = 0; r < kRun; ++r)
-#pragma unroll
-        for (int j = 0; j < kVecC; ++j) acc[o][r][j] = b[j];
-    const T* xn = x + n * sx.n + c;
-    if constexpr (UNIT) {
-      // Input row oh0 - pad + i feeds output row o through filter row i - o. Its strip
-      // iw = ow0 - pad + [0, kRun + K - 1) feeds output column r through filter column j - r;
-      // zeros outside the image, the columns' validity the same for every row.
-      constexpr int kStrip = kRun + K - 1;
-      const int iw0 = ow0 - g.pad[1];
-      bool in_w[kStrip];
-#pragma unroll
-      for (int j = 0; j < kStrip; ++j) in_w[j] = unsigned(iw0 + j) < unsigned(W);
-#pragma unroll
-      for (int i = 0; i < K + kRows<UNIT> - 1; ++i) {
-        const int ih = oh0 - g.pad[0] + i;
-        if (unsigned(ih) >= unsigned(H)) continue;
-        const T* px = xn + ih * sx.h + int64_t(iw0) * sx.w;
-        float strip[kStrip][kVecC];
-#pragma unroll
-        for (int j = 0; j < kStrip; ++j, px += sx.w) {
-          if (in_w[j]) {
-            load4(px, strip[j]);
-          } else {
-#pragma unroll
-            for (int v = 0; v < kVecC; ++v) strip[j][v] = 0.f;
-          }
-        }
-#pragma unroll
-        for (int o = 0; o < kRows<UNIT>; ++o) {
-          const int kh = i - o;  // compile-time after unrolling
-          if (kh < 0 || kh >= K) continue;
-#pragma unroll
-          for (int kw = 0; kw < K; ++kw) {
-            const float4 w = taps[kh * K + kw][threadIdx.x];
-#pragma unroll
-            for (int r = 0; r < kRun; ++r) {
-              acc[o][r][0] = fmaf(w.x, strip[r + kw][0], acc[o][r][0]);
-              acc[o][r][1] = fmaf(w.y, strip[r + kw][1], acc[o][r][1]);
-              acc[o][r][2] = fmaf(w.z, strip[r + kw][2], acc[o][r][2]);
-              acc[o][r][3] = fmaf(w.w, strip[r + kw][3], acc[o][r][3]);
-            }
-          }
-        }
-      }
-    } else {
-#pragma unroll
-      for (int kh = 0; kh < K; ++kh) {
-        const int ih = oh0 * g.stride[0] - g.pad[0] + kh * g.dilation[0];
-        if (unsigned(ih) >= unsigned(H)) continue;
-        const T* xrow = xn + ih * sx.h;
-#pragma unroll
-        for (int kw = 0; kw < K; ++kw) {
-          const float4 w = taps[kh * K + kw][threadIdx.x];
-#pragma unroll
-          for (int r = 0; r < kRun; ++r) {
-            const int iw = (ow0 + r) * g.stride[1] - g.pad[1] + kw * g.dilation[1];
-            if (unsigned(iw) >= unsigned(W)) continue;
-            float v[kVecC];
-            load4(xrow + iw * sx.w, v);
-            acc[0][r][0] = fmaf(w.x, v[0], acc[0][r][0]);
-            acc[0][r][1] = fmaf(w.y, v[1], acc[0][r][1]);
-            acc[0][r][2] = fmaf(w.z, v[2], acc[0][r][2]);
-            acc[0][r][3] = fmaf(w.w, v[3], acc[0][r][3]);
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int o = 0; o < kRows<UNIT>; ++o) {
-      if (oh0 + o >= OH) break;
-      T* yrow = y + n * sy.n + (oh0 + o) * sy.h + c;
-#pragma unroll
-      for (int r = 0; r < kRun; ++r) {
-        if (ow0 + r < OW) store4(yrow + (ow0 + r) * sy.w, acc[o][r]);
-      }
-    }
   }
 }
 
@@ -407,6 +251,57 @@ bool dx_launch_blocked(const DepthwiseConv2dBwdParams& p, cudaStream_t stream) {
   return true;
 }
 
+// The blocked dweight's split: chunks of output rows, about two blocks per SM over all channel
+// tiles (each chunk's partials are (K*K + 1) x C floats of scratch).
+struct DweightPlan {
+  int tile_vecs = 0, chunks = 0, rows_per_chunk = 0;
+  unsigned tiles = 0;
+};
+
+template <typename T>
+DweightPlan dweight_plan(const DepthwiseConv2dBwdParams& p) {
+  DweightPlan plan;
+  if (!blocked_fits<T>(p.g, p.x, p.x_stride, p.dy, p.dy_stride) || p.g.N * p.g.OH == 0) return plan;
+  const int vecs = int(p.g.C / kVecC);
+  plan.tile_vecs = std::min(vecs, kTileVecs);
+  plan.tiles = unsigned(conv::cdiv(vecs, plan.tile_vecs));
+  const int rows = int(p.g.N * p.g.OH);
+  const int want = int(std::clamp<int64_t>(conv::cdiv(2 * int64_t(p.num_sms), plan.tiles), 1, rows));
+  plan.rows_per_chunk = int(conv::cdiv(rows, want));
+  plan.chunks = int(conv::cdiv(rows, plan.rows_per_chunk));
+  return plan;
+}
+
+template <typename T>
+bool dweight_launch_blocked(const DepthwiseConv2dBwdParams& p, cudaStream_t stream) {
+  const DweightPlan plan = dweight_plan<T>(p);
+  if (plan.chunks == 0) return false;
+  conv::check(p.dweight_scratch != nullptr, kOp,
+              "dweight_scratch is required (depthwise_conv2d_dweight_scratch floats)");
+  const auto& g = p.g;
+  const bool unit = unit_geometry(g);
+  dispatch_filter(g, true, [&](auto ktag, auto) {
+    constexpr int K = decltype(ktag)::value;
+    if constexpr (K > 0) {
+      DLK_BOOL_SWITCH(unit, UNIT, [&] {
+        auto kern = depthwise_conv2d_dweight_cl_kernel<T, K, UNIT>;
+        DLK_LAUNCH(kern, dim3(unsigned(plan.chunks), plan.tiles), dim3(plan.tile_vecs, K), 0, stream,
+                   static_cast<const T*>(p.dy), static_cast<const T*>(p.x), p.dweight_scratch, g,
+                   strides4(p.dy_stride), strides4(p.x_stride), plan.rows_per_chunk);
+        check_launch("depthwise_conv2d_dweight_cl_kernel");
+      });
+    }
+  });
+  const int taps = g.KH * g.KW;
+  auto sum = depthwise_conv2d_dweight_sum_kernel;
+  const int64_t fill = int64_t(p.num_sms) * max_blocks_per_sm(sum, 32 * kSumGroups);
+  const int64_t sum_blocks = std::max<int64_t>(1, std::min(conv::cdiv(g.C * (taps + 1), 32), fill));
+  DLK_LAUNCH(sum, unsigned(sum_blocks), dim3(32, kSumGroups), 0, stream, p.dweight_scratch, p.dweight,
+             p.dbias, g.C, taps, plan.chunks);
+  check_launch("depthwise_conv2d_dweight_sum_kernel");
+  return true;
+}
+
 template <typename T>
 void fwd_launch(const DepthwiseConv2dFwdParams& p, cudaStream_t stream) {
   if (fwd_launch_blocked<T>(p, stream)) return;
@@ -434,6 +329,7 @@ void bwd_launch(const DepthwiseConv2dBwdParams& p, cudaStream_t stream) {
       check_launch("depthwise_conv2d_dx_kernel");
     });
   }
+  if (dweight_launch_blocked<T>(p, stream)) return;
   auto kern = depthwise_conv2d_dweight_kernel<T>;
   // Fewer threads for few pixels: block_sum needs whole warps.
   const int64_t pixels = p.g.N * p.g.OH * p.g.OW;
@@ -465,6 +361,14 @@ void depthwise_conv2d_fwd(const DepthwiseConv2dFwdParams& p, void* stream) {
   conv::check(p.x && p.weight && p.y, kOp, "x, weight and y are required");
   dispatch_dtype<void>(p.dtype, [&](auto tag) {
     fwd_launch<decltype(tag)>(p, static_cast<cudaStream_t>(stream));
+  });
+}
+
+int64_t depthwise_conv2d_dweight_scratch(const DepthwiseConv2dBwdParams& p) {
+  check_geometry(p.g, p.num_sms);
+  return dispatch_dtype<int64_t>(p.dtype, [&](auto tag) {
+    const DweightPlan plan = dweight_plan<decltype(tag)>(p);
+    return int64_t(plan.chunks) * (int64_t(p.g.KH) * p.g.KW + 1) * p.g.C;
   });
 }
 

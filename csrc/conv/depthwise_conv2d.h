@@ -43,6 +43,7 @@ struct DepthwiseConv2dBwdParams {
   void* dx;            // (N, C, H, W) strided
   float* dweight;      // (C, KH, KW)
   float* dbias;        // (C,) or nullptr
+  float* dweight_scratch;  // depthwise_conv2d_dweight_scratch(params) floats (may be 0: then unused)
   // sizes and strides (elements)
   DepthwiseConv2dGeometry g;
   int64_t dy_stride[4], x_stride[4], dx_stride[4];
@@ -55,5 +56,8 @@ struct DepthwiseConv2dBwdParams {
 // parameters or a failed launch. Never synchronize.
 void depthwise_conv2d_fwd(const DepthwiseConv2dFwdParams& params, void* stream);
 void depthwise_conv2d_bwd(const DepthwiseConv2dBwdParams& params, void* stream);
+// fp32 scratch the backward's dweight needs for these params (pointers, strides, dtype and num_sms
+// set): the per-chunk partial sums of the register-blocked path, 0 where that path does not apply.
+int64_t depthwise_conv2d_dweight_scratch(const DepthwiseConv2dBwdParams& params);
 
 }  // namespace dlk

@@ -335,8 +335,10 @@ def rule_depthwise(op_name, sample, dt, arch):
     depthwise_conv2d_fwd_kernel / _dx_kernel<T, K (3/5/7 or 0), channels_last>, 256 threads,
     grid-stride over the outputs, grid = min(cdiv(total, 256), fill). dweight:
     depthwise_conv2d_dweight_kernel<T>, min(items, fill) blocks of clamp(pixels rounded up to 32, 32,
-    256) threads over C x (KH x KW + 1) items. Every loop's trips per thread are given: the taps'
-    loads are reused from L1, so the bytes do not count them."""
+    256) threads over C x (KH x KW + 1) items, or, where the blocked forward's conditions hold for x
+    and dy, depthwise_conv2d_dweight_cl_kernel<T, K, UNIT> over chunks of output rows plus
+    depthwise_conv2d_dweight_sum_kernel. Every loop's trips per thread are given: the taps' loads
+    are reused from L1, so the bytes do not count them."""
     from dlkern.ops.depthwise_conv2d import conv_geometry
 
     x, w = sample.args[0], sample.args[1]
@@ -361,8 +363,27 @@ def rule_depthwise(op_name, sample, dt, arch):
         out.append(("bwd",) + _depthwise_blocked(f"{blocked}<{T}, {K}, true, true>", arch, n, c, h, wd, True))
     else:
         out.append(("bwd",) + _depthwise_flat(f"depthwise_conv2d_dx_kernel{flat}", arch, n * c * h * wd))
-    # dweight/dbias: one block per (channel, tap or bias) item, grid-stride over items; its threads
-    # stride over the N x OH x OW output pixels (the inner, hot loop)
+    if cl and K and c % 4 == 0:
+        # dweight_plan: chunks of output rows (about 2 blocks per SM over the channel tiles), block
+        # (tile_vecs, K), the hot loop over runs of 4 output columns; then the chunk sum, blocks of
+        # 32 (tap or bias, channel) entries x 8 groups of chunks, its hot loop over a group's chunks
+        tile = min(c // 4, 32)
+        tiles = _cdiv(c // 4, tile)
+        rows = n * oh
+        per_chunk = _cdiv(rows, min(max(_cdiv(2 * model.ARCHS[arch].sms, tiles), 1), rows))
+        chunks = _cdiv(rows, per_chunk)
+        out.append(("bwd", f"depthwise_conv2d_dweight_cl_kernel<{T}, {K}, {str(unit).lower()}>",
+                    lambda f: (chunks, tiles, 1), tile * K, 0, {"trips": per_chunk * _cdiv(ow, 4)}))
+        sums = c * (K * K + 1)
+        fill = _fill(arch, 256)
+
+        def sum_grid(f):   # blocks of 32 entries x 8 chunk groups
+            return (max(1, min(_cdiv(sums, 32), fill(f))), 1, 1)
+        out.append(("bwd", "depthwise_conv2d_dweight_sum_kernel", sum_grid, 256, 0,
+                    {"trips": lambda f: _cdiv(chunks, 8) * _cdiv(sums, sum_grid(f)[0] * 32)}))
+        return out
+    # dweight/dbias otherwise: one block per (channel, tap or bias) item, grid-stride over items;
+    # its threads stride over the N x OH x OW output pixels (the inner, hot loop)
     pixels, items = n * oh * ow, c * (kh * kw + 1)
     threads = min(max(_cdiv(pixels, 32) * 32, 32), 256)
     fill = _fill(arch, threads)

@@ -249,20 +249,22 @@ def test_depthwise_keeps_channels_last(backend):
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("k,pad,channels", [(7, 3, 8), (3, 1, 136), (5, 4, 12), (3, 0, 4)])
-def test_depthwise_channels_last_gradient_from_a_channels_last_model(backend, dtype, k, pad, channels):
+@pytest.mark.parametrize("k,pad,channels,stride", [(7, 3, 8, 1), (3, 1, 136, 1), (5, 4, 12, 1), (3, 0, 4, 1),
+                                                    (3, 1, 8, 2), (5, 2, 12, (2, 1))])
+def test_depthwise_channels_last_gradient_from_a_channels_last_model(backend, dtype, k, pad, channels, stride):
     """In a channels_last network the output's gradient arrives channels_last too, which sends the
-    CUDA dx down the register-blocked path (dy convolved with the filter turned by 180 degrees;
-    the registry samples' contiguous cotangents take the element-wise one). Padding above K - 1
-    (5, 4) starts the turned window inside dy; 136 channels fill a second, partial channel tile.
-    Forward and every gradient against torch in fp64, to the rounding of the output dtype."""
+    CUDA backward down the register-blocked paths (the registry samples' contiguous cotangents take
+    the element-wise ones): dx at unit stride (dy convolved with the filter turned by 180 degrees)
+    and dweight at any stride (per-chunk partial sums, then their fixed-order sum). Padding above
+    K - 1 (5, 4) starts the turned window inside dy; 136 channels fill a second, partial channel
+    tile. Forward and every gradient against torch in fp64, to the rounding of the output dtype."""
     _need(backend)
     x = _randn(2, channels, 7, 9, seed=1, dtype=dtype).to(memory_format=torch.channels_last)
     w, b = _randn(channels, 1, k, k, seed=2, dtype=dtype) * 0.3, _randn(channels, seed=3, dtype=dtype)
     leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
     refs = [t.detach().double().requires_grad_() for t in (x, w, b)]
-    y = dlkern.nn.functional.depthwise_conv2d(*leaves, 1, pad, backend=backend)
-    ref = F.conv2d(*refs, 1, pad, groups=channels)
+    y = dlkern.nn.functional.depthwise_conv2d(*leaves, stride, pad, backend=backend)
+    ref = F.conv2d(*refs, stride, pad, groups=channels)
     g = _randn(*ref.shape, seed=4, dtype=dtype).to(memory_format=torch.channels_last)
     y.backward(g)
     ref.backward(g.double())
