@@ -190,10 +190,16 @@ def _bench_cases(device, dtype, quick):
         yield Sample(f"{name}_{'x'.join(map(str, shape))}", (x, w, b, stride, pad), {}, (0, 1, 2))
 
 
+def sample_geometry(sample):
+    """conv_geometry of a registry sample (x, w, bias[, stride[, padding[, dilation]]]), defaults filled."""
+    x, w = sample.args[:2]
+    stride, padding, dilation = (list(sample.args[3:]) + [1, 0, 1][len(sample.args) - 3:])[:3]
+    return conv_geometry(x, w, stride, padding, dilation)
+
+
 def _cost(sample):
     x, w = sample.args[:2]
-    stride, padding, dilation = (list(sample.args[3:]) + [1, 0, 1][len(sample.args) - 3:])[:3]  # defaults filled
-    _, _, _, (oh, ow) = conv_geometry(x, w, stride, padding, dilation)
+    _, _, _, (oh, ow) = sample_geometry(sample)
     s, k2 = x.element_size(), w.shape[2] * w.shape[3]
     e_in, e_out = x.numel(), x.shape[0] * x.shape[1] * oh * ow
     return Cost(fwd_bytes=(e_in + e_out + w.numel()) * s, bwd_bytes=(2 * e_in + 2 * e_out + 2 * w.numel()) * s,

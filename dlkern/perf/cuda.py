@@ -339,31 +339,31 @@ def rule_depthwise(op_name, sample, dt, arch):
     and dy, depthwise_conv2d_dweight_cl_kernel<T, K, UNIT> over chunks of output rows plus
     depthwise_conv2d_dweight_sum_kernel. Every loop's trips per thread are given: the taps' loads
     are reused from L1, so the bytes do not count them."""
-    from dlkern.ops.depthwise_conv2d import conv_geometry
+    from dlkern.ops.depthwise_conv2d import sample_geometry
 
     x, w = sample.args[0], sample.args[1]
-    stride, padding, dilation = (list(sample.args[3:]) + [1, 0, 1][len(sample.args) - 3:])[:3]
-    (sh, sw), _, (dh, dw), (oh, ow) = conv_geometry(x, w, stride, padding, dilation)
+    (sh, sw), _, (dh, dw), (oh, ow) = sample_geometry(sample)
     kh, kw = w.shape[-2], w.shape[-1]
     K = kh if kh == kw and kh in (3, 5, 7) else 0
     n, c = x.shape[0], x.shape[1]
     cl = x.dim() == 4 and x.stride(1) == 1 and c > 1
     T = CU_TYPES[dt]
     unit = sh == sw == dh == dw == 1
+    fits = cl and K and c % 4 == 0   # blocked_fits (x, y and dy alike)
     blocked, flat = "depthwise_conv2d_fwd_cl_kernel", f"<{T}, {K}, {str(cl).lower()}>"
     out = []
-    if cl and K and c % 4 == 0:
+    if fits:
         name = f"{blocked}<{T}, {K}, {str(unit).lower()}, false>"
         out.append(("fwd",) + _depthwise_blocked(name, arch, n, c, oh, ow, unit))
     else:
         out.append(("fwd",) + _depthwise_flat(f"depthwise_conv2d_fwd_kernel{flat}", arch, n * c * oh * ow))
     # backward, dy laid out as y (a channels_last model's gradients are channels_last)
     h, wd = x.shape[2], x.shape[3]
-    if cl and K and c % 4 == 0 and unit:
+    if fits and unit:
         out.append(("bwd",) + _depthwise_blocked(f"{blocked}<{T}, {K}, true, true>", arch, n, c, h, wd, True))
     else:
         out.append(("bwd",) + _depthwise_flat(f"depthwise_conv2d_dx_kernel{flat}", arch, n * c * h * wd))
-    if cl and K and c % 4 == 0:
+    if fits:
         # dweight_plan: chunks of output rows (about 2 blocks per SM over the channel tiles), block
         # (tile_vecs, K), the hot loop over runs of 4 output columns; then the chunk sum, blocks of
         # 32 (tap or bias, channel) entries x 8 groups of chunks, its hot loop over a group's chunks
